@@ -1,0 +1,3 @@
+class ConfigError(ValueError):
+    """A bad setting or missing input. Its message is one line that names the fix; the entry point
+    prints it without a traceback."""

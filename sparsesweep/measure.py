@@ -1,0 +1,104 @@
+"""Filter sparsity and selectivity (paper Sec. 2-3).
+
+A feature (one output channel of a conv -> BN -> activation block) is inactive
+- by activation: its max |activation| over every position of every training image is < threshold
+  (paper: 1e-12, alternative 1e-4);
+- by scale: its BN |gamma| < threshold (paper: 1e-3, alternative 1e-2).
+Selectivity of a feature: the fraction of training images whose max |activation| is below
+`ratio` (1e-3) x the feature's max over the whole set; a feature that never fires has selectivity 1.
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+
+def inactive_by_gamma(model, threshold: float) -> dict[str, torch.Tensor]:
+    return {block.name: block.bn.weight.detach().abs().cpu() < threshold for block in model.features}
+
+
+@torch.no_grad()
+def per_image_maxima(model: nn.Module, batches) -> dict[str, torch.Tensor]:
+    """One eval-mode pass: for every block, an (images, features) fp32 tensor of each image's max |activation|
+    over positions. All blocks at once through forward hooks."""
+    collected = {block.name: [] for block in model.features}
+
+    def record(block, _inputs, output):
+        low, high = torch.aminmax(output.flatten(2), dim=2)
+        collected[block.name].append(torch.maximum(high, -low).float().cpu())
+
+    hooks = [block.register_forward_hook(record) for block in model.features]
+    was_training = model.training
+    model.eval()
+    try:
+        for x, _ in batches:
+            model(x)
+    finally:
+        model.train(was_training)
+        for hook in hooks:
+            hook.remove()
+    return {name: torch.cat(chunks) for name, chunks in collected.items()}
+
+
+def summarize(inactive: dict[str, torch.Tensor], threshold: float) -> dict:
+    """The results.json block for one criterion: per-layer and total % of inactive features."""
+    counts = {name: int(mask.sum()) for name, mask in inactive.items()}
+    sizes = {name: mask.numel() for name, mask in inactive.items()}
+    total, features = sum(counts.values()), sum(sizes.values())
+    return {"threshold": threshold,
+            "total_pct": 100.0 * total / features,
+            "per_layer_pct": {name: 100.0 * counts[name] / sizes[name] for name in counts},
+            "inactive": total,
+            "features": features,
+            "per_layer_inactive": counts}
+
+
+def selectivity(maxima: torch.Tensor, ratio: float) -> torch.Tensor:
+    """Per feature, for an (images, features) tensor of per-image maxima."""
+    feature_max = maxima.amax(0)
+    silent = (maxima < ratio * feature_max).float().mean(0)
+    return torch.where(feature_max > 0, silent, torch.ones_like(silent))
+
+
+def measure(model, batches, cfg) -> tuple[dict, dict[str, dict[str, torch.Tensor]]]:
+    """cfg is the `measure` config node. Returns the results.json fields (sparsity, selectivity) and the
+    per-feature arrays (max activation, selectivity, gamma, beta) per layer."""
+    maxima = per_image_maxima(model, batches)
+    feature_max = {name: m.amax(0) for name, m in maxima.items()}
+    sparsity = {}
+    for key, threshold in (("by_activation", cfg.activation_threshold),
+                           ("by_activation_alt", cfg.activation_threshold_alt)):
+        sparsity[key] = summarize({n: fm < threshold for n, fm in feature_max.items()}, threshold)
+    for key, threshold in (("by_gamma", cfg.gamma_threshold), ("by_gamma_alt", cfg.gamma_threshold_alt)):
+        sparsity[key] = summarize(inactive_by_gamma(model, threshold), threshold)
+
+    bins = cfg.selectivity_bins
+    per_layer = {}
+    per_feature = {}
+    for block in model.features:
+        name = block.name
+        sel = selectivity(maxima[name], cfg.selectivity_ratio)
+        alive = feature_max[name] >= cfg.activation_threshold
+        per_layer[name] = {"mean": float(sel.mean()),
+                           "mean_active": float(sel[alive].mean()) if alive.any() else None,
+                           "histogram": torch.histc(sel, bins=bins, min=0.0, max=1.0).long().tolist()}
+        per_feature[name] = {"max_activation": feature_max[name], "selectivity": sel,
+                             "gamma": block.bn.weight.detach().cpu(), "beta": block.bn.bias.detach().cpu()}
+    bin_edges = torch.linspace(0, 1, bins + 1).tolist()
+    results = {"sparsity": sparsity,
+               "selectivity": {"ratio": cfg.selectivity_ratio, "bin_edges": bin_edges, "per_layer": per_layer}}
+    return results, per_feature
+
+
+@torch.no_grad()
+def zeroed_copy(model, inactive: dict[str, torch.Tensor]):
+    """A copy of the model whose inactive features output exactly 0: gamma = beta = 0, so BN outputs 0 and
+    the activation of 0 is 0."""
+    pruned = copy.deepcopy(model)
+    for block in pruned.features:
+        mask = inactive[block.name].to(block.bn.weight.device)
+        block.bn.weight[mask] = 0.0
+        block.bn.bias[mask] = 0.0
+    return pruned

@@ -1,0 +1,83 @@
+"""Optimizers, the two regularizers and the LR schedule: where the paper's science is decided.
+
+- L2 (coupled): gradient += l2 * theta before the optimizer sees it, so adaptive methods rescale it.
+  This is PyTorch's `weight_decay` argument for every optimizer used here.
+- WD (decoupled): after every optimizer step, theta <- theta * (1 - wd * lr_t / lr_0): the decay follows
+  the LR *schedule* (lr_t / lr_0) but not the LR itself, as in the paper's Table 1 WD rows.
+- Schedule: the base LR for `base_epochs`, then x`decay_factor` for `decay_epochs`, counted in optimizer
+  steps; with `iterations_at_batch_size` the step counts are those of that batch size (Tables 6-7).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import hydra.utils
+import torch
+from omegaconf import OmegaConf
+from torch import nn
+
+from sparsesweep.errors import ConfigError
+
+
+def coefficient(reg_cfg) -> float:
+    """The regularization strength: the value under the regularizer's own name (l2 or wd), 0 for none."""
+    return float(reg_cfg.get(reg_cfg.name, 0.0)) if reg_cfg.name != "none" else 0.0
+
+
+def build_optimizer(opt_cfg, reg_cfg, model: nn.Module) -> torch.optim.Optimizer:
+    """The optimizer named by opt_cfg (its `_target_` and hyperparameters) over two parameter groups:
+    regularized, and exempt (BN gamma/beta and biases, only with regularizer.exclude_bn_and_bias)."""
+    strength = coefficient(reg_cfg)
+    exempt_1d = reg_cfg.get("exclude_bn_and_bias", False)
+    regularized = [p for p in model.parameters() if not (exempt_1d and p.ndim == 1)]
+    exempt = [p for p in model.parameters() if exempt_1d and p.ndim == 1]
+    l2 = strength if reg_cfg.name == "l2" else 0.0
+    wd = strength if reg_cfg.name == "wd" else 0.0
+    # `decoupled_wd` rides along in the param group (and so in the optimizer's state_dict).
+    groups = [{"params": regularized, "weight_decay": l2, "decoupled_wd": wd},
+              {"params": exempt, "weight_decay": 0.0, "decoupled_wd": 0.0}]
+    kwargs = OmegaConf.to_container(opt_cfg, resolve=True)
+    kwargs.pop("name")
+    return hydra.utils.instantiate(kwargs, [g for g in groups if g["params"]])
+
+
+@torch.no_grad()
+def apply_decoupled_weight_decay(optimizer: torch.optim.Optimizer) -> None:
+    """Call right after optimizer.step(), before the LR scheduler steps: uses that step's lr."""
+    for group in optimizer.param_groups:
+        if group["decoupled_wd"]:
+            factor = 1.0 - group["decoupled_wd"] * group["lr"] / group["initial_lr"]
+            torch._foreach_mul_(group["params"], factor)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The run's length in optimizer steps."""
+    steps_per_epoch: int  # one pass over the training set at this batch size
+    total_steps: int
+    decay_step: int       # first step taken at the decayed LR
+
+    @property
+    def epochs(self) -> int:
+        """Passes over the data; the last one is partial when the step count is fixed by another batch size."""
+        return math.ceil(self.total_steps / self.steps_per_epoch)
+
+
+def plan_schedule(sched_cfg, train_size: int, batch_size: int) -> Plan:
+    steps_per_epoch = train_size // batch_size
+    if steps_per_epoch < 1:
+        raise ConfigError(f"batch_size={batch_size} exceeds the {train_size} training images: lower batch_size")
+    reference = sched_cfg.get("iterations_at_batch_size") or batch_size
+    reference_steps = train_size // reference
+    if reference_steps < 1:
+        raise ConfigError(f"schedule.iterations_at_batch_size={reference} exceeds the {train_size} training "
+                          f"images: lower it")
+    return Plan(steps_per_epoch, (sched_cfg.base_epochs + sched_cfg.decay_epochs) * reference_steps,
+                sched_cfg.base_epochs * reference_steps)
+
+
+def build_lr_scheduler(optimizer, plan: Plan, sched_cfg):
+    """Stepped once per optimizer step."""
+    return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=[plan.decay_step],
+                                                gamma=sched_cfg.decay_factor)

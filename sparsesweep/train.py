@@ -1,0 +1,214 @@
+"""One run: config -> data, model, optimizer -> train (checkpoint every epoch, resumable) -> measure -> files.
+
+The loop is deterministic for a seed on CPU: the model is initialised from `seed`, and epoch e shuffles
+and augments from its own generator seeded by (seed, e), so a run resumed from the checkpoint of epoch e
+continues exactly as the uninterrupted run would.
+"""
+from __future__ import annotations
+
+import io
+import logging
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf
+
+from sparsesweep import rundir
+from sparsesweep.data import batches, load_dataset
+from sparsesweep.errors import ConfigError
+from sparsesweep.measure import inactive_by_gamma, measure, zeroed_copy
+from sparsesweep.models import build_model
+from sparsesweep.optim import (apply_decoupled_weight_decay, build_lr_scheduler, build_optimizer, coefficient,
+                               plan_schedule)
+
+log = logging.getLogger("sparsesweep")
+
+
+def check_config(cfg) -> None:
+    """Bad values fail here, before any data is loaded, with a message that names the fix."""
+    if not isinstance(cfg.batch_size, int) or cfg.batch_size < 1:
+        raise ConfigError(f"batch_size={cfg.batch_size}: must be a positive integer, e.g. batch_size=40")
+    if coefficient(cfg.regularizer) < 0:
+        raise ConfigError(f"regularizer.{cfg.regularizer.name}={coefficient(cfg.regularizer)}: must be >= 0 "
+                          f"(use regularizer=none for no regularization)")
+    if cfg.optimizer.lr <= 0:
+        raise ConfigError(f"optimizer.lr={cfg.optimizer.lr}: must be > 0")
+    if cfg.schedule.base_epochs < 0 or cfg.schedule.decay_epochs < 0 or \
+            cfg.schedule.base_epochs + cfg.schedule.decay_epochs < 1:
+        raise ConfigError("schedule.base_epochs and schedule.decay_epochs must be >= 0 with a positive sum")
+    if not 0 < cfg.model.width_multiplier:
+        raise ConfigError(f"model.width_multiplier={cfg.model.width_multiplier}: must be > 0")
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device={name} but PyTorch sees no CUDA GPU: use device=cpu or device=auto")
+    return torch.device(name)
+
+
+@torch.no_grad()
+def evaluate(model, data, split, cfg, device) -> tuple[float, float]:
+    """(mean cross-entropy, error %) in eval mode."""
+    model.eval()
+    loss_sum = torch.zeros((), device=device)
+    wrong = torch.zeros((), device=device, dtype=torch.long)
+    for x, y in batches(data, split, cfg.eval_batch_size, device):
+        logits = model(x)
+        loss_sum += F.cross_entropy(logits, y, reduction="sum")
+        wrong += (logits.argmax(1) != y).sum()
+    model.train()
+    return loss_sum.item() / len(split), 100.0 * wrong.item() / len(split)
+
+
+def gamma_sparsity_pct(model, threshold: float) -> float:
+    inactive = inactive_by_gamma(model, threshold)
+    return 100.0 * sum(int(m.sum()) for m in inactive.values()) / sum(m.numel() for m in inactive.values())
+
+
+def bn_snapshot(model) -> dict[str, torch.Tensor]:
+    return {f"{b.name}_{kind}": getattr(b.bn, attr).detach().cpu().clone()
+            for b in model.features for kind, attr in (("gamma", "weight"), ("beta", "bias"))}
+
+
+def run(cfg, out_dir: Path, overrides=()) -> dict:
+    """Train, measure and write the run directory; returns the results.json content."""
+    check_config(cfg)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = pick_device(cfg.device)
+    run_id = rundir.run_identity(cfg)
+
+    data = load_dataset(cfg.dataset)
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.model, data.channels, data.num_classes).to(device)
+    optimizer = build_optimizer(cfg.optimizer, cfg.regularizer, model)
+    plan = plan_schedule(cfg.schedule, len(data.train), cfg.batch_size)
+    scheduler = build_lr_scheduler(optimizer, plan, cfg.schedule)
+
+    epoch, step, elapsed, metrics, bn_history = 0, 0, 0.0, [], [bn_snapshot(model)]
+    checkpoint_path = out_dir / rundir.CHECKPOINT
+    if checkpoint_path.exists():
+        state = torch.load(checkpoint_path, map_location=device, weights_only=True)
+        if state["run_id"] == run_id:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            epoch, step, elapsed = state["epoch"], state["step"], state["elapsed"]
+            metrics, bn_history = state["metrics"], state["bn_history"]
+            log.info("resuming from %s: epoch %d, step %d", checkpoint_path, epoch, step)
+        else:
+            log.warning("%s belongs to another config (run %s, this is %s): starting afresh",
+                        checkpoint_path, state["run_id"], run_id)
+
+    log.info("run %s: %s on %s (%d train / %d test, %d classes), %s + %s %.3g, batch %d, %d steps in %d epochs,"
+             " %d parameters, %s", run_id, cfg.model.name, data.name, len(data.train), len(data.test),
+             data.num_classes, cfg.optimizer.name, cfg.regularizer.name, coefficient(cfg.regularizer),
+             cfg.batch_size, plan.total_steps, plan.epochs, sum(p.numel() for p in model.parameters()), device)
+
+    status = "completed"
+    model.train()
+    while step < plan.total_steps:
+        epoch_start, last_progress = time.monotonic(), time.monotonic()
+        loss_sum = torch.zeros((), device=device)
+        wrong = torch.zeros((), device=device, dtype=torch.long)
+        seen = 0
+        lr = optimizer.param_groups[0]["lr"]
+        for x, y in batches(data, data.train, cfg.batch_size, device,
+                            shuffle_seed=cfg.seed * 1_000_003 + epoch, augment=data.augment):
+            logits = model(x)
+            loss = F.cross_entropy(logits, y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            apply_decoupled_weight_decay(optimizer)
+            scheduler.step()
+            step += 1
+            # Running sums stay on the device: no host sync per step. A NaN/inf loss poisons the sum.
+            loss_sum += loss.detach() * len(y)
+            wrong += (logits.detach().argmax(1) != y).sum()
+            seen += len(y)
+            if time.monotonic() - last_progress > cfg.progress_interval_s:
+                last_progress = time.monotonic()
+                if not math.isfinite(loss_sum.item()):
+                    break
+                done = step - epoch * plan.steps_per_epoch
+                log.info("epoch %d/%d  step %d/%d  loss %.4f  %.1f steps/s", epoch + 1, plan.epochs, done,
+                         min(plan.steps_per_epoch, plan.total_steps - epoch * plan.steps_per_epoch),
+                         loss_sum.item() / seen, done / (last_progress - epoch_start))
+            if step == plan.total_steps:
+                break
+        train_loss, train_error = loss_sum.item() / seen, 100.0 * wrong.item() / seen
+        if not math.isfinite(train_loss):
+            status = "diverged"
+            log.error("epoch %d: training loss is %s at step <= %d: stopping, status 'diverged'",
+                      epoch + 1, train_loss, step)
+            break
+        epoch += 1
+        test_loss, test_error = evaluate(model, data, data.test, cfg, device)
+        elapsed += time.monotonic() - epoch_start
+        row = {"epoch": epoch, "step": step, "lr": lr, "train_loss": train_loss, "train_error": train_error,
+               "test_loss": rundir.finite_or_none(test_loss), "test_error": test_error,
+               "sparsity_gamma_pct": gamma_sparsity_pct(model, cfg.measure.gamma_threshold),
+               "time_s": elapsed}
+        metrics.append(row)
+        bn_history.append(bn_snapshot(model))
+        log.info("epoch %d/%d  lr %.3g  train loss %.4f err %.2f%%  test loss %.4f err %.2f%%  "
+                 "sparsity by gamma %.1f%%  (%.0f s)", epoch, plan.epochs, lr, train_loss, train_error,
+                 test_loss, test_error, row["sparsity_gamma_pct"], elapsed)
+        save_checkpoint(checkpoint_path, run_id, model, optimizer, scheduler, epoch, step, elapsed,
+                        metrics, bn_history)
+        write_history(out_dir, metrics, bn_history)
+
+    results = {"schema": rundir.RESULTS_SCHEMA, "status": status, "run_id": run_id,
+               "config": OmegaConf.to_container(cfg, resolve=True), "overrides": list(overrides),
+               "model": cfg.model.name, "dataset": cfg.dataset.name, "optimizer": cfg.optimizer.name,
+               "regularizer": cfg.regularizer.name, "coefficient": coefficient(cfg.regularizer),
+               "batch_size": cfg.batch_size, "seed": cfg.seed, "epochs": epoch, "iterations": step,
+               "wall_time_s": elapsed}  # updated below once measured
+    last = metrics[-1] if metrics else {}
+    for key in ("train_loss", "train_error", "test_loss", "test_error"):
+        results[key] = rundir.finite_or_none(last.get(key)) if status == "completed" else None
+    if status == "completed":
+        measure_start = time.monotonic()
+        train_batches = batches(data, data.train, cfg.eval_batch_size, device)
+        measured, per_feature = measure(model, train_batches, cfg.measure)
+        results.update(measured)
+        zeroed = zeroed_copy(model, inactive_by_gamma(model, cfg.measure.gamma_threshold))
+        results["zeroed_test_error"] = evaluate(zeroed, data, data.test, cfg, device)[1]
+        results["measure_time_s"] = time.monotonic() - measure_start
+        results["wall_time_s"] += results["measure_time_s"]
+        rundir.write_atomic(out_dir / rundir.FEATURES, rundir.npz_bytes(
+            {f"{layer}_{key}": value.numpy() for layer, arrays in per_feature.items()
+             for key, value in arrays.items()}))
+        log.info("sparsity: by activation %.1f%% (< %g), by gamma %.1f%% (< %g); test error %.2f%%, "
+                 "with the inactive features zeroed %.2f%%",
+                 results["sparsity"]["by_activation"]["total_pct"], cfg.measure.activation_threshold,
+                 results["sparsity"]["by_gamma"]["total_pct"], cfg.measure.gamma_threshold,
+                 results["test_error"], results["zeroed_test_error"])
+        log.info("per layer by gamma: %s", "  ".join(
+            f"{k} {v:.0f}%" for k, v in results["sparsity"]["by_gamma"]["per_layer_pct"].items()))
+    rundir.write_atomic(out_dir / rundir.RESULTS, rundir.json_bytes(results))
+    return results
+
+
+def save_checkpoint(path, run_id, model, optimizer, scheduler, epoch, step, elapsed, metrics, bn_history):
+    buffer = io.BytesIO()
+    torch.save({"run_id": run_id, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "epoch": epoch, "step": step, "elapsed": elapsed,
+                "metrics": metrics, "bn_history": bn_history}, buffer)
+    rundir.write_atomic(path, buffer.getvalue())
+
+
+def write_history(out_dir: Path, metrics: list[dict], bn_history: list[dict]) -> None:
+    rundir.write_atomic(out_dir / rundir.METRICS, rundir.jsonl_bytes(metrics))
+    arrays = {key: np.stack([snap[key].numpy() for snap in bn_history]) for key in bn_history[0]}
+    arrays["epoch"] = np.arange(len(bn_history))
+    rundir.write_atomic(out_dir / rundir.BN_HISTORY, rundir.npz_bytes(arrays))
