@@ -56,7 +56,7 @@ def sparsesweep_ms_per_step(cfg, warmup: int, steps: int) -> float:
     """Times the real train.run between the end of warm-up (the training batch stream resumed after
     `warmup` steps) and the end of the epoch (the first evaluate call): wrappers on the train module's
     names mark both, so loading, evaluation, checkpoints and the final measurement stay outside."""
-    marks = {}
+    marks, evaluate = {}, train.evaluate
 
     def marked_batches(*args, **kwargs):
         for done, batch in enumerate(batches(*args, **kwargs), start=1):
@@ -66,7 +66,7 @@ def sparsesweep_ms_per_step(cfg, warmup: int, steps: int) -> float:
 
     def marked_evaluate(*args, **kwargs):
         marks.setdefault("end", time.perf_counter())
-        return train.evaluate(*args, **kwargs)
+        return evaluate(*args, **kwargs)
 
     with tempfile.TemporaryDirectory() as out_dir, \
             mock.patch.multiple(train, batches=marked_batches, evaluate=marked_evaluate):

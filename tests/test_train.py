@@ -1,0 +1,147 @@
+"""One run end to end on the smoke setting: files, resume equality, divergence, bad values."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import ROOT, SMOKE
+from sparsesweep import train
+from sparsesweep.errors import ConfigError
+
+TIMINGS = {"time_s", "wall_time_s", "measure_time_s"}
+
+
+def without_timings(obj):
+    if isinstance(obj, dict):
+        return {k: without_timings(v) for k, v in obj.items() if k not in TIMINGS}
+    return obj
+
+
+def read_metrics(run_dir):
+    return [without_timings(json.loads(line)) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def cli(*args, cwd):
+    """python -m sparsesweep ARGS as a user runs it; returns (exit code, stdout + stderr)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-m", "sparsesweep", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+    return done.returncode, done.stdout + done.stderr
+
+
+def test_a_run_writes_the_documented_files(make_config, tmp_path):
+    results = train.run(make_config(SMOKE), tmp_path, ["+experiment=smoke"])
+    on_disk = json.loads((tmp_path / "results.json").read_text())
+    assert on_disk == json.loads(json.dumps(results))
+    assert on_disk["schema"] == 1 and on_disk["status"] == "completed"
+    assert (on_disk["model"], on_disk["dataset"], on_disk["optimizer"], on_disk["regularizer"]) == \
+        ("basicnet", "shapes_clean", "adam", "l2")
+    assert on_disk["coefficient"] == 1e-4 and on_disk["batch_size"] == 40 and on_disk["iterations"] == 60
+    assert on_disk["overrides"] == ["+experiment=smoke"]
+    assert on_disk["config"]["optimizer"]["lr"] == 1e-3
+    for key in ("by_gamma", "by_activation", "by_gamma_alt", "by_activation_alt"):
+        block = on_disk["sparsity"][key]
+        assert set(block["per_layer_pct"]) == {f"C{i}" for i in range(1, 8)}
+        assert block["features"] == sum(round(w / 8) for w in (64, 128, 128, 256, 256, 512, 512))
+    assert sum(on_disk["selectivity"]["per_layer"]["C7"]["histogram"]) == 64
+    for key in ("test_error", "test_loss", "train_loss", "train_error", "zeroed_test_error", "wall_time_s"):
+        assert isinstance(on_disk[key], float)
+
+    metrics = read_metrics(tmp_path)
+    assert [m["epoch"] for m in metrics] == [1, 2, 3]
+    assert [m["lr"] for m in metrics] == pytest.approx([1e-3, 1e-3, 1e-4])
+    assert metrics[-1]["test_error"] == on_disk["test_error"]
+    history = np.load(tmp_path / "bn_history.npz")
+    assert history["C6_gamma"].shape == (4, 64) and history["C6_beta"].shape == (4, 64)  # init + 3 epochs
+    assert np.all(history["C6_gamma"][0] == 1.0)  # BN's initial gamma
+    features = np.load(tmp_path / "features.npz")
+    assert np.array_equal(features["C6_gamma"], history["C6_gamma"][-1])
+
+
+class Interrupted(Exception):
+    pass
+
+
+@pytest.mark.parametrize("crash_in", ["evaluate", "save_checkpoint"])
+def test_interrupted_then_resumed_run_ends_exactly_like_an_uninterrupted_one(make_config, tmp_path, monkeypatch,
+                                                                             crash_in):
+    # Augmentation on, so the per-epoch RNG is exercised too. Crashing in `evaluate` of epoch 2 loses that
+    # epoch's training (a kill mid-epoch); crashing after the 2nd checkpoint loses nothing.
+    cfg = make_config(SMOKE + ["seed=7", "dataset.augment=true", "optimizer=sgd"])
+    straight = train.run(cfg, tmp_path / "straight")
+
+    real, calls = getattr(train, crash_in), []
+
+    def crash_on_second_call(*args, **kwargs):
+        calls.append(1)
+        if crash_in == "save_checkpoint":
+            real(*args, **kwargs)
+        if len(calls) == 2:
+            raise Interrupted
+        return real(*args, **kwargs) if crash_in == "evaluate" else None
+
+    monkeypatch.setattr(train, crash_in, crash_on_second_call)
+    with pytest.raises(Interrupted):
+        train.run(cfg, tmp_path / "resumed")
+    monkeypatch.setattr(train, crash_in, real)
+    resumed = train.run(cfg, tmp_path / "resumed")
+
+    assert without_timings(resumed) == without_timings(straight)
+    assert read_metrics(tmp_path / "resumed") == read_metrics(tmp_path / "straight")
+    for name in ("bn_history.npz", "features.npz"):
+        a, b = np.load(tmp_path / "straight" / name), np.load(tmp_path / "resumed" / name)
+        assert all(np.array_equal(a[k], b[k]) for k in a.files)
+
+
+def test_a_checkpoint_of_another_config_is_not_resumed(make_config, tmp_path):
+    train.run(make_config(SMOKE + ["seed=1"]), tmp_path)
+    other = train.run(make_config(SMOKE + ["seed=2"]), tmp_path)
+    fresh = train.run(make_config(SMOKE + ["seed=2"]), tmp_path / "fresh")
+    assert without_timings(other) == without_timings(fresh)
+
+
+def test_nan_loss_stops_the_run_as_diverged(make_config, tmp_path):
+    results = train.run(make_config(SMOKE + ["optimizer=sgd", "optimizer.lr=1e30"]), tmp_path)
+    assert results["status"] == "diverged"
+    assert results["test_error"] is None and "sparsity" not in results
+    assert json.loads((tmp_path / "results.json").read_text())["status"] == "diverged"
+
+
+@pytest.mark.parametrize("override, message", [
+    ("batch_size=0", "batch_size=0: must be a positive integer"),
+    ("regularizer.l2=-1e-4", "regularizer.l2=-0.0001: must be >= 0"),
+    ("batch_size=801", "batch_size=801 exceeds the 800 training images"),
+])
+def test_bad_values_raise_config_errors(make_config, tmp_path, override, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+        train.run(make_config(SMOKE + [override]), tmp_path)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["batch_size=0"], "batch_size=0: must be a positive integer"),
+    (["regularizer.l2=-1e-4"], "must be >= 0 (use regularizer=none"),
+    (["dataset=cifar10", "dataset.root=/nonexistent/cifar"], "/nonexistent/cifar"),
+])
+def test_bad_values_give_a_one_line_error_on_the_command_line(tmp_path, args, message):
+    code, output = cli(*SMOKE, *args, f"hydra.run.dir={tmp_path}", cwd=tmp_path)
+    assert code == 2
+    errors = [line for line in output.splitlines() if "ERROR" in line]
+    assert len(errors) == 1 and message in errors[0], output
+    assert "Traceback" not in output
+    if "cifar" in args[0]:
+        assert "dataset.download=true" in errors[0]
+
+
+def test_a_diverged_and_a_failed_run_do_not_stop_a_sweep(tmp_path):
+    code, output = cli("-m", *SMOKE, "optimizer=sgd", "optimizer.lr=1e30,0.1", "batch_size=0,40",
+                       f"hydra.sweep.dir={tmp_path}", cwd=tmp_path)
+    assert code == 0, output
+    statuses = {}
+    for job in range(4):
+        results = json.loads((tmp_path / str(job) / "results.json").read_text())
+        statuses[" ".join(results["overrides"][2:])] = results["status"]
+    assert statuses == {"optimizer.lr=1e+30 batch_size=0": "failed", "optimizer.lr=1e+30 batch_size=40": "diverged",
+                        "optimizer.lr=0.1 batch_size=0": "failed", "optimizer.lr=0.1 batch_size=40": "completed"}
