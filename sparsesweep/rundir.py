@@ -20,18 +20,19 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 RESULTS_SCHEMA = 1
+SWEEP_PLAN = "sweep_plan.json"  # in a sweep directory: {"runs": [[override, ...], ...]}
 RESULTS, METRICS, BN_HISTORY, FEATURES, CHECKPOINT = (
     "results.json", "metrics.jsonl", "bn_history.npz", "features.npz", "checkpoint.pt")
 
 # Settings that change where or how fast a run goes, not what it computes.
-RUN_IRRELEVANT = ("hydra", "device", "threads", "progress_interval_s", "eval_batch_size",
+RUN_IRRELEVANT = ("device", "threads", "progress_interval_s", "eval_batch_size",
                   "dataset.root", "dataset.system_root", "dataset.download")
 
 
 def run_identity(cfg) -> str:
     """A short hash of the resolved config without the run-irrelevant keys: equal for two runs that must
     give the same results."""
-    plain = OmegaConf.to_container(cfg, resolve=True)
+    plain = OmegaConf.to_container(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), resolve=True)
     for dotted in RUN_IRRELEVANT:
         *parents, leaf = dotted.split(".")
         node = plain

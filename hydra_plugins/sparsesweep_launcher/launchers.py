@@ -1,0 +1,141 @@
+"""Launchers built on hydra-submitit-launcher's job body (`__call__`: compose the job's config and run it
+in its directory; `checkpoint`: on preemption or timeout, requeue the same call, which resumes from the
+run's checkpoint). What they change is how jobs are started and waited for:
+
+- LocalPoolLauncher: each job a separate local process (submitit's LocalExecutor), pinned to one GPU slot
+  (CUDA_VISIBLE_DEVICES) or, without GPUs, to a CPU slot with a fixed thread count; at most one job per
+  slot, the rest queue. (The stock local launcher starts every job at once on the same GPUs.)
+- SlurmArrayLauncher: one SLURM job array; waits for every task, or returns at once with wait=false.
+
+Both: a job that dies is reported with its log's path; the others go on.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Sequence
+
+from hydra.core.singleton import Singleton
+from hydra.core.utils import JobReturn, JobStatus, filter_overrides
+from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
+from hydra_plugins.hydra_submitit_launcher.submitit_launcher import BaseSubmititLauncher
+from omegaconf import OmegaConf
+
+log = logging.getLogger(__name__)
+
+POLL_S = 0.2
+
+
+class _QueueingLauncher(BaseSubmititLauncher):
+    def job_args(self, number: int, overrides) -> tuple:
+        """The arguments of BaseSubmititLauncher.__call__ for job `number`."""
+        log.info("\t#%d : %s", number, " ".join(filter_overrides(overrides)))
+        return list(overrides), "hydra.sweep.dir", number, f"job_id_for_{number}", Singleton.get_state()
+
+    @staticmethod
+    def collect(number: int, job) -> JobReturn:
+        try:
+            return job.results()[0]
+        except Exception as error:  # the process died: killed, out of memory, timed out too often
+            last_line = (str(error).strip().splitlines() or ["no message"])[-1]
+            log.error("#%d failed (job %s): %s  (log: %s)", number, job.job_id, last_line, job.paths.stderr)
+            failed = JobReturn()
+            failed.status = JobStatus.FAILED
+            failed._return_value = error
+            return failed
+
+    @staticmethod
+    def report(returns: dict[int, JobReturn]) -> list[JobReturn]:
+        failed = [n for n, r in returns.items() if r.status == JobStatus.FAILED]
+        log.info("All %d jobs ended%s", len(returns),
+                 f"; {len(failed)} failed: " + ", ".join(f"#{n}" for n in failed) if failed else "")
+        return [returns[n] for n in sorted(returns)]
+
+    def prepare_sweep_dir(self) -> Path:
+        sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        return sweep_dir
+
+
+class LocalPoolLauncher(_QueueingLauncher):
+    _EXECUTOR = "local"
+
+    def slots(self) -> list[int | None]:
+        gpus = self.params["gpus"]
+        if gpus is None:
+            import torch
+
+            gpus = range(torch.cuda.device_count())
+        if gpus:
+            return [gpu for gpu in gpus for _ in range(self.params["runs_per_gpu"])]
+        parallel = self.params["cpu_parallel"] or max(1, (os.cpu_count() or 1) // self.params["cpu_threads"])
+        return [None] * parallel
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        import submitit
+
+        sweep_dir = self.prepare_sweep_dir()
+        executor = submitit.LocalExecutor(folder=self.params["submitit_folder"],
+                                          max_num_timeout=self.params["max_num_timeout"])
+        slots = self.slots()
+        where = (f"GPUs {sorted(set(slots))}, {self.params['runs_per_gpu']} per GPU" if slots[0] is not None
+                 else f"CPU, {self.params['cpu_threads']} thread(s) each")
+        log.info("Launching %d jobs locally, at most %d at once on %s; output in %s",
+                 len(job_overrides), len(slots), where, sweep_dir)
+        queue = list(enumerate(job_overrides, start=initial_job_idx))
+        running: dict[int, tuple[int, object]] = {}  # slot -> (job number, job)
+        returns: dict[int, JobReturn] = {}
+        while queue or running:
+            for slot in [s for s in range(len(slots)) if s not in running][:len(queue)]:
+                number, overrides = queue.pop(0)
+                running[slot] = (number, self.submit(executor, slots[slot], self.job_args(number, overrides)))
+            time.sleep(POLL_S)
+            for slot, (number, job) in list(running.items()):
+                if job.done():
+                    del running[slot]
+                    returns[number] = self.collect(number, job)
+        return self.report(returns)
+
+    def submit(self, executor, gpu: int | None, args: tuple):
+        executor.update_parameters(timeout_min=self.params["timeout_min"], gpus_per_node=0 if gpu is None else 1,
+                                   visible_gpus=() if gpu is None else (gpu,))
+        threads = {"OMP_NUM_THREADS": str(self.params["cpu_threads"])} if gpu is None else {}
+        saved = {k: os.environ.get(k) for k in threads}
+        os.environ.update(threads)  # the job's process inherits the environment at submission
+        try:
+            return executor.submit(self, *args)
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+
+
+class SlurmArrayLauncher(_QueueingLauncher):
+    _EXECUTOR = "slurm"
+    _OWN_KEYS = {"submitit_folder", "max_num_timeout", "wait"}
+
+    def executor(self):
+        """A submitit SLURM executor from this launcher's parameters (as the stock launcher builds it)."""
+        import submitit
+
+        executor = submitit.AutoExecutor(cluster="slurm", folder=self.params["submitit_folder"],
+                                         slurm_max_num_timeout=self.params["max_num_timeout"])
+        shared = set(OmegaConf.structured(BaseQueueConf).keys())
+        executor.update_parameters(**{k if k in shared else f"slurm_{k}": v for k, v in self.params.items()
+                                      if k not in self._OWN_KEYS})
+        return executor
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        sweep_dir = self.prepare_sweep_dir()
+        numbers = range(initial_job_idx, initial_job_idx + len(job_overrides))
+        args = [self.job_args(n, o) for n, o in zip(numbers, job_overrides)]
+        jobs = self.executor().map_array(self, *zip(*args))
+        log.info("Submitted SLURM array %s: %d jobs, output in %s; follow it with: "
+                 "python -m multirun_analysis status %s", jobs[0].job_id.split("_")[0], len(jobs), sweep_dir, sweep_dir)
+        if not self.params["wait"]:
+            return []
+        return self.report({n: self.collect(n, job) for n, job in zip(numbers, jobs)})

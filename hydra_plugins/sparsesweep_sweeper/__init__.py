@@ -1,0 +1,1 @@
+"""Registers `hydra/sweeper=grid` (see grid.py)."""
