@@ -1,21 +1,25 @@
 """Every config option composes (Hydra's compose API), and the design card's sweep runs for real."""
-import json
-import os
-import subprocess
-import sys
-
 import pytest
 from omegaconf import OmegaConf
 
-from conftest import CONF, ROOT
+from conftest import CONF, cli, read_results
 
 GROUPS = ["model", "dataset", "optimizer", "regularizer", "schedule", "experiment"]
 OPTIONS = [(group, path.stem) for group in GROUPS for path in sorted((CONF / group).glob("*.yaml"))]
 
 
+# Experiments whose models/datasets arrive with a later issue: composing them must fail, naming what is missing.
+NOT_YET = {"table3": "model/vgg16", "table4": "dataset/imagenet", "table5": "dataset/imagenet",
+           "table7": "dataset/tinyimagenet"}
+
+
 @pytest.mark.parametrize("group, option", OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
 def test_every_option_composes_and_resolves(make_config, group, option):
     override = f"+experiment={option}" if group == "experiment" else f"{group}={option}"
+    if group == "experiment" and option in NOT_YET:
+        with pytest.raises(Exception, match=f"Could not find '{NOT_YET[option]}'"):
+            make_config([override])
+        return
     cfg = make_config([override])
     plain = OmegaConf.to_container(cfg, resolve=True)
     if group != "experiment":
@@ -44,21 +48,19 @@ def test_a_coefficient_of_the_wrong_regularizer_is_rejected(make_config):
         make_config(["regularizer=wd", "regularizer.l2=1e-4"])
 
 
-def test_the_design_card_sweep_runs_six_jobs(tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    command = [sys.executable, "-m", "sparsesweep", "-m", "optimizer=adam,sgd,adamax", "regularizer.l2=1e-4,1e-5",
-               "+experiment=smoke", f"hydra.sweep.dir={tmp_path}"]
-    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stdout + done.stderr
-    seen = set()
-    for job in range(6):
-        results = json.loads((tmp_path / str(job) / "results.json").read_text())
-        assert results["status"] == "completed"
-        seen.add((results["optimizer"], results["coefficient"]))
-    assert seen == {(o, c) for o in ("adam", "sgd", "adamax") for c in (1e-4, 1e-5)}
+def test_the_design_card_sweep_runs_six_jobs_at_most_two_at_once(tmp_path):
+    code, output = cli("sparsesweep", "-m", "optimizer=adam,sgd,adamax", "regularizer.l2=1e-4,1e-5",
+                       "+experiment=smoke", f"hydra.sweep.dir={tmp_path}", "hydra.launcher.cpu_parallel=2", cwd=tmp_path)
+    assert code == 0, output
+    runs = read_results(tmp_path)
+    assert {(r["optimizer"], r["coefficient"], r["status"]) for r in runs.values()} == \
+        {(o, c, "completed") for o in ("adam", "sgd", "adamax") for c in (1e-4, 1e-5)}
+    # Each job's lifetime: its config written at start .. its results written at the end.
+    spans = [((p.parent / ".hydra" / "config.yaml").stat().st_mtime, p.stat().st_mtime)
+             for p in tmp_path.rglob("results.json")]
+    most_at_once = max(sum(start <= t < end for start, end in spans) for t, _ in spans)
+    assert most_at_once == 2
 
-    summary = subprocess.run([sys.executable, "-m", "multirun_analysis", str(tmp_path)], env=env,
-                             capture_output=True, text=True, timeout=60)
-    assert summary.returncode == 0, summary.stderr
-    rows = [line for line in summary.stdout.splitlines() if "optimizer=" in line]
-    assert len(rows) == 6 and all("completed" in row for row in rows)
+    code, summary = cli("multirun_analysis", str(tmp_path), cwd=tmp_path)
+    rows = [line for line in summary.splitlines() if "optimizer=" in line]
+    assert code == 0 and len(rows) == 6 and all("completed" in row for row in rows), summary

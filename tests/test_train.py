@@ -1,13 +1,10 @@
 """One run end to end on the smoke setting: files, resume equality, divergence, bad values."""
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
-from conftest import ROOT, SMOKE
+from conftest import SMOKE, cli, read_results
 from sparsesweep import train
 from sparsesweep.errors import ConfigError
 
@@ -22,14 +19,6 @@ def without_timings(obj):
 
 def read_metrics(run_dir):
     return [without_timings(json.loads(line)) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-
-
-def cli(*args, cwd):
-    """python -m sparsesweep ARGS as a user runs it; returns (exit code, stdout + stderr)."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    done = subprocess.run([sys.executable, "-m", "sparsesweep", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300)
-    return done.returncode, done.stdout + done.stderr
 
 
 def test_a_run_writes_the_documented_files(make_config, tmp_path):
@@ -126,7 +115,7 @@ def test_bad_values_raise_config_errors(make_config, tmp_path, override, message
     (["dataset=cifar10", "dataset.root=/nonexistent/cifar"], "/nonexistent/cifar"),
 ])
 def test_bad_values_give_a_one_line_error_on_the_command_line(tmp_path, args, message):
-    code, output = cli(*SMOKE, *args, f"hydra.run.dir={tmp_path}", cwd=tmp_path)
+    code, output = cli("sparsesweep", *SMOKE, *args, f"hydra.run.dir={tmp_path}", cwd=tmp_path)
     assert code == 2
     errors = [line for line in output.splitlines() if "ERROR" in line]
     assert len(errors) == 1 and message in errors[0], output
@@ -136,12 +125,15 @@ def test_bad_values_give_a_one_line_error_on_the_command_line(tmp_path, args, me
 
 
 def test_a_diverged_and_a_failed_run_do_not_stop_a_sweep(tmp_path):
-    code, output = cli("-m", *SMOKE, "optimizer=sgd", "optimizer.lr=1e30,0.1", "batch_size=0,40",
+    code, output = cli("sparsesweep", "-m", *SMOKE, "optimizer=sgd", "optimizer.lr=1e30,0.1", "batch_size=0,40",
                        f"hydra.sweep.dir={tmp_path}", cwd=tmp_path)
     assert code == 0, output
-    statuses = {}
-    for job in range(4):
-        results = json.loads((tmp_path / str(job) / "results.json").read_text())
-        statuses[" ".join(results["overrides"][2:])] = results["status"]
-    assert statuses == {"optimizer.lr=1e+30 batch_size=0": "failed", "optimizer.lr=1e+30 batch_size=40": "diverged",
-                        "optimizer.lr=0.1 batch_size=0": "failed", "optimizer.lr=0.1 batch_size=40": "completed"}
+    statuses = {run: results["status"] for run, results in read_results(tmp_path).items()}
+    assert statuses == {"optimizer=sgd optimizer.lr=1e+30 batch_size=0": "failed",
+                        "optimizer=sgd optimizer.lr=1e+30 batch_size=40": "diverged",
+                        "optimizer=sgd optimizer.lr=0.1 batch_size=0": "failed",
+                        "optimizer=sgd optimizer.lr=0.1 batch_size=40": "completed"}
+
+    code, status = cli("multirun_analysis", "status", str(tmp_path), cwd=tmp_path)
+    assert code == 0 and status.splitlines()[-1] == "2 failed, 1 diverged, 1 completed", status
+    assert "batch_size=0: must be a positive integer" in status

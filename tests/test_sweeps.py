@@ -1,0 +1,116 @@
+"""Sweeps for real: the table grids, killing and relaunching, preemption and requeue, SLURM scripts."""
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+from conftest import ROOT, SMOKE, cli, read_results
+from sparsesweep import train
+
+TIMINGS = {"time_s", "wall_time_s", "measure_time_s", "overrides"}
+
+
+def comparable(results):
+    return {k: v for k, v in results.items() if k not in TIMINGS}
+
+
+def start_sweep(*args, cwd):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen([sys.executable, "-m", "sparsesweep", "-m", *args], cwd=cwd, env=env,
+                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def wait_for(condition, timeout=180):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
+
+
+def test_table1_lists_every_cell_of_the_paper_three_times(tmp_path):
+    code, output = cli("sparsesweep", "+experiment=table1", f"hydra.sweep.dir={tmp_path}/t1",
+                       "hydra.sweeper.dry_run=true", cwd=tmp_path)
+    assert code == 0, output
+    assert output.splitlines()[-1] == "174 runs"
+    cells = Counter()
+    for line in output.splitlines():
+        if line.startswith("#"):
+            overrides = dict(o.split("=", 1) for o in line.split()[2:])
+            kind = overrides.get("regularizer", "l2")
+            cells[(kind, overrides["optimizer"], float(overrides[f"regularizer.{kind}"]), overrides["dataset"])] += 1
+            assert overrides["seed"] in {"0", "1", "2"}
+    with open(ROOT / "multirun_analysis" / "paper" / "table1.csv") as f:
+        rows = list(csv.DictReader(line for line in f if not line.startswith("#")))
+    assert len(rows) == 29
+    expected = {(r["regularizer"], r["optimizer"], float(r["coef"]), d): 3 for r in rows for d in ("cifar10", "cifar100")}
+    assert dict(cells) == expected
+
+
+def test_a_killed_sweep_relaunched_finishes_without_redoing_completed_runs(tmp_path, make_config):
+    sweep = tmp_path / "sweep"
+    args = ["optimizer=adam,sgd", "seed=1,2", *SMOKE, f"hydra.sweep.dir={sweep}", "hydra.launcher.cpu_parallel=2"]
+    launcher = start_sweep(*args, cwd=tmp_path)
+    wait_for(lambda: len(list(sweep.rglob("results.json"))) >= 1)
+    os.killpg(launcher.pid, signal.SIGKILL)  # the launcher and every job it started
+    launcher.wait()
+    done_before = {p: p.read_bytes() for p in sweep.rglob("results.json")}
+    assert 1 <= len(done_before) < 4
+
+    code, output = cli("sparsesweep", "-m", *args, cwd=tmp_path)
+    assert code == 0, output
+    assert f"4 runs: {len(done_before)} skipped (completed)" in output
+    assert all(path.read_bytes() == content for path, content in done_before.items())  # not redone
+    runs = read_results(sweep)
+    assert len(runs) == 4
+    for overrides, results in runs.items():
+        uninterrupted = train.run(make_config(SMOKE + overrides.split()), tmp_path / overrides.replace(" ", "_"))
+        assert comparable(results) == comparable(uninterrupted)
+
+
+def test_a_preempted_job_is_requeued_and_resumes_from_its_checkpoint(tmp_path, make_config):
+    sweep = tmp_path / "sweep"
+    overrides = ["optimizer=sgd", "schedule.base_epochs=60"]
+    launcher = start_sweep(*SMOKE, *overrides, f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    wait_for(lambda: list(sweep.rglob("checkpoint.pt")))
+    # Preemption as SLURM delivers it (--signal=USR2): the signal reaches the process running the job, whose
+    # submitit handler checkpoints and requeues it. (LocalJob._interrupt() signals the local controller
+    # process instead, which has no handler for it in submitit 1.5 and just dies.) The controller's pid is
+    # the local job id, the name of the job's folder under .submitit/; the job process is its child.
+    (job_folder,) = [p for p in (sweep / ".submitit").iterdir() if p.name.isdigit()]
+    controller = int(job_folder.name)
+    (job_pid,) = map(int, Path(f"/proc/{controller}/task/{controller}/children").read_text().split())
+    os.kill(job_pid, signal.SIGUSR2)
+    assert launcher.wait(timeout=180) == 0
+    (results,) = read_results(sweep).values()
+    log = next(sweep.rglob("sparsesweep.log")).read_text()
+    assert "resuming from" in log
+    uninterrupted = train.run(make_config(SMOKE + overrides), tmp_path / "uninterrupted")
+    assert comparable(results) == comparable(uninterrupted)
+
+
+def test_the_slurm_launcher_submits_one_array_with_the_configured_resources(tmp_path):
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    (fake_bin / "sbatch").write_text('#!/bin/sh\ncp "$1" "$SBATCH_SCRIPT_COPY"\necho "Submitted batch job 4242"\n')
+    (fake_bin / "srun").write_text("#!/bin/sh\n")
+    for tool in fake_bin.iterdir():
+        tool.chmod(0o755)
+    script = tmp_path / "submitted.sh"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PATH": f"{fake_bin}:{os.environ['PATH']}",
+           "SBATCH_SCRIPT_COPY": str(script)}
+    done = subprocess.run(
+        [sys.executable, "-m", "sparsesweep", "-m", "optimizer=adam,sgd,adamax", *SMOKE, f"hydra.sweep.dir={tmp_path}/s",
+         "hydra/launcher=slurm", "hydra.launcher.partition=gpu", "hydra.launcher.account=lab", "hydra.launcher.qos=high",
+         "hydra.launcher.timeout_min=90", "hydra.launcher.gres=gpu:1", "hydra.launcher.array_parallelism=2",
+         "hydra.launcher.wait=false", "hydra.launcher.setup=[module load cuda]"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "Submitted SLURM array 4242: 3 jobs" in done.stdout + done.stderr
+    lines = script.read_text().splitlines()
+    for expected in ("#SBATCH --partition=gpu", "#SBATCH --account=lab", "#SBATCH --qos=high", "#SBATCH --time=90",
+                     "#SBATCH --gres=gpu:1", "#SBATCH --array=0-2%2", "#SBATCH --signal=USR2@120", "module load cuda"):
+        assert expected in lines, expected
