@@ -11,9 +11,11 @@ Both: a job that dies is reported with its log's path; the others go on.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Sequence
 
@@ -26,6 +28,22 @@ from omegaconf import OmegaConf
 log = logging.getLogger(__name__)
 
 POLL_S = 0.2
+
+
+def outcome(job_return: JobReturn) -> tuple[str, str]:
+    """(status, one line) from the run's results.json, for following a sweep from the launcher's console."""
+    if job_return.status == JobStatus.FAILED:
+        return "failed", "the job's process died"
+    try:
+        results = json.loads((Path(job_return.hydra_cfg.hydra.runtime.output_dir) / "results.json").read_text())
+    except (OSError, ValueError, AttributeError):
+        return "failed", "no results.json"
+    status = results.get("status", "unknown")
+    if status != "completed":
+        return status, f"{status}: {results.get('error', '')}".rstrip(": ")
+    sparsity = results["sparsity"]
+    return status, (f"test error {results['test_error']:.2f}%, sparsity by gamma "
+                    f"{sparsity['by_gamma']['total_pct']:.1f}%, by activation {sparsity['by_activation']['total_pct']:.1f}%")
 
 
 class _QueueingLauncher(BaseSubmititLauncher):
@@ -48,9 +66,10 @@ class _QueueingLauncher(BaseSubmititLauncher):
 
     @staticmethod
     def report(returns: dict[int, JobReturn]) -> list[JobReturn]:
-        failed = [n for n, r in returns.items() if r.status == JobStatus.FAILED]
-        log.info("All %d jobs ended%s", len(returns),
-                 f"; {len(failed)} failed: " + ", ".join(f"#{n}" for n in failed) if failed else "")
+        statuses = {n: outcome(r)[0] for n, r in sorted(returns.items())}
+        counts = ", ".join(f"{k} {v}" for k, v in Counter(statuses.values()).items())
+        failed = ", ".join(f"#{n}" for n, status in statuses.items() if status == "failed")
+        log.info("All %d jobs ended: %s%s", len(returns), counts, f" (failed: {failed})" if failed else "")
         return [returns[n] for n in sorted(returns)]
 
     def prepare_sweep_dir(self) -> Path:
@@ -96,6 +115,8 @@ class LocalPoolLauncher(_QueueingLauncher):
                 if job.done():
                     del running[slot]
                     returns[number] = self.collect(number, job)
+                    log.info("#%d ended (%d/%d): %s", number, len(returns), len(job_overrides),
+                             outcome(returns[number])[1])
         return self.report(returns)
 
     def submit(self, executor, gpu: int | None, args: tuple):
