@@ -6,7 +6,8 @@
    config and seed, so the same init), data, batch size, optimizer and regularizer (target <= 1.03).
 2. The sparsity pass: `sparsesweep.measure.measure` over the training set vs one plain eval-mode
    forward pass over it at the same batch size (target <= 1.3).
-The two sides are measured alternately, `repeats` times each; the medians over repeats are compared.
+Training steps of the two sides alternate one by one, sparsity passes pass by pass; each measurement is
+repeated `repeats` times and the medians over repeats are compared.
 """
 from __future__ import annotations
 
@@ -52,31 +53,9 @@ def benchmark_config(overrides: list[str], warmup: int, steps: int, threads: int
     return cfg
 
 
-def sparsesweep_step_times(cfg, warmup: int, steps: int) -> list[float]:
-    """Seconds of each timed step of the real train.run. Wrappers on the train module's names take
-    the clock each time the training batch stream resumes (a step has ended, the next one starts by
-    fetching its batch) and at the first evaluate call (the end of the last step), so loading,
-    evaluation, checkpoints and the final measurement stay outside."""
-    ticks, evaluate = [], train.evaluate
-
-    def ticking_batches(*args, **kwargs):
-        for done, batch in enumerate(batches(*args, **kwargs), start=1):
-            yield batch
-            if done >= warmup and kwargs.get("shuffle_seed") is not None:  # the training stream
-                ticks.append(time.perf_counter())
-
-    def ticking_evaluate(*args, **kwargs):
-        if len(ticks) == steps:  # the call right after the last step, not the later ones
-            ticks.append(time.perf_counter())
-        return evaluate(*args, **kwargs)
-
-    with tempfile.TemporaryDirectory() as out_dir, \
-            mock.patch.multiple(train, batches=ticking_batches, evaluate=ticking_evaluate):
-        train.run(cfg, Path(out_dir))  # a fresh directory each time: no checkpoint to resume from
-    return [end - start for start, end in zip(ticks, ticks[1:])]
-
-
-def baseline_step_times(cfg, data, warmup: int, steps: int) -> list[float]:
+def baseline_stepper(cfg, data):
+    """The hand-written loop, one step per call: same model init, optimizer and batch size as train.run,
+    data pre-normalized and shuffled once, batches sliced."""
     torch.manual_seed(cfg.seed)  # as train.run does: the same initial weights
     model = build_model(cfg.model, data.channels, data.num_classes)
     optimizer = build_optimizer(cfg.optimizer, cfg.regularizer, model)  # the same optimizer and L2 groups
@@ -84,20 +63,55 @@ def baseline_step_times(cfg, data, warmup: int, steps: int) -> list[float]:
     order = torch.randperm(len(data.train))
     images = ((data.train.images.float() - data.mean.view(1, -1, 1, 1)) / data.std.view(1, -1, 1, 1))[order]
     labels = data.train.labels[order]
-    size, ticks = cfg.batch_size, []
+    size, starts = cfg.batch_size, iter(range(0, len(data.train), cfg.batch_size))
     model.train()
-    for step in range(warmup + steps):
-        if step >= warmup:
-            ticks.append(time.perf_counter())
-        x, y = images[step * size:(step + 1) * size], labels[step * size:(step + 1) * size]
+
+    def step() -> None:
+        start = next(starts)
+        x, y = images[start:start + size], labels[start:start + size]
         loss = F.cross_entropy(model(x), y)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        for params, factor in decoupled_decay:  # regularizer=wd only; the LR here is constant
-            torch._foreach_mul_(params, factor)
-    ticks.append(time.perf_counter())
-    return [end - start for start, end in zip(ticks, ticks[1:])]
+        with torch.no_grad():
+            for params, factor in decoupled_decay:  # regularizer=wd only; the LR here is constant
+                torch._foreach_mul_(params, factor)
+    return step
+
+
+def paired_step_times(cfg, data, warmup: int, steps: int) -> tuple[list[float], list[float]]:
+    """Seconds of each timed step of the real train.run and of the baseline. One baseline step runs right
+    after each sparsesweep step, so load from other processes (seconds-long bursts on a shared machine)
+    hits both sides alike. Wrappers on the train module's names find the end of each sparsesweep step:
+    the training batch stream resuming, and for the last step the first evaluate call. Loading,
+    evaluation, checkpoints and the final measurement stay outside the timings."""
+    baseline_step, evaluate = baseline_stepper(cfg, data), train.evaluate
+    ours, base, our_start = [], [], None
+
+    def after_our_step(done: int) -> None:
+        nonlocal our_start
+        our_end = time.perf_counter()
+        baseline_step()
+        if done > warmup:
+            ours.append(our_end - our_start)
+            base.append(time.perf_counter() - our_end)
+        our_start = time.perf_counter()
+
+    def interleaved_batches(*args, **kwargs):
+        for done, batch in enumerate(batches(*args, **kwargs), start=1):
+            yield batch
+            if kwargs.get("shuffle_seed") is not None:  # the training stream, not evaluation's
+                after_our_step(done)
+
+    def evaluate_after_last_step(*args, **kwargs):
+        if len(ours) == steps - 1:  # the first call: the last step, which the loop breaks after, just ended
+            after_our_step(warmup + steps)
+        return evaluate(*args, **kwargs)
+
+    with tempfile.TemporaryDirectory() as out_dir, \
+            mock.patch.multiple(train, batches=interleaved_batches, evaluate=evaluate_after_last_step):
+        train.run(cfg, Path(out_dir))  # a fresh directory each time: no checkpoint to resume from
+    return ours, base
 
 
 def seconds(fn) -> float:
@@ -124,17 +138,17 @@ def sparsity_pass_times(cfg, data, model, repeats: int) -> tuple[list[float], li
     return [ours for ours, _ in timings], [base for _, base in timings]
 
 
-def report(name: str, ours: list[float], base: list[float], target: float | None = None) -> None:
+def report(name: str, ours: list[float], base: list[float], target: float) -> None:
     """Medians over repeats, their ratio, and every repeat's value in brackets."""
     ratio = statistics.median(ours) / statistics.median(base)
-    verdict = f" (target <= {target}: {'ok' if ratio <= target else 'OVER'})" if target else ""
     print(f"{name}: sparsesweep {statistics.median(ours):.3f} {bracketed(ours)}  "
-          f"baseline {statistics.median(base):.3f} {bracketed(base)}  ratio {ratio:.3f}{verdict}")
+          f"baseline {statistics.median(base):.3f} {bracketed(base)}  "
+          f"ratio {ratio:.3f} (target <= {target}: {'ok' if ratio <= target else 'OVER'})")
 
 
-def ms_per_step(step_times: list[list[float]], average) -> list[float]:
-    """One value per repeat: the average (mean or median) of its steps' times, in ms."""
-    return [1e3 * average(times) for times in step_times]
+def ms_per_step(step_times) -> list[float]:
+    """One value per repeat: the mean of its steps' times, in ms."""
+    return [1e3 * statistics.fmean(times) for times in step_times]
 
 
 def bracketed(values: list[float]) -> str:
@@ -144,11 +158,13 @@ def bracketed(values: list[float]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=600, help="timed training steps per repeat")
-    parser.add_argument("--warmup", type=int, default=40, help="untimed training steps before them")
+    parser.add_argument("--warmup", type=int, default=40, help="untimed training steps before them (>= 1)")
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads, for both sides")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("overrides", nargs="*", help="hydra overrides, applied after " + " ".join(DEFAULTS))
     args = parser.parse_args()
+    if args.warmup < 1:
+        parser.error("--warmup must be >= 1: the first timed step starts where a warm-up step ends")
 
     torch.set_num_threads(args.threads)
     cfg = benchmark_config(args.overrides, args.warmup, args.steps, args.threads)
@@ -158,13 +174,8 @@ def main() -> None:
                  f"{args.steps} steps at batch_size={cfg.batch_size}: lower --steps")
     print(f"{' '.join(DEFAULTS + args.overrides)}: {len(data.train)} train images, "
           f"{args.warmup} warm-up + {args.steps} timed steps, {args.threads} threads, {args.repeats} repeats")
-    ours, base = [], []
-    for _ in range(args.repeats):  # alternated, so drifts in machine speed hit both sides alike
-        ours.append(sparsesweep_step_times(cfg, args.warmup, args.steps))
-        base.append(baseline_step_times(cfg, data, args.warmup, args.steps))
-    report("training step, mean ms", ms_per_step(ours, statistics.fmean), ms_per_step(base, statistics.fmean), 1.03)
-    # The median step shrugs off bursts of load from other processes, which the mean absorbs.
-    report("training step, median ms", ms_per_step(ours, statistics.median), ms_per_step(base, statistics.median))
+    ours, base = zip(*(paired_step_times(cfg, data, args.warmup, args.steps) for _ in range(args.repeats)))
+    report("training step, mean ms", ms_per_step(ours), ms_per_step(base), 1.03)
 
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, data.channels, data.num_classes)

@@ -1,6 +1,13 @@
-"""python -m multirun_analysis SWEEP_DIR [SWEEP_DIR ...]   one row per run: overrides, errors, sparsity
-python -m multirun_analysis status SWEEP_DIR             where a sweep stands: completed, running, failed,
-                                                         diverged, interrupted, missing"""
+"""Read sparsesweep run directories and report on them. Several sweep directories merge.
+
+  python -m multirun_analysis SWEEP_DIR...                  one row per run: overrides, errors, sparsity
+  python -m multirun_analysis status SWEEP_DIR              completed / running / failed / diverged /
+                                                            interrupted / missing, one line per run
+  python -m multirun_analysis TABLE SWEEP_DIR... [--format terminal|markdown|latex|csv] [--out DIR] [--no-paper]
+                                                            TABLE: table1 ... table7, difficulty
+  python -m multirun_analysis runs SWEEP_DIR... --out FILE  every run, every metric (.csv or .parquet)
+  python -m multirun_analysis plots SWEEP_DIR... --out DIR  the figures, PNG and PDF
+"""
 import argparse
 import sys
 from collections import Counter
@@ -8,56 +15,100 @@ from pathlib import Path
 
 import pandas as pd
 
+from multirun_analysis import render, tables
 from multirun_analysis.load import load_runs
 from multirun_analysis.status import sweep_status
 
-COLUMNS = {"overrides": "overrides", "status": "status", "test_error": "test err %",
-           "sparsity_by_gamma_pct": "sparsity γ<1e-3 %", "sparsity_by_activation_pct": "sparsity act<1e-12 %",
-           "sparsity_by_gamma_alt_pct": "γ<1e-2 %", "sparsity_by_activation_alt_pct": "act<1e-4 %",
-           "zeroed_test_error": "zeroed err %", "iterations": "steps", "wall_time_s": "time s"}
+COMMANDS = ("status", "runs", "plots", *tables.TABLES)
+SUMMARY_COLUMNS = {
+    "overrides": "overrides", "status": "status", "test_error": "test err %",
+    "sparsity_by_gamma_pct": "sparsity γ<1e-3 %", "sparsity_by_activation_pct": "sparsity act<1e-12 %",
+    "sparsity_by_gamma_alt_pct": "γ<1e-2 %", "sparsity_by_activation_alt_pct": "act<1e-4 %",
+    "zeroed_test_error": "zeroed err %", "iterations": "steps", "wall_time_s": "time s"}
+EXTENSIONS = {"terminal": "txt", "markdown": "md", "latex": "tex", "csv": "csv"}
 
 
-def summary(frame: pd.DataFrame) -> str:
-    table = frame.reindex(columns=list(COLUMNS)).rename(columns=COLUMNS)
-    return table.to_string(float_format=lambda v: f"{v:.1f}", na_rep="-")
+def report_skipped(skipped: Counter) -> None:
+    for reason, count in skipped.items():
+        print(f"skipped {count} run(s): {reason}", file=sys.stderr)
 
 
-def print_summary(paths) -> int:
+def summary(paths) -> int:
     skipped = Counter()
     frame = load_runs(paths, skipped)
     if frame.empty:
         print(f"no runs with a results.json under {' '.join(map(str, paths))}", file=sys.stderr)
     else:
-        print(summary(frame))
-    for reason, count in skipped.items():
-        print(f"skipped {count} run(s): {reason}", file=sys.stderr)
+        print(frame.reindex(columns=list(SUMMARY_COLUMNS)).rename(columns=SUMMARY_COLUMNS)
+              .to_string(float_format=lambda v: f"{v:.1f}", na_rep="-"))
+    report_skipped(skipped)
     return 0 if not frame.empty else 1
 
 
-def print_status(sweep_dir: Path) -> int:
-    table = sweep_status(sweep_dir)
-    with pd.option_context("display.max_colwidth", 80, "display.width", 200):
-        print(table[["state", "run", "detail"]].to_string(index=False) if len(table) else "no runs found")
-    counts = table["state"].value_counts()
-    print(", ".join(f"{n} {state}" for state, n in counts.items()))
+def status(paths) -> int:
+    for sweep_dir in paths:
+        table = sweep_status(sweep_dir)
+        with pd.option_context("display.max_colwidth", 100, "display.width", 250):
+            print(table[["state", "run", "detail"]].to_string(index=False) if len(table) else "no runs found")
+        print(", ".join(f"{n} {state}" for state, n in table["state"].value_counts().items()))
+    return 0
+
+
+def table(name: str, paths, fmt: str, out: Path | None, show_paper: bool) -> int:
+    skipped = Counter()
+    spec = tables.TABLES[name]
+    built = tables.build(spec, load_runs(paths, skipped, completed_only=True))
+    if out:
+        out.mkdir(parents=True, exist_ok=True)
+        for each, extension in EXTENSIONS.items():
+            (out / f"{name}.{extension}").write_text(render.render(spec, built, each, show_paper))
+        print(f"wrote {name}.{{{','.join(EXTENSIONS.values())}}} to {out}")
+    print(render.render(spec, built, fmt, show_paper))
+    report_skipped(skipped)
+    return 0
+
+
+def runs(paths, out: Path) -> int:
+    skipped = Counter()
+    frame = load_runs(paths, skipped)
+    if out.suffix == ".parquet":
+        frame.to_parquet(out)  # needs pyarrow or fastparquet
+    else:
+        frame.to_csv(out, index=False)
+    print(f"wrote {len(frame)} runs to {out}")
+    report_skipped(skipped)
     return 0
 
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    command = "status" if argv[:1] == ["status"] else "summary"
-    parser = argparse.ArgumentParser(prog=f"python -m multirun_analysis{' status' if command == 'status' else ''}",
+    command = argv[0] if argv[:1] and argv[0] in COMMANDS else "summary"
+    parser = argparse.ArgumentParser(prog=f"python -m multirun_analysis {command}".replace(" summary", ""),
                                      description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("paths", nargs="+", type=Path, help="sweep directories (multirun/DATE/TIME) or run dirs")
-    args = parser.parse_args(argv[1:] if command == "status" else argv)
+    if command in tables.TABLES:
+        parser.add_argument("--format", choices=render.FORMATS, default="terminal")
+        parser.add_argument("--no-paper", dest="show_paper", action="store_false", help="hide the paper's values")
+    if command in tables.TABLES or command in ("runs", "plots"):
+        parser.add_argument("--out", type=Path, required=command in ("runs", "plots"),
+                            help="file (runs) or directory (tables: every format; plots)")
+    args = parser.parse_args(argv[1:] if command != "summary" else argv)
     missing = [p for p in args.paths if not p.is_dir()]
     if missing:
         print(f"error: {missing[0]} is not a directory: pass a sweep directory such as multirun/DATE/TIME",
               file=sys.stderr)
         return 2
     if command == "status":
-        return max(print_status(p) for p in args.paths)
-    return print_summary(args.paths)
+        return status(args.paths)
+    if command == "runs":
+        return runs(args.paths, args.out)
+    if command == "plots":
+        from multirun_analysis import plots
+
+        return plots.main(args.paths, args.out)
+    if command in tables.TABLES:
+        return table(command, args.paths, args.format, args.out, args.show_paper)
+    return summary(args.paths)
 
 
 if __name__ == "__main__":

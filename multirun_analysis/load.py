@@ -1,7 +1,8 @@
-"""Run directories -> one flat DataFrame row per run."""
+"""Run directories -> one flat DataFrame row per run (the Python API: `load_runs(paths)`)."""
 from __future__ import annotations
 
 import json
+import os
 from collections import Counter
 from pathlib import Path
 
@@ -9,36 +10,44 @@ import pandas as pd
 
 RESULTS = "results.json"
 SUPPORTED_SCHEMA = 1
-SPARSITY_KEYS = ("by_activation", "by_gamma", "by_activation_alt", "by_gamma_alt")
+CRITERIA = ("by_activation", "by_gamma", "by_activation_alt", "by_gamma_alt")
 
 
 def find_run_dirs(paths) -> list[Path]:
     """Every directory holding a results.json under the given sweep dirs (or run dirs), sorted."""
     found = set()
     for path in map(Path, paths):
-        if not path.exists():
-            raise FileNotFoundError(f"{path} does not exist: pass a sweep directory (e.g. multirun/DATE/TIME)")
-        found.update(p.parent for p in path.rglob(RESULTS))
-    return sorted(found, key=lambda p: (str(p.parent), _natural_key(p.name)))
-
-
-def _natural_key(name: str):
-    return (0, int(name), "") if name.isdigit() else (1, 0, name)
+        if not path.is_dir():
+            raise FileNotFoundError(f"{path} is not a directory: pass a sweep directory (e.g. multirun/DATE/TIME)")
+        for root, dirs, files in os.walk(path):
+            dirs[:] = [d for d in dirs if not d.startswith(".")]  # .hydra, .submitit: never run dirs
+            if RESULTS in files:
+                found.add(Path(root))
+    return sorted(found)
 
 
 def flatten(results: dict) -> dict:
-    """The summary keys of one results.json, with sparsity totals as `sparsity_<criterion>_pct`."""
+    """One row: the summary keys of a results.json, the sparsity totals as `sparsity_<criterion>_pct`, the
+    per-layer sparsity by gamma as `sparsity_gamma_<layer>_pct`, and a few config keys tables group by."""
     row = {k: v for k, v in results.items() if not isinstance(v, (dict, list))}
     row["overrides"] = " ".join(results.get("overrides", []))
-    for key in SPARSITY_KEYS:
-        block = (results.get("sparsity") or {}).get(key)
-        row[f"sparsity_{key}_pct"] = block["total_pct"] if block else None
+    sparsity = results.get("sparsity") or {}
+    for key in CRITERIA:
+        row[f"sparsity_{key}_pct"] = sparsity[key]["total_pct"] if key in sparsity else None
+    for layer, pct in (sparsity.get("by_gamma") or {}).get("per_layer_pct", {}).items():
+        row[f"sparsity_gamma_{layer}_pct"] = pct
+    if "by_gamma" in sparsity:
+        row["features_inactive_by_gamma"] = sparsity["by_gamma"]["inactive"]
+    config = results.get("config") or {}
+    row["negative_slope"] = (config.get("model") or {}).get("negative_slope")
+    row["background"] = (config.get("dataset") or {}).get("background")
     return row
 
 
-def load_runs(paths, skipped: Counter | None = None) -> pd.DataFrame:
-    """One row per run directory under `paths`. Unreadable runs are left out and counted in `skipped`
-    by reason."""
+def load_runs(paths, skipped: Counter | None = None, *, completed_only: bool = False) -> pd.DataFrame:
+    """One row per run under `paths` (sweep or run directories; several sweeps merge). A run found twice
+    (same run_id, e.g. from two launches) counts once, a completed copy first. Unreadable runs, and with
+    completed_only the runs that did not complete, are left out and counted in `skipped` by reason."""
     skipped = Counter() if skipped is None else skipped
     rows = []
     for run_dir in find_run_dirs(paths):
@@ -48,7 +57,19 @@ def load_runs(paths, skipped: Counter | None = None) -> pd.DataFrame:
             skipped["unreadable or truncated results.json"] += 1
             continue
         if not isinstance(results, dict) or results.get("schema") != SUPPORTED_SCHEMA:
-            skipped[f"results.json schema is not {SUPPORTED_SCHEMA}"] += 1
+            skipped[f"results.json is not schema {SUPPORTED_SCHEMA}"] += 1
+            continue
+        if completed_only and results.get("status") != "completed":
+            skipped[f"status {results.get('status')}"] += 1
             continue
         rows.append({"run_dir": str(run_dir), **flatten(results)})
-    return pd.DataFrame(rows)
+    frame = pd.DataFrame(rows)
+    if frame.empty or "run_id" not in frame:
+        return frame
+    frame["_rank"] = (frame["status"] != "completed").astype(int)
+    frame = frame.sort_values(["_rank", "run_dir"], kind="stable")
+    has_id = frame["run_id"].notna()
+    duplicate = has_id & frame.duplicated("run_id")
+    if duplicate.any():
+        skipped["duplicate of a run found in another directory"] += int(duplicate.sum())
+    return frame[~duplicate].drop(columns="_rank").sort_values("run_dir").reset_index(drop=True)

@@ -1,0 +1,81 @@
+"""A built table (tables.build) as text: terminal, markdown, LaTeX, or CSV (numbers only)."""
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from multirun_analysis.tables import TableSpec, best_rows
+
+MISSING = "–"
+FORMATS = ("terminal", "markdown", "latex", "csv")
+
+
+def _fmt(value: float, digits: int) -> str:
+    return MISSING if value is None or math.isnan(value) else f"{value:.{digits}f}"
+
+
+def _digits(metric: str) -> int:
+    return 2 if "loss" in metric or "top" in metric else 1
+
+
+def cells(spec: TableSpec, table: pd.DataFrame, show_paper: bool, bold) -> pd.DataFrame:
+    """Per (group, metric): a text column for ours and one for the paper with our delta."""
+    marks = best_rows(spec, table)
+    error_metric = next((m for m, c in spec.metrics.items() if c == "test_error"), None)
+    out = {}
+    for group, metric in dict.fromkeys((g, m) for g, m, _ in table.columns):
+        d = _digits(metric)
+        ours = []
+        for position, (mean, std, n) in enumerate(zip(table[(group, metric, "mean")], table[(group, metric, "std")],
+                                                      table[(group, metric, "n")])):
+            text = _fmt(mean, d)
+            if n > 1:
+                text += f" ±{_fmt(std, d)}"
+            if n:
+                text += f" ({n})"
+            if metric == error_metric and position in marks.get(group, ()):
+                text = bold(text)
+            ours.append(text)
+        out[(group, metric, "ours")] = ours
+        if show_paper:
+            out[(group, metric, "paper (Δ)")] = [
+                MISSING if math.isnan(paper) else
+                _fmt(paper, d) + ("" if math.isnan(delta) else f" ({delta:+.{d}f})")
+                for paper, delta in zip(table[(group, metric, "paper")], table[(group, metric, "delta")])]
+    frame = pd.DataFrame(out, index=table.index)
+    frame.columns = pd.MultiIndex.from_tuples(frame.columns) if out else frame.columns
+    if not spec.datasets:
+        frame.columns = frame.columns.droplevel(0)
+    return frame
+
+
+def flat_columns(frame: pd.DataFrame) -> pd.DataFrame:
+    """One header row, for markdown and LaTeX."""
+    flat = frame.copy()
+    flat.columns = [" ".join(p for p in (c if isinstance(c, tuple) else (c,)) if p) for c in frame.columns]
+    return flat.reset_index()
+
+
+def render(spec: TableSpec, table: pd.DataFrame, fmt: str = "terminal", show_paper: bool = True) -> str:
+    if fmt == "csv":
+        flat = table.copy()
+        flat.columns = ["_".join(p for p in column if p) for column in table.columns]
+        return flat.to_csv()
+    legend = ("ours: mean ±std (runs); " if fmt != "latex" else "") + \
+        ("paper (ours − paper); " if show_paper else "") + "– no completed run"
+    best = "; {}: lowest test error per block" if spec.best_within else ""
+    if fmt == "markdown":
+        body = flat_columns(cells(spec, table, show_paper, lambda s: f"**{s}**"))
+        lines = ["| " + " | ".join(map(str, row)) + " |" for row in [list(body.columns), *body.values.tolist()]]
+        lines.insert(1, "|" + "---|" * len(body.columns))
+        return f"**{spec.title}**\n\n" + "\n".join(lines) + f"\n\n{legend}{best.format('bold')}\n"
+    if fmt == "latex":
+        body = flat_columns(cells(spec, table, show_paper, lambda s: f"\\textbf{{{s}}}"))
+        rows = [" & ".join(map(str, row)) + r" \\" for row in body.values.tolist()]
+        header = " & ".join(c.replace("_", r"\_") for c in body.columns) + r" \\"
+        text = "\n".join([f"% {spec.title}", r"\begin{tabular}{" + "l" * len(body.columns) + "}", r"\toprule",
+                          header, r"\midrule", *rows, r"\bottomrule", r"\end{tabular}"])
+        return text.replace("±", r"$\pm$").replace("Δ", r"$\Delta$").replace("–", "--") + "\n"
+    text = cells(spec, table, show_paper, lambda s: f"{s}*").to_string()
+    return f"{spec.title}\n{text}\n{legend}{best.format('*')}\n"
