@@ -147,8 +147,9 @@ def build(spec: TableSpec, runs: pd.DataFrame) -> pd.DataFrame:
             column["delta"] = list(np.subtract(column["mean"], column["paper"]))
             for stat, series in column.items():
                 data[(group, metric, stat)] = series
-    index = pd.MultiIndex.from_tuples(
-        [tuple(_display(v) for v in k) for k in order], names=key_columns) if order else None
+    shown = [tuple(_display(v) for v in k) for k in order]
+    index = pd.MultiIndex.from_tuples(shown, names=key_columns) if len(key_columns) > 1 and shown else \
+        pd.Index([k[0] for k in shown], name=key_columns[0])
     table = pd.DataFrame(data, index=index)
     table.columns = pd.MultiIndex.from_tuples(table.columns, names=["group", "metric", "stat"])
     return table

@@ -26,7 +26,8 @@ RESULTS, METRICS, BN_HISTORY, FEATURES, CHECKPOINT = (
 
 # Settings that change where or how fast a run goes, not what it computes.
 RUN_IRRELEVANT = ("device", "threads", "progress_interval_s", "eval_batch_size",
-                  "dataset.root", "dataset.system_root", "dataset.download")
+                  "dataset.root", "dataset.system_root", "dataset.download",
+                  "performance.data_on_device", "performance.channels_last", "performance.compile")
 
 
 def run_identity(cfg) -> str:

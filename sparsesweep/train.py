@@ -6,6 +6,7 @@ continues exactly as the uninterrupted run would.
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import math
@@ -18,7 +19,7 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 from sparsesweep import rundir
-from sparsesweep.data import batches, load_dataset
+from sparsesweep.data import batches, load_dataset, place
 from sparsesweep.errors import ConfigError
 from sparsesweep.measure import inactive_by_gamma, measure, zeroed_copy
 from sparsesweep.models import build_model
@@ -86,9 +87,16 @@ def run(cfg, out_dir: Path, overrides=()) -> dict:
     device = pick_device(cfg.device)
     run_id = rundir.run_identity(cfg)
 
-    data = load_dataset(cfg.dataset)
+    perf = cfg.performance
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels once
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = bool(perf.tf32)
+    memory_format = torch.channels_last if perf.channels_last else torch.contiguous_format
+    data = place(load_dataset(cfg.dataset), device, perf.data_on_device)
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model, data.channels, data.num_classes).to(device)
+    model = build_model(cfg.model, data.channels, data.num_classes).to(device, memory_format=memory_format)
+    # The compiled module shares the parameters; checkpoints, hooks and evaluation use the plain one.
+    forward = torch.compile(model) if perf.compile else model
     optimizer = build_optimizer(cfg.optimizer, cfg.regularizer, model)
     plan = plan_schedule(cfg.schedule, len(data.train), cfg.batch_size)
     scheduler = build_lr_scheduler(optimizer, plan, cfg.schedule)
@@ -121,9 +129,9 @@ def run(cfg, out_dir: Path, overrides=()) -> dict:
         wrong = torch.zeros((), device=device, dtype=torch.long)
         seen = 0
         lr = optimizer.param_groups[0]["lr"]
-        for x, y in batches(data, data.train, cfg.batch_size, device,
-                            shuffle_seed=cfg.seed * 1_000_003 + epoch, augment=data.augment):
-            logits = model(x)
+        for x, y in batches(data, data.train, cfg.batch_size, device, shuffle_seed=cfg.seed * 1_000_003 + epoch,
+                            augment=data.augment, memory_format=memory_format):
+            logits = forward(x)
             loss = F.cross_entropy(logits, y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -172,31 +180,46 @@ def run(cfg, out_dir: Path, overrides=()) -> dict:
                "model": cfg.model.name, "dataset": cfg.dataset.name, "optimizer": cfg.optimizer.name,
                "regularizer": cfg.regularizer.name, "coefficient": coefficient(cfg.regularizer),
                "batch_size": cfg.batch_size, "seed": cfg.seed, "epochs": epoch, "iterations": step,
-               "wall_time_s": elapsed}  # updated below once measured
+               "wall_time_s": elapsed}
     last = metrics[-1] if metrics else {}
     for key in ("train_loss", "train_error", "test_loss", "test_error"):
         results[key] = rundir.finite_or_none(last.get(key)) if status == "completed" else None
     if status == "completed":
-        measure_start = time.monotonic()
-        train_batches = batches(data, data.train, cfg.eval_batch_size, device)
-        measured, per_feature = measure(model, train_batches, cfg.measure)
-        results.update(measured)
-        zeroed = zeroed_copy(model, inactive_by_gamma(model, cfg.measure.gamma_threshold))
-        results["zeroed_test_error"] = evaluate(zeroed, data, data.test, cfg, device)[1]
-        results["measure_time_s"] = time.monotonic() - measure_start
+        with full_fp32():
+            results.update(final_measurements(model, data, cfg, device, out_dir))
         results["wall_time_s"] += results["measure_time_s"]
-        rundir.write_atomic(out_dir / rundir.FEATURES, rundir.npz_bytes(
-            {f"{layer}_{key}": value.numpy() for layer, arrays in per_feature.items()
-             for key, value in arrays.items()}))
-        log.info("sparsity: by activation %.1f%% (< %g), by gamma %.1f%% (< %g); test error %.2f%%, "
-                 "with the inactive features zeroed %.2f%%",
-                 results["sparsity"]["by_activation"]["total_pct"], cfg.measure.activation_threshold,
-                 results["sparsity"]["by_gamma"]["total_pct"], cfg.measure.gamma_threshold,
-                 results["test_error"], results["zeroed_test_error"])
-        log.info("per layer by gamma: %s", "  ".join(
-            f"{k} {v:.0f}%" for k, v in results["sparsity"]["by_gamma"]["per_layer_pct"].items()))
+        log.info("test error %.2f%%; with the features inactive by gamma zeroed %.2f%%", results["test_error"],
+                 results["zeroed_test_error"])
     rundir.write_atomic(out_dir / rundir.RESULTS, rundir.json_bytes(results))
     return results
+
+
+@contextlib.contextmanager
+def full_fp32():
+    """The sparsity criteria (activations < 1e-12, |gamma| < 1e-3) are measured in full fp32: no TF32."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def final_measurements(model, data, cfg, device, out_dir: Path) -> dict:
+    """The end-of-run pass over the whole training set (sparsity, selectivity; features.npz) and the
+    zeroing check: the test error with the features inactive by gamma set to exactly 0."""
+    start = time.monotonic()
+    measured, per_feature = measure(model, batches(data, data.train, cfg.eval_batch_size, device), cfg.measure)
+    zeroed = zeroed_copy(model, inactive_by_gamma(model, cfg.measure.gamma_threshold))
+    measured["zeroed_test_error"] = evaluate(zeroed, data, data.test, cfg, device)[1]
+    measured["measure_time_s"] = time.monotonic() - start
+    rundir.write_atomic(out_dir / rundir.FEATURES, rundir.npz_bytes(
+        {f"{layer}_{key}": value.numpy() for layer, arrays in per_feature.items() for key, value in arrays.items()}))
+    sparsity = measured["sparsity"]
+    log.info("sparsity: by activation %.1f%% (< %g), by gamma %.1f%% (< %g)", sparsity["by_activation"]["total_pct"],
+             cfg.measure.activation_threshold, sparsity["by_gamma"]["total_pct"], cfg.measure.gamma_threshold)
+    log.info("per layer by gamma: %s", "  ".join(f"{k} {v:.0f}%" for k, v in sparsity["by_gamma"]["per_layer_pct"].items()))
+    return measured
 
 
 def save_checkpoint(path, run_id, model, optimizer, scheduler, epoch, step, elapsed, metrics, bn_history):
