@@ -123,7 +123,8 @@ def per_layer_sparsity(runs: pd.DataFrame, out: Path):
     for ax, criterion, title in zip(axes, ("by_gamma", "by_activation"), ("|γ| < 1e-3", "max activation < 1e-12")):
         width = 0.8 / len(runs)
         for i, (_, run) in enumerate(runs.iterrows()):
-            per_layer = json.loads(Path(run.run_dir, "results.json").read_text())["sparsity"][criterion]["per_layer_pct"]
+            sparsity = json.loads(Path(run.run_dir, "results.json").read_text())["sparsity"]
+            per_layer = sparsity[criterion]["per_layer_pct"]
             ax.bar(np.arange(len(per_layer)) + i * width, list(per_layer.values()), width, label=label(run))
             ax.set_xticks(np.arange(len(per_layer)) + 0.4 - width / 2, list(per_layer))
         ax.set_title(f"Inactive features per layer ({title})")

@@ -123,7 +123,9 @@ def build(spec: TableSpec, runs: pd.DataFrame) -> pd.DataFrame:
         runs = runs[runs["background"].notna()]
 
     def row_key(frame, columns):
-        return frame[columns].apply(lambda r: tuple(_key(v) for v in r), axis=1) if len(frame) else pd.Series([], dtype=object)
+        if not len(frame):
+            return pd.Series([], dtype=object)
+        return frame[columns].apply(lambda r: tuple(_key(v) for v in r), axis=1)
 
     paper_keys = list(row_key(paper, key_columns))
     runs["_key"] = row_key(runs, list(spec.keys.values())) if len(runs) else None

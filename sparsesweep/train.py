@@ -10,6 +10,7 @@ import contextlib
 import io
 import logging
 import math
+import os
 import time
 from pathlib import Path
 
@@ -120,6 +121,8 @@ def run(cfg, out_dir: Path, overrides=()) -> dict:
              " %d parameters, %s", run_id, cfg.model.name, data.name, len(data.train), len(data.test),
              data.num_classes, cfg.optimizer.name, cfg.regularizer.name, coefficient(cfg.regularizer),
              cfg.batch_size, plan.total_steps, plan.epochs, sum(p.numel() for p in model.parameters()), device)
+    if "CUDA_VISIBLE_DEVICES" in os.environ:  # set per job by the local launcher
+        log.info("CUDA_VISIBLE_DEVICES=%s", os.environ["CUDA_VISIBLE_DEVICES"])
 
     status = "completed"
     model.train()
@@ -218,7 +221,8 @@ def final_measurements(model, data, cfg, device, out_dir: Path) -> dict:
     sparsity = measured["sparsity"]
     log.info("sparsity: by activation %.1f%% (< %g), by gamma %.1f%% (< %g)", sparsity["by_activation"]["total_pct"],
              cfg.measure.activation_threshold, sparsity["by_gamma"]["total_pct"], cfg.measure.gamma_threshold)
-    log.info("per layer by gamma: %s", "  ".join(f"{k} {v:.0f}%" for k, v in sparsity["by_gamma"]["per_layer_pct"].items()))
+    per_layer = sparsity["by_gamma"]["per_layer_pct"]
+    log.info("per layer by gamma: %s", "  ".join(f"{k} {v:.0f}%" for k, v in per_layer.items()))
     return measured
 
 

@@ -114,3 +114,38 @@ def test_the_slurm_launcher_submits_one_array_with_the_configured_resources(tmp_
     for expected in ("#SBATCH --partition=gpu", "#SBATCH --account=lab", "#SBATCH --qos=high", "#SBATCH --time=90",
                      "#SBATCH --gres=gpu:1", "#SBATCH --array=0-2%2", "#SBATCH --signal=USR2@120", "module load cuda"):
         assert expected in lines, expected
+
+
+def test_local_launcher_gives_each_job_one_gpu_and_queues_the_rest(tmp_path):
+    # On this CPU-only machine the jobs cannot use the GPUs, but they see which one they were given.
+    sweep = tmp_path / "sweep"
+    code, output = cli("sparsesweep", "-m", *SMOKE, "seed=1,2,3,4,5", f"hydra.sweep.dir={sweep}",
+                       "hydra.launcher.gpus=[0,1]", "hydra.launcher.runs_per_gpu=1", cwd=tmp_path)
+    assert code == 0, output
+    assert "at most 2 at once on GPUs [0, 1], 1 per GPU" in output
+    spans = {0: [], 1: []}
+    for log in sweep.rglob("sparsesweep.log"):
+        gpu = int(log.read_text().split("CUDA_VISIBLE_DEVICES=")[1].split()[0])
+        results = log.parent / "results.json"
+        spans[gpu].append(((log.parent / ".hydra" / "config.yaml").stat().st_mtime, results.stat().st_mtime))
+    assert sorted(len(s) for s in spans.values()) == [2, 3]
+    for gpu_spans in spans.values():  # one job at a time per GPU
+        gpu_spans.sort()
+        assert all(end <= next_start for (_, end), (next_start, _) in zip(gpu_spans, gpu_spans[1:]))
+
+
+def test_a_job_whose_process_dies_is_reported_and_the_others_finish(tmp_path):
+    sweep, log = tmp_path / "sweep", tmp_path / "launcher.log"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    with open(log, "w") as out:
+        launcher = subprocess.Popen([sys.executable, "-m", "sparsesweep", "-m", *SMOKE, "seed=1,2,3",
+                                     "schedule.base_epochs=40", f"hydra.sweep.dir={sweep}"],
+                                    cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT)
+        wait_for(lambda: list(sweep.rglob("checkpoint.pt")))
+        victim = next(p for p in (sweep / ".submitit").iterdir() if p.name.isdigit())
+        (job_pid,) = map(int, Path(f"/proc/{victim.name}/task/{victim.name}/children").read_text().split())
+        os.kill(job_pid, signal.SIGKILL)  # e.g. the kernel's out-of-memory killer
+        assert launcher.wait(timeout=300) == 0
+    output = log.read_text()
+    assert "All 3 jobs ended: " in output and "failed 1" in output and "completed 2" in output, output
+    assert len(read_results(sweep)) == 2

@@ -41,9 +41,9 @@ def outcome(job_return: JobReturn) -> tuple[str, str]:
     status = results.get("status", "unknown")
     if status != "completed":
         return status, f"{status}: {results.get('error', '')}".rstrip(": ")
-    sparsity = results["sparsity"]
-    return status, (f"test error {results['test_error']:.2f}%, sparsity by gamma "
-                    f"{sparsity['by_gamma']['total_pct']:.1f}%, by activation {sparsity['by_activation']['total_pct']:.1f}%")
+    gamma, activation = (results["sparsity"][k]["total_pct"] for k in ("by_gamma", "by_activation"))
+    return status, (f"test error {results['test_error']:.2f}%, sparsity by gamma {gamma:.1f}%, "
+                    f"by activation {activation:.1f}%")
 
 
 class _QueueingLauncher(BaseSubmititLauncher):
