@@ -9,6 +9,7 @@ from collections import Counter
 from pathlib import Path
 
 from conftest import ROOT, SMOKE, cli, read_results
+from multirun_analysis.status import sweep_status
 from sparsesweep import train
 
 TIMINGS = {"time_s", "wall_time_s", "measure_time_s", "overrides"}
@@ -59,6 +60,13 @@ def test_a_killed_sweep_relaunched_finishes_without_redoing_completed_runs(tmp_p
     launcher.wait()
     done_before = {p: p.read_bytes() for p in sweep.rglob("results.json")}
     assert 1 <= len(done_before) < 4
+    code, status = cli("multirun_analysis", "status", str(sweep), cwd=tmp_path)
+    states = Counter(line.split()[0] for line in status.splitlines()[1:-1])
+    assert states["completed"] == len(done_before) and sum(states.values()) == 4, status
+    assert set(states) <= {"completed", "running", "missing"}  # killed seconds ago: not yet "interrupted"
+    an_hour_later = sweep_status(sweep, now=time.time() + 3600)["state"]
+    assert set(an_hour_later) <= {"completed", "interrupted", "missing"} and (an_hour_later == "completed").sum() == \
+        len(done_before)
 
     code, output = cli("sparsesweep", "-m", *args, cwd=tmp_path)
     assert code == 0, output
