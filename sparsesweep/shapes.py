@@ -48,70 +48,68 @@ def _polygon(u: Tensor, v: Tensor, sides: int, radius: float) -> Tensor:
 
 # Class index = position in this table. Ordered so the first ten kinds stay distinct even at low
 # resolution under any rotation (hence no diamond: it is a rotated square); the hexagon, which
-# is hard to tell from the disk at 16 px, comes last.
+# is hard to tell from the disk at 16 px, comes last. Every kind fits the unit disk (windowed
+# rendering relies on it) and has a mirror axis, so flip augmentation keeps labels valid.
 _SHAPE_SDFS = {
     "disk": lambda u, v: torch.hypot(u, v) - 0.85,
     "square": lambda u, v: _polygon(u, v, 4, 0.95),
     "triangle": lambda u, v: _polygon(u, v, 3, 1.0),
     "ring": lambda u, v: (torch.hypot(u, v) - 0.68).abs() - 0.22,
     "plus": lambda u, v: torch.minimum(_box(u, v, 0.9, 0.24), _box(u, v, 0.24, 0.9)),
-    "bar_pair": lambda u, v: _box(u, v.abs() - 0.45, 0.9, 0.2),
+    "bar_pair": lambda u, v: _box(u, v.abs() - 0.4, 0.8, 0.18),
     "star": lambda u, v: _star(u, v, 5, 1.0, 0.42),
     "ellipse": lambda u, v: (torch.hypot(u / 0.95, v / 0.45) - 1) * 0.45,
     "crescent": lambda u, v: torch.maximum(torch.hypot(u + 0.15, v) - 0.8, 0.68 - torch.hypot(u - 0.3, v)),
-    "l_shape": lambda u, v: torch.minimum(_box(u + 0.5, v, 0.22, 0.9), _box(u, v + 0.68, 0.72, 0.22)),
+    "l_shape": lambda u, v: torch.minimum(_box(u + 0.45, v, 0.2, 0.65), _box(u, v + 0.45, 0.65, 0.2)),
     "arrow": lambda u, v: torch.minimum(_box(u + 0.4, v, 0.5, 0.14), _polygon(u - 0.35, v, 3, 0.6)),
-    "t_shape": lambda u, v: torch.minimum(_box(u, v - 0.68, 0.85, 0.22), _box(u, v + 0.2, 0.22, 0.7)),
-    "half_disk": lambda u, v: torch.maximum(torch.hypot(u, v + 0.35) - 0.95, -(v + 0.35)),
+    "t_shape": lambda u, v: torch.minimum(_box(u, v - 0.5, 0.7, 0.2), _box(u, v + 0.2, 0.2, 0.75)),
+    "half_disk": lambda u, v: torch.maximum(torch.hypot(u, v + 0.3) - 0.9, -(v + 0.3)),
     "hexagon": lambda u, v: _polygon(u, v, 6, 0.95),
 }
 _SHAPE_KINDS = tuple(_SHAPE_SDFS.values())
 # Distractors: every shape kind plus a thin stroke (the last index).
-_DISTRACTOR_KINDS = _SHAPE_KINDS + (lambda u, v: _box(u, v, 1.0, 0.1),)
+_DISTRACTOR_KINDS = _SHAPE_KINDS + (lambda u, v: _box(u, v, 0.98, 0.1),)
 _STROKE_SHARE = 1 / 3
 
 _BACKGROUND_CHOICES = ("clean", "cluttered")
 _DISTRACTOR_LAYERS = 8
 _DISTRACTOR_PRESENCE = 0.8
+_DISTRACTOR_MAX_SCALE = 0.4
+_OBJECT_MAX_SCALE = 0.7
 _CHUNK_PIXELS = 1 << 22  # ~16 MB per float32 intermediate
 
 
-class _Placement(NamedTuple):
+class _Primitives(NamedTuple):
     """Per-image parameters of one drawn primitive; every field has shape (m,)."""
 
-    kind: Tensor  # index into the table the placement is rendered with
+    kind: Tensor  # index into the table the primitives are rendered with
     center_x: Tensor  # frame coordinates, the frame spans [-1, 1]
     center_y: Tensor
-    scale: Tensor  # local units -> frame units (shapes fit the unit disk)
+    scale: Tensor  # local units -> frame units, so also the radius of the disk the shape fits
     angle: Tensor  # radians
+    level: Tensor  # gray level in [0, 1]
+    opacity: Tensor  # 0 leaves the image untouched
     clip_angle: Tensor | None = None  # optional half-plane that cuts part of the shape away
     clip_offset: Tensor | None = None
 
-    def take(self, index: Tensor | slice) -> "_Placement":
-        return _Placement(*(None if field is None else field[index] for field in self))
-
-
-class _Layer(NamedTuple):
-    placement: _Placement
-    level: Tensor  # gray level in [0, 1]
-    opacity: Tensor  # 0 switches the layer off for that image
+    def take(self, index: Tensor | slice) -> "_Primitives":
+        return _Primitives(*(None if field is None else field[index] for field in self))
 
 
 def _uniform(count: int, low: float, high: float, generator: torch.Generator) -> Tensor:
     return torch.rand(count, generator=generator) * (high - low) + low
 
 
-def _coverage(placement: _Placement, sdfs: tuple, resolution: int) -> Tensor:
-    """Anti-aliased coverage in [0, 1] of shape (m, resolution, resolution)."""
-    pixel_centers = (torch.arange(resolution, dtype=torch.float32) + 0.5) * (2 / resolution) - 1
-    coverage = torch.empty(len(placement.kind), resolution, resolution)
-    for kind in placement.kind.unique().tolist():
-        index = (placement.kind == kind).nonzero().squeeze(1)
-        part = placement.take(index)
+def _coverage(prims: _Primitives, sdfs: tuple, row_y: Tensor, column_x: Tensor, resolution: int) -> Tensor:
+    """Anti-aliased coverage in [0, 1], shape (m, rows, columns), at the given pixel-centre coordinates."""
+    coverage = torch.empty(len(prims.kind), row_y.shape[1], column_x.shape[1])
+    for kind in prims.kind.unique().tolist():
+        index = (prims.kind == kind).nonzero().squeeze(1)
+        part = prims.take(index)
         cos, sin = part.angle.cos()[:, None, None], part.angle.sin()[:, None, None]
         inverse_scale = part.scale.reciprocal()[:, None, None]
-        dx = (pixel_centers[None, None, :] - part.center_x[:, None, None]) * inverse_scale
-        dy = (pixel_centers[None, :, None] - part.center_y[:, None, None]) * inverse_scale
+        dx = (column_x[index, None, :] - part.center_x[:, None, None]) * inverse_scale
+        dy = (row_y[index, :, None] - part.center_y[:, None, None]) * inverse_scale
         u = cos * dx + sin * dy
         v = cos * dy - sin * dx
         distance = sdfs[kind](u, v)
@@ -120,37 +118,54 @@ def _coverage(placement: _Placement, sdfs: tuple, resolution: int) -> Tensor:
             distance = torch.maximum(distance, u * clip_u + v * clip_v - part.clip_offset[:, None, None])
         # Local distance -> pixels; a one-pixel linear ramp approximates the covered fraction.
         pixels_per_unit = (part.scale * (resolution / 2))[:, None, None]
-        coverage[index] = (0.5 - distance * pixels_per_unit).clamp_(0, 1)
+        coverage[index] = (0.5 - distance * pixels_per_unit).clamp_(0, 1) * part.opacity[:, None, None]
     return coverage
 
 
-def _random_distractor_layer(count: int, generator: torch.Generator) -> _Layer:
+def _draw(canvas: Tensor, prims: _Primitives, sdfs: tuple, max_scale: float) -> None:
+    """Composites one primitive per image onto canvas (m, resolution, resolution), in place."""
+    count, resolution = canvas.shape[0], canvas.shape[-1]
+    # Only a square window around each primitive is rendered: distractors cover a small part of
+    # the frame. +2 pixels leave room for the AA ramp and the rounding of the window origin.
+    window = min(resolution, math.ceil(max_scale * resolution) + 2)
+
+    def window_pixels(center: Tensor) -> Tensor:
+        # Clamping keeps the window in the frame and still covers the in-frame part of the shape.
+        origin = ((center + 1) * (resolution / 2) - window / 2).round().long().clamp(0, resolution - window)
+        return origin[:, None] + torch.arange(window)
+
+    rows, columns = window_pixels(prims.center_y), window_pixels(prims.center_x)
+    to_frame = lambda pixel: (pixel + 0.5) * (2 / resolution) - 1
+    coverage = _coverage(prims, sdfs, to_frame(rows), to_frame(columns), resolution)
+    flat_index = (rows[:, :, None] * resolution + columns[:, None, :]).view(count, -1)
+    flat_canvas = canvas.view(count, -1)
+    patch = flat_canvas.gather(1, flat_index).view(count, window, window)
+    patch += coverage * (prims.level[:, None, None] - patch)
+    flat_canvas.scatter_(1, flat_index, patch.view(count, -1))
+
+
+def _random_distractors(count: int, generator: torch.Generator) -> _Primitives:
     kind_weights = torch.full((len(_DISTRACTOR_KINDS),), (1 - _STROKE_SHARE) / len(_SHAPE_KINDS))
     kind_weights[-1] = _STROKE_SHARE
-    placement = _Placement(
+    present = torch.rand(count, generator=generator) < _DISTRACTOR_PRESENCE
+    return _Primitives(
         kind=torch.multinomial(kind_weights, count, replacement=True, generator=generator),
         center_x=_uniform(count, -1, 1, generator),
         center_y=_uniform(count, -1, 1, generator),
-        scale=_uniform(count, 0.15, 0.4, generator),
+        scale=_uniform(count, 0.15, _DISTRACTOR_MAX_SCALE, generator),
         angle=_uniform(count, 0, 2 * math.pi, generator),
+        level=_uniform(count, 0.05, 1.0, generator),
+        opacity=_uniform(count, 0.6, 1.0, generator) * present,
         clip_angle=_uniform(count, 0, 2 * math.pi, generator),
         clip_offset=_uniform(count, -0.2, 0.8, generator),  # keeps roughly 40-100% of the shape
     )
-    present = torch.rand(count, generator=generator) < _DISTRACTOR_PRESENCE
-    opacity = _uniform(count, 0.6, 1.0, generator) * present
-    return _Layer(placement, _uniform(count, 0.05, 1.0, generator), opacity)
 
 
-def _composite(canvas: Tensor, coverage: Tensor, level: Tensor) -> None:
-    canvas.add_(coverage * (level[:, None, None] - canvas))
-
-
-def _add_clutter(canvas: Tensor, layers: list[_Layer], generator: torch.Generator) -> None:
+def _add_clutter(canvas: Tensor, layers: list[_Primitives], generator: torch.Generator) -> None:
     count, resolution = canvas.shape[0], canvas.shape[-1]
-    for layer in layers:
-        coverage = _coverage(layer.placement, _DISTRACTOR_KINDS, resolution)
-        _composite(canvas, coverage * layer.opacity[:, None, None], layer.level)
-    # Smooth blotches about a quarter of the frame across, like an out-of-focus scene.
+    for distractors in layers:
+        _draw(canvas, distractors, _DISTRACTOR_KINDS, _DISTRACTOR_MAX_SCALE)
+    # Smooth blotches on a grid of ~8-pixel cells, like an out-of-focus scene.
     coarse = max(2, resolution // 8)
     texture = torch.randn(count, 1, coarse, coarse, generator=generator)
     texture = F.interpolate(texture, size=(resolution, resolution), mode="bilinear", align_corners=False)
@@ -176,34 +191,32 @@ def render_shapes(
     generator = torch.Generator().manual_seed(seed)
     # Everything drawn from `generator` is shared by the clean and cluttered variants.
     labels = (torch.arange(n) % num_classes)[torch.randperm(n, generator=generator)]
-    scale = _uniform(n, 0.35, 0.7, generator)
-    # Keep the centre far enough in that the object stays (mostly) inside the frame.
+    scale = _uniform(n, 0.35, _OBJECT_MAX_SCALE, generator)
+    # Keep the centre far enough in that the object stays inside the frame.
     max_shift = 0.9 * (1 - scale)
-    objects = _Placement(
+    objects = _Primitives(
         kind=labels,
         center_x=_uniform(n, -1, 1, generator) * max_shift,
         center_y=_uniform(n, -1, 1, generator) * max_shift,
         scale=scale,
         angle=_uniform(n, 0, 2 * math.pi, generator),
+        level=_uniform(n, 0.6, 1.0, generator),
+        opacity=torch.ones(n),
     )
     base_level = _uniform(n, 0.05, 0.4, generator)
-    object_level = _uniform(n, 0.6, 1.0, generator)
-    background_seed = int(torch.randint(2**62, (1,), generator=generator))
+    background_generator = torch.Generator().manual_seed(int(torch.randint(2**62, (1,), generator=generator)))
 
-    background_generator = torch.Generator().manual_seed(background_seed)
     cluttered = background == "cluttered"
-    layers = [_random_distractor_layer(n, background_generator) for _ in range(_DISTRACTOR_LAYERS)] if cluttered else []
+    layers = [_random_distractors(n, background_generator) for _ in range(_DISTRACTOR_LAYERS if cluttered else 0)]
     grain = 0.04 if cluttered else 0.02
-
     images = torch.empty(n, 1, resolution, resolution, dtype=torch.uint8)
     chunk = max(1, _CHUNK_PIXELS // resolution**2)
     for start in range(0, n, chunk):
         rows = slice(start, min(n, start + chunk))
-        canvas = base_level[rows, None, None].expand(-1, resolution, resolution).clone()
+        canvas = base_level[rows, None, None].expand(-1, resolution, resolution).contiguous()
         if cluttered:
-            chunk_layers = [_Layer(layer.placement.take(rows), layer.level[rows], layer.opacity[rows]) for layer in layers]
-            _add_clutter(canvas, chunk_layers, background_generator)
-        _composite(canvas, _coverage(objects.take(rows), _SHAPE_KINDS, resolution), object_level[rows])
+            _add_clutter(canvas, [distractors.take(rows) for distractors in layers], background_generator)
+        _draw(canvas, objects.take(rows), _SHAPE_KINDS, _OBJECT_MAX_SCALE)
         canvas.add_(torch.randn(canvas.shape, generator=background_generator), alpha=grain)
         images[rows, 0] = canvas.clamp_(0, 1).mul_(255).round_().to(torch.uint8)
     return images, labels
