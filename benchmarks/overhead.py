@@ -56,20 +56,23 @@ def benchmark_config(overrides: list[str], warmup: int, steps: int, threads: int
 def baseline_stepper(cfg, data):
     """The hand-written loop, one step per call: same model init, optimizer and batch size as train.run,
     data pre-normalized and shuffled once, batches sliced."""
-    torch.manual_seed(cfg.seed)  # as train.run does: the same initial weights
-    model = build_model(cfg.model, data.channels, data.num_classes)
+    # As train.run does: the same initial weights, memory format and (if performance.compile) compiled forward.
+    memory_format = torch.channels_last if cfg.performance.channels_last else torch.contiguous_format
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.model, data.channels, data.num_classes).to(memory_format=memory_format)
+    forward = torch.compile(model) if cfg.performance.compile else model
     optimizer = build_optimizer(cfg.optimizer, cfg.regularizer, model)  # the same optimizer and L2 groups
     decoupled_decay = [(g["params"], 1.0 - g["decoupled_wd"]) for g in optimizer.param_groups if g["decoupled_wd"]]
     order = torch.randperm(len(data.train))
     images = ((data.train.images.float() - data.mean.view(1, -1, 1, 1)) / data.std.view(1, -1, 1, 1))[order]
-    labels = data.train.labels[order]
+    images, labels = images.contiguous(memory_format=memory_format), data.train.labels[order]
     size, starts = cfg.batch_size, iter(range(0, len(data.train), cfg.batch_size))
     model.train()
 
     def step() -> None:
         start = next(starts)
         x, y = images[start:start + size], labels[start:start + size]
-        loss = F.cross_entropy(model(x), y)
+        loss = F.cross_entropy(forward(x), y)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

@@ -4,11 +4,15 @@
   python -m multirun_analysis status SWEEP_DIR              completed / running / failed / diverged /
                                                             interrupted / missing, one line per run
   python -m multirun_analysis TABLE SWEEP_DIR... [--format terminal|markdown|latex|csv] [--out DIR] [--no-paper]
-                                                            TABLE: table1 ... table7, difficulty
+                                                  [--where KEY=VALUE ...]
+                                                            TABLE: table1 ... table7, difficulty; --where
+                                                            replaces the table's run filter, e.g.
+                                                            --where coefficient=2e-3 batch_size=20
   python -m multirun_analysis runs SWEEP_DIR... --out FILE  every run, every metric (.csv or .parquet)
   python -m multirun_analysis plots SWEEP_DIR... --out DIR  the figures, PNG and PDF
 """
 import argparse
+import dataclasses
 import sys
 from collections import Counter
 from pathlib import Path
@@ -54,9 +58,22 @@ def status(paths) -> int:
     return 0
 
 
-def table(name: str, paths, fmt: str, out: Path | None, show_paper: bool) -> int:
+def parse_where(pairs) -> dict:
+    where = {}
+    for pair in pairs:
+        key, _, value = pair.partition("=")
+        try:
+            where[key] = int(value) if value.lstrip("-").isdigit() else float(value)
+        except ValueError:
+            where[key] = value
+    return where
+
+
+def table(name: str, paths, fmt: str, out: Path | None, show_paper: bool, where: dict) -> int:
     skipped = Counter()
     spec = tables.TABLES[name]
+    if where:
+        spec = dataclasses.replace(spec, where={**spec.where, **where})
     built = tables.build(spec, load_runs(paths, skipped, completed_only=True))
     if out:
         out.mkdir(parents=True, exist_ok=True)
@@ -89,6 +106,8 @@ def main(argv=None) -> int:
     if command in tables.TABLES:
         parser.add_argument("--format", choices=render.FORMATS, default="terminal")
         parser.add_argument("--no-paper", dest="show_paper", action="store_false", help="hide the paper's values")
+        parser.add_argument("--where", nargs="+", default=[], metavar="KEY=VALUE",
+                            help="change the table's run filter (run columns, e.g. coefficient=2e-3)")
     if command in tables.TABLES or command in ("runs", "plots"):
         parser.add_argument("--out", type=Path, required=command in ("runs", "plots"),
                             help="file (runs) or directory (tables: every format; plots)")
@@ -107,7 +126,7 @@ def main(argv=None) -> int:
 
         return plots.main(args.paths, args.out)
     if command in tables.TABLES:
-        return table(command, args.paths, args.format, args.out, args.show_paper)
+        return table(command, args.paths, args.format, args.out, args.show_paper, parse_where(args.where))
     return summary(args.paths)
 
 

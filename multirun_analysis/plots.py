@@ -42,8 +42,9 @@ def save(fig, out: Path, name: str) -> list[Path]:
 
 
 def pick_pair(runs: pd.DataFrame) -> list:
-    """An Adam and an SGD run that differ in nothing else if possible (else the first two runs)."""
-    for _, adam in runs[runs.optimizer == "adam"].iterrows():
+    """An Adam and an SGD run that differ in nothing else if possible, the most regularized such pair (else
+    the first two runs)."""
+    for _, adam in runs[runs.optimizer == "adam"].sort_values("coefficient", ascending=False).iterrows():
         sgd = runs[(runs.optimizer == "sgd") & (runs.coefficient == adam.coefficient)
                    & (runs.dataset == adam.dataset) & (runs.batch_size == adam.batch_size)]
         if len(sgd):
