@@ -6,12 +6,14 @@
    config and seed, so the same init), data, batch size, optimizer and regularizer (target <= 1.03).
 2. The sparsity pass: `sparsesweep.measure.measure` over the training set vs one plain eval-mode
    forward pass over it at the same batch size (target <= 1.3).
-Training steps of the two sides alternate one by one, sparsity passes pass by pass; each measurement is
-repeated `repeats` times and the medians over repeats are compared.
+The two sides alternate step by step (batch by batch in the sparsity pass), so bursts of load from other
+processes on a shared machine hit both alike; each measurement is repeated `repeats` times and the
+medians over repeats are compared.
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import sys
 import tempfile
@@ -83,9 +85,8 @@ def baseline_stepper(cfg, data):
 
 
 def paired_step_times(cfg, data, warmup: int, steps: int) -> tuple[list[float], list[float]]:
-    """Seconds of each timed step of the real train.run and of the baseline. One baseline step runs right
-    after each sparsesweep step, so load from other processes (seconds-long bursts on a shared machine)
-    hits both sides alike. Wrappers on the train module's names find the end of each sparsesweep step:
+    """Seconds of each timed step of the real train.run and of the baseline, one baseline step right after
+    each sparsesweep step. Wrappers on the train module's names find the end of each sparsesweep step:
     the training batch stream resuming, and for the last step the first evaluate call. Loading,
     evaluation, checkpoints and the final measurement stay outside the timings."""
     baseline_step, evaluate = baseline_stepper(cfg, data), train.evaluate
@@ -117,28 +118,28 @@ def paired_step_times(cfg, data, warmup: int, steps: int) -> tuple[list[float], 
     return ours, base
 
 
-def seconds(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
+def paired_pass_times(cfg, data, model) -> tuple[float, float]:
+    """Seconds of measure() over the training set and of a plain eval-mode no_grad forward pass over it,
+    batch for batch alternating as in training: a plain batch runs each time measure has taken one. The
+    plain pass runs a copy of the model, since measure's hooks sit on the model it is given."""
+    plain_model, plain_seconds = copy.deepcopy(model).eval(), 0.0
 
-
-def sparsity_pass_times(cfg, data, model, repeats: int) -> tuple[list[float], list[float]]:
     def train_batches():  # the same batching code for both sides
         return batches(data, data.train, cfg.eval_batch_size, torch.device("cpu"))
 
-    @torch.no_grad()
-    def plain_forward():
-        model.eval()
-        for x, _ in train_batches():
-            model(x)
+    def interleaved_batches():
+        nonlocal plain_seconds
+        plain_batches = train_batches()
+        for batch in train_batches():
+            yield batch
+            start = time.perf_counter()
+            with torch.no_grad():
+                plain_model(next(plain_batches)[0])
+            plain_seconds += time.perf_counter() - start
 
-    def sparsity_pass():
-        measure(model, train_batches(), cfg.measure)
-
-    plain_forward(), sparsity_pass()  # warm-up
-    timings = [(seconds(sparsity_pass), seconds(plain_forward)) for _ in range(repeats)]
-    return [ours for ours, _ in timings], [base for _, base in timings]
+    start = time.perf_counter()
+    measure(model, interleaved_batches(), cfg.measure)
+    return time.perf_counter() - start - plain_seconds, plain_seconds
 
 
 def report(name: str, ours: list[float], base: list[float], target: float) -> None:
@@ -182,7 +183,8 @@ def main() -> None:
 
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, data.channels, data.num_classes)
-    ours, base = sparsity_pass_times(cfg, data, model, args.repeats)
+    paired_pass_times(cfg, data, model)  # warm-up
+    ours, base = zip(*(paired_pass_times(cfg, data, model) for _ in range(args.repeats)))
     report(f"sparsity pass over the {len(data.train)} train images, s", ours, base, 1.3)
 
 

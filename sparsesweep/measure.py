@@ -26,8 +26,13 @@ def per_image_maxima(model: nn.Module, batches) -> dict[str, torch.Tensor]:
     collected = {block.name: [] for block in model.features}
 
     def record(block, _inputs, output):
-        low, high = torch.aminmax(output.flatten(2), dim=2)
-        collected[block.name].append(torch.maximum(high, -low).float().cpu())
+        flat = output.flatten(2)
+        if block.nonnegative:
+            peak = flat.amax(dim=2)
+        else:
+            low, high = torch.aminmax(flat, dim=2)
+            peak = torch.maximum(high, -low)
+        collected[block.name].append(peak.float().cpu())
 
     hooks = [block.register_forward_hook(record) for block in model.features]
     was_training = model.training

@@ -20,6 +20,11 @@ class FeatureBlock(nn.Sequential):
     def bn(self) -> nn.BatchNorm2d:
         return self[1]
 
+    @property
+    def nonnegative(self) -> bool:
+        """ReLU output: max |activation| is just the max."""
+        return isinstance(self[2], nn.ReLU)
+
 
 class BasicNet(nn.Module):
     """The paper's BasicNet (Fig. 1), reconstructed: C1..C7 FeatureBlocks with 2x2 max-pools after the
