@@ -89,7 +89,11 @@ def runs(paths, out: Path) -> int:
     skipped = Counter()
     frame = load_runs(paths, skipped)
     if out.suffix == ".parquet":
-        frame.to_parquet(out)  # needs pyarrow or fastparquet
+        try:
+            frame.to_parquet(out)
+        except ImportError:
+            print("error: writing .parquet needs pyarrow (pip install pyarrow); or use --out runs.csv", file=sys.stderr)
+            return 2
     else:
         frame.to_csv(out, index=False)
     print(f"wrote {len(frame)} runs to {out}")

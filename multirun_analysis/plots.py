@@ -97,16 +97,20 @@ def sparsity_vs_batch_size(runs: pd.DataFrame, out: Path):
     if runs.batch_size.nunique() < 2:
         return None
     fig, ax = plt.subplots(figsize=(6, 4.5))
-    for (dataset, optimizer), group in runs.groupby(["dataset", "optimizer"]):
+    for (dataset, optimizer, regularizer, coefficient), group in runs.groupby(
+            ["dataset", "optimizer", "regularizer", "coefficient"]):
         stats = group.groupby("batch_size").sparsity_by_gamma_pct.agg(["mean", "std"]).reset_index()
         if len(stats) > 1:
             ax.errorbar(stats.batch_size, stats["mean"], yerr=stats["std"].fillna(0), marker="o", capsize=3,
-                        label=f"{dataset}, {optimizer}")
+                        label=f"{dataset}, {optimizer} {regularizer.upper()} {coefficient:g}")
+    sizes = sorted(runs.batch_size.unique())
     ax.set_xscale("log", base=2)
+    ax.set_xticks(sizes, [str(b) for b in sizes])
+    ax.minorticks_off()
     ax.set_xlabel("batch size")
     ax.set_ylabel("% conv features inactive (|γ| < 1e-3)")
     ax.set_ylim(-3, 103)
-    ax.set_title("Sparsity vs batch size")
+    ax.set_title("Sparsity vs batch size (mean ± std over seeds)")
     ax.legend()
     return save(fig, out, "sparsity_vs_batch_size")
 
