@@ -27,11 +27,8 @@ def per_image_maxima(model: nn.Module, batches) -> dict[str, torch.Tensor]:
 
     def record(block, _inputs, output):
         flat = output.flatten(2)
-        if block.nonnegative:
-            peak = flat.amax(dim=2)
-        else:
-            low, high = torch.aminmax(flat, dim=2)
-            peak = torch.maximum(high, -low)
+        # amax/amin, not aminmax: on CPU aminmax over a dim is ~35x slower.
+        peak = flat.amax(dim=2) if block.nonnegative else torch.maximum(flat.amax(dim=2), -flat.amin(dim=2))
         collected[block.name].append(peak.float().cpu())
 
     hooks = [block.register_forward_hook(record) for block in model.features]
