@@ -8,7 +8,9 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-RESULTS, PLAN, LOG = "results.json", "sweep_plan.json", "sparsesweep.log"
+from multirun_analysis.load import RESULTS
+
+PLAN, LOG = "sweep_plan.json", "sparsesweep.log"
 RUNNING_IF_TOUCHED_WITHIN_S = 600  # a live run writes a progress line at least every progress_interval_s
 
 

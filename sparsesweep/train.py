@@ -130,7 +130,7 @@ def run(cfg, out_dir: Path, overrides=()) -> dict:
         epoch_start, last_progress = time.monotonic(), time.monotonic()
         loss_sum = torch.zeros((), device=device)
         wrong = torch.zeros((), device=device, dtype=torch.long)
-        seen = 0
+        batches_done = 0
         lr = optimizer.param_groups[0]["lr"]
         for x, y in batches(data, data.train, cfg.batch_size, device, shuffle_seed=cfg.seed * 1_000_003 + epoch,
                             augment=data.augment, memory_format=memory_format):
@@ -143,9 +143,10 @@ def run(cfg, out_dir: Path, overrides=()) -> dict:
             scheduler.step()
             step += 1
             # Running sums stay on the device: no host sync per step. A NaN/inf loss poisons the sum.
-            loss_sum += loss.detach() * len(y)
+            # Every training batch is full (no partial last batch), so the mean of batch means is per image.
+            loss_sum += loss.detach()
             wrong += (logits.detach().argmax(1) != y).sum()
-            seen += len(y)
+            batches_done += 1
             if time.monotonic() - last_progress > cfg.progress_interval_s:
                 last_progress = time.monotonic()
                 if not math.isfinite(loss_sum.item()):
@@ -153,10 +154,11 @@ def run(cfg, out_dir: Path, overrides=()) -> dict:
                 done = step - epoch * plan.steps_per_epoch
                 log.info("epoch %d/%d  step %d/%d  loss %.4f  %.1f steps/s", epoch + 1, plan.epochs, done,
                          min(plan.steps_per_epoch, plan.total_steps - epoch * plan.steps_per_epoch),
-                         loss_sum.item() / seen, done / (last_progress - epoch_start))
+                         loss_sum.item() / batches_done, done / (last_progress - epoch_start))
             if step == plan.total_steps:
                 break
-        train_loss, train_error = loss_sum.item() / seen, 100.0 * wrong.item() / seen
+        train_loss = loss_sum.item() / batches_done
+        train_error = 100.0 * wrong.item() / (batches_done * cfg.batch_size)
         if not math.isfinite(train_loss):
             status = "diverged"
             log.error("epoch %d: training loss is %s at step <= %d: stopping, status 'diverged'",

@@ -25,6 +25,8 @@ from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import BaseSubmititLauncher
 from omegaconf import OmegaConf
 
+from sparsesweep import rundir
+
 log = logging.getLogger(__name__)
 
 POLL_S = 0.2
@@ -35,7 +37,7 @@ def outcome(job_return: JobReturn) -> tuple[str, str]:
     if job_return.status == JobStatus.FAILED:
         return "failed", "the job's process died"
     try:
-        results = json.loads((Path(job_return.hydra_cfg.hydra.runtime.output_dir) / "results.json").read_text())
+        results = json.loads((Path(job_return.hydra_cfg.hydra.runtime.output_dir) / rundir.RESULTS).read_text())
     except (OSError, ValueError, AttributeError):
         return "failed", "no results.json"
     status = results.get("status", "unknown")
