@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 RESULTS = "results.json"
+PRUNE = "prune.json"  # written by `python -m sparsesweep.prune`
 SUPPORTED_SCHEMA = 1
 CRITERIA = ("by_activation", "by_gamma", "by_activation_alt", "by_gamma_alt")
 
@@ -41,6 +42,23 @@ def flatten(results: dict) -> dict:
     config = results.get("config") or {}
     row["negative_slope"] = (config.get("model") or {}).get("negative_slope")
     row["background"] = (config.get("dataset") or {}).get("background")
+    for stage, pct in (sparsity.get("by_gamma") or {}).get("per_stage_pct", {}).items():
+        row[f"sparsity_gamma_{stage}_pct"] = pct
+    return row
+
+
+def flatten_prune(prune: dict) -> dict:
+    """The Table 3/4 columns of a prune.json: features removed, errors after pruning, what is left of the
+    parameters and FLOPs (%), and the measured inference speed-up (latency before / after) per device."""
+    features, params, flops = prune["features"], prune["params"], prune["flops"]
+    row = {"pruned_features": features["removed"],
+           "pruned_features_pct": 100.0 * features["removed"] / features["before"],
+           "pruned_test_error": prune["test_error"]["after"],
+           "pruned_test_top5_error": prune["test_top5_error"]["after"],
+           "params_kept_pct": 100.0 * params["after"] / params["before"],
+           "flops_kept_pct": 100.0 * flops["after"] / flops["before"]}
+    for device, latency in prune.get("latency_ms", {}).items():
+        row[f"{device}_speedup"] = latency["before"] / latency["after"]
     return row
 
 
@@ -62,7 +80,13 @@ def load_runs(paths, skipped: Counter | None = None, *, completed_only: bool = F
         if completed_only and results.get("status") != "completed":
             skipped[f"status {results.get('status')}"] += 1
             continue
-        rows.append({"run_dir": str(run_dir), **flatten(results)})
+        row = {"run_dir": str(run_dir), **flatten(results)}
+        if (run_dir / PRUNE).exists():
+            try:
+                row.update(flatten_prune(json.loads((run_dir / PRUNE).read_text())))
+            except (OSError, ValueError, KeyError, TypeError, ZeroDivisionError):
+                skipped["unreadable prune.json (its run is kept, without pruning columns)"] += 1
+        rows.append(row)
     frame = pd.DataFrame(rows)
     if frame.empty or "run_id" not in frame:
         return frame

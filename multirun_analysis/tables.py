@@ -27,6 +27,9 @@ class TableSpec:
 
 
 ERROR = "test_error"
+# Our columns beside Tables 3/4 (from prune.json): what the pruned network keeps and how much faster it is.
+PRUNED_NETWORK = {"params_kept_pct": "params_kept_pct", "flops_kept_pct": "flops_kept_pct",
+                  "cpu_speedup": "cpu_speedup", "gpu_speedup": "cuda_speedup"}
 ADAM_L2_1E4 = {"optimizer": "adam", "regularizer": "l2", "coefficient": 1e-4}  # the paper's base setting
 TABLES = {
     "table1": TableSpec(
@@ -45,15 +48,15 @@ TABLES = {
     "table3": TableSpec(
         "table3.csv", "Table 3: VGG-16, Adam: features pruned (|gamma| < 1e-3), top-1/top-5 error before/after",
         keys={"dataset": "dataset", "l2": "coefficient", "batch_size": "batch_size"},
-        metrics={"features_pruned": "features_inactive_by_gamma", "features_pruned_pct": "sparsity_by_gamma_pct",
+        metrics={"features_pruned": "pruned_features", "features_pruned_pct": "pruned_features_pct",
                  "pre_top1": ERROR, "pre_top5": "test_top5_error", "post_top1": "pruned_test_error",
-                 "post_top5": "pruned_test_top5_error"},
+                 "post_top5": "pruned_test_top5_error", **PRUNED_NETWORK},
         where={"model": "vgg16"}),
     "table4": TableSpec(
         "table4.csv", "Table 4: VGG-11 on ImageNet: features pruned, top-1/top-5 error before/after",
         keys={"method": "method", "optimizer": "optimizer", "l2": "coefficient", "batch_size": "batch_size"},
-        metrics={"features_pruned": "features_inactive_by_gamma", "pre_top1": ERROR, "pre_top5": "test_top5_error",
-                 "post_top1": "pruned_test_error", "post_top5": "pruned_test_top5_error"},
+        metrics={"features_pruned": "pruned_features", "pre_top1": ERROR, "pre_top5": "test_top5_error",
+                 "post_top1": "pruned_test_error", "post_top5": "pruned_test_top5_error", **PRUNED_NETWORK},
         where={"model": "vgg11"}, constants={"method": "implicit"}),
     "table5": TableSpec(
         "table5.csv", "Table 5: ResNet-50 on ImageNet, Adam, L2 1e-4: % sparsity by gamma per stage",

@@ -6,6 +6,7 @@ Files (all written atomically: a temp file in the same directory, then a rename)
   bn_history.npz   BN gamma/beta of every feature at every epoch: arrays `C1_gamma` (epochs+1, C), ...
   features.npz     final per-feature arrays: `C1_max_activation`, `C1_selectivity`, `C1_gamma`, `C1_beta`
   checkpoint.pt    model/optimizer/scheduler state at the end of the last finished epoch
+  prune.json       after pruning (sparsesweep.prune): features, params, FLOPs, latency, errors before/after
 """
 from __future__ import annotations
 
@@ -23,10 +24,12 @@ RESULTS_SCHEMA = 1
 SWEEP_PLAN = "sweep_plan.json"  # in a sweep directory: {"runs": [[override, ...], ...]}
 RESULTS, METRICS, BN_HISTORY, FEATURES, CHECKPOINT = (
     "results.json", "metrics.jsonl", "bn_history.npz", "features.npz", "checkpoint.pt")
+PRUNE = "prune.json"
 
 # Settings that change where or how fast a run goes, not what it computes.
 RUN_IRRELEVANT = ("device", "threads", "progress_interval_s", "eval_batch_size",
                   "dataset.root", "dataset.system_root", "dataset.download",
+                  "dataset.workers", "dataset.loader", "prune",
                   "performance.data_on_device", "performance.channels_last", "performance.compile")
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import logging
 import math
 import os
@@ -55,17 +56,22 @@ def pick_device(name: str) -> torch.device:
 
 
 @torch.no_grad()
-def evaluate(model, data, split, cfg, device) -> tuple[float, float]:
-    """(mean cross-entropy, error %) in eval mode."""
+def evaluate(model, data, split, cfg, device) -> tuple[float, float, float]:
+    """(mean cross-entropy, top-1 error %, top-5 error %) in eval mode. With fewer than 5 classes the
+    top-5 error is 0."""
+    was_training = model.training
     model.eval()
     loss_sum = torch.zeros((), device=device)
-    wrong = torch.zeros((), device=device, dtype=torch.long)
+    wrong = torch.zeros(2, device=device, dtype=torch.long)
     for x, y in batches(data, split, cfg.eval_batch_size, device):
         logits = model(x)
         loss_sum += F.cross_entropy(logits, y, reduction="sum")
-        wrong += (logits.argmax(1) != y).sum()
-    model.train()
-    return loss_sum.item() / len(split), 100.0 * wrong.item() / len(split)
+        top5 = logits.topk(min(5, logits.shape[1]), dim=1).indices
+        wrong[0] += (top5[:, 0] != y).sum()
+        wrong[1] += (top5 != y[:, None]).all(1).sum()
+    model.train(was_training)
+    top1, top5 = (100.0 * wrong / len(split)).tolist()
+    return loss_sum.item() / len(split), top1, top5
 
 
 def gamma_sparsity_pct(model, threshold: float) -> float:
@@ -76,6 +82,27 @@ def gamma_sparsity_pct(model, threshold: float) -> float:
 def bn_snapshot(model) -> dict[str, torch.Tensor]:
     return {f"{b.name}_{kind}": getattr(b.bn, attr).detach().cpu().clone()
             for b in model.features for kind, attr in (("gamma", "weight"), ("beta", "bias"))}
+
+
+def build(cfg, device: torch.device):
+    """The run's data (placed per cfg.performance) and its model, initialised from cfg.seed."""
+    data = place(load_dataset(cfg.dataset), device, cfg.performance.data_on_device)
+    torch.manual_seed(cfg.seed)
+    memory_format = torch.channels_last if cfg.performance.channels_last else torch.contiguous_format
+    model = build_model(cfg.model, data.channels, data.num_classes, resolution=data.resolution)
+    return data, model.to(device, memory_format=memory_format)
+
+
+def load_run(run_dir: Path, device: str | None = None):
+    """A finished run's (config, data, model with its final weights in eval mode), from its results.json
+    and checkpoint.pt. device: None uses the run's own setting."""
+    run_dir = Path(run_dir)
+    cfg = OmegaConf.create(json.loads((run_dir / rundir.RESULTS).read_text())["config"])
+    device = pick_device(device or cfg.device)
+    data, model = build(cfg, device)
+    state = torch.load(run_dir / rundir.CHECKPOINT, map_location=device, weights_only=True)
+    model.load_state_dict(state["model"])
+    return cfg, data, model.eval()
 
 
 def run(cfg, out_dir: Path, overrides=()) -> dict:
@@ -93,9 +120,7 @@ def run(cfg, out_dir: Path, overrides=()) -> dict:
         torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels once
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = bool(perf.tf32)
     memory_format = torch.channels_last if perf.channels_last else torch.contiguous_format
-    data = place(load_dataset(cfg.dataset), device, perf.data_on_device)
-    torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model, data.channels, data.num_classes).to(device, memory_format=memory_format)
+    data, model = build(cfg, device)
     # The compiled module shares the parameters; checkpoints, hooks and evaluation use the plain one.
     forward = torch.compile(model) if perf.compile else model
     optimizer = build_optimizer(cfg.optimizer, cfg.regularizer, model)
@@ -112,6 +137,9 @@ def run(cfg, out_dir: Path, overrides=()) -> dict:
             scheduler.load_state_dict(state["scheduler"])
             epoch, step, elapsed = state["epoch"], state["step"], state["elapsed"]
             metrics, bn_history = state["metrics"], state["bn_history"]
+            torch.set_rng_state(state["rng"].cpu())  # dropout (VGG's ImageNet head) continues its stream
+            if device.type == "cuda":
+                torch.cuda.set_rng_state(state["cuda_rng"].cpu(), device)
             log.info("resuming from %s: epoch %d, step %d", checkpoint_path, epoch, step)
         else:
             log.warning("%s belongs to another config (run %s, this is %s): starting afresh",
@@ -165,10 +193,11 @@ def run(cfg, out_dir: Path, overrides=()) -> dict:
                       epoch + 1, train_loss, step)
             break
         epoch += 1
-        test_loss, test_error = evaluate(model, data, data.test, cfg, device)
+        test_loss, test_error, test_top5_error = evaluate(model, data, data.test, cfg, device)
         elapsed += time.monotonic() - epoch_start
         row = {"epoch": epoch, "step": step, "lr": lr, "train_loss": train_loss, "train_error": train_error,
                "test_loss": rundir.finite_or_none(test_loss), "test_error": test_error,
+               "test_top5_error": test_top5_error,
                "sparsity_gamma_pct": gamma_sparsity_pct(model, cfg.measure.gamma_threshold),
                "time_s": elapsed}
         metrics.append(row)
@@ -177,7 +206,7 @@ def run(cfg, out_dir: Path, overrides=()) -> dict:
                  "sparsity by gamma %.1f%%  (%.0f s)", epoch, plan.epochs, lr, train_loss, train_error,
                  test_loss, test_error, row["sparsity_gamma_pct"], elapsed)
         save_checkpoint(checkpoint_path, run_id, model, optimizer, scheduler, epoch, step, elapsed,
-                        metrics, bn_history)
+                        metrics, bn_history, device)
         write_history(out_dir, metrics, bn_history)
 
     results = {"schema": rundir.RESULTS_SCHEMA, "status": status, "run_id": run_id,
@@ -187,7 +216,7 @@ def run(cfg, out_dir: Path, overrides=()) -> dict:
                "batch_size": cfg.batch_size, "seed": cfg.seed, "epochs": epoch, "iterations": step,
                "wall_time_s": elapsed}
     last = metrics[-1] if metrics else {}
-    for key in ("train_loss", "train_error", "test_loss", "test_error"):
+    for key in ("train_loss", "train_error", "test_loss", "test_error", "test_top5_error"):
         results[key] = rundir.finite_or_none(last.get(key)) if status == "completed" else None
     if status == "completed":
         with full_fp32():
@@ -216,23 +245,27 @@ def final_measurements(model, data, cfg, device, out_dir: Path) -> dict:
     start = time.monotonic()
     measured, per_feature = measure(model, batches(data, data.train, cfg.eval_batch_size, device), cfg.measure)
     zeroed = zeroed_copy(model, inactive_by_gamma(model, cfg.measure.gamma_threshold))
-    measured["zeroed_test_error"] = evaluate(zeroed, data, data.test, cfg, device)[1]
+    _, measured["zeroed_test_error"], measured["zeroed_test_top5_error"] = evaluate(zeroed, data, data.test, cfg,
+                                                                                    device)
     measured["measure_time_s"] = time.monotonic() - start
     rundir.write_atomic(out_dir / rundir.FEATURES, rundir.npz_bytes(
         {f"{layer}_{key}": value.numpy() for layer, arrays in per_feature.items() for key, value in arrays.items()}))
     sparsity = measured["sparsity"]
     log.info("sparsity: by activation %.1f%% (< %g), by gamma %.1f%% (< %g)", sparsity["by_activation"]["total_pct"],
              cfg.measure.activation_threshold, sparsity["by_gamma"]["total_pct"], cfg.measure.gamma_threshold)
-    per_layer = sparsity["by_gamma"]["per_layer_pct"]
-    log.info("per layer by gamma: %s", "  ".join(f"{k} {v:.0f}%" for k, v in per_layer.items()))
+    by_gamma = sparsity["by_gamma"]
+    unit, shares = ("stage", by_gamma["per_stage_pct"]) if "per_stage_pct" in by_gamma else \
+        ("layer", by_gamma["per_layer_pct"])
+    log.info("per %s by gamma: %s", unit, "  ".join(f"{k} {v:.0f}%" for k, v in shares.items()))
     return measured
 
 
-def save_checkpoint(path, run_id, model, optimizer, scheduler, epoch, step, elapsed, metrics, bn_history):
+def save_checkpoint(path, run_id, model, optimizer, scheduler, epoch, step, elapsed, metrics, bn_history, device):
     buffer = io.BytesIO()
     torch.save({"run_id": run_id, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "epoch": epoch, "step": step, "elapsed": elapsed,
-                "metrics": metrics, "bn_history": bn_history}, buffer)
+                "metrics": metrics, "bn_history": bn_history, "rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}, buffer)
     rundir.write_atomic(path, buffer.getvalue())
 
 

@@ -10,6 +10,8 @@ from sparsesweep import train
 from sparsesweep.data import CROP_PADDING, batches, crop_and_flip, load_dataset
 from sparsesweep.errors import ConfigError
 
+from conftest import SMOKE
+
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
 
@@ -85,3 +87,112 @@ def test_training_batches_cover_a_fresh_permutation_each_epoch(make_config):
     assert not torch.equal(epochs[0], epochs[1])
     x, _ = next(batches(data, data.train, 100, torch.device("cpu")))
     assert x.dtype == torch.float32 and abs(float(x.mean())) < 1e-4 and float(x.std()) == pytest.approx(1, abs=1e-3)
+
+
+# Fake folders in the genuine layouts: class k's images are a flat gray of CLASS_GRAY[k], so a test reads
+# the label back from the pixels (JPEG keeps a flat color within a few levels).
+CLASS_GRAY = [40, 120, 200]
+
+
+def write_jpeg(path: Path, gray: int, size=(64, 64), mode="RGB"):
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new(mode, size, gray if mode == "L" else (gray,) * 3).save(path, "JPEG", quality=95)
+
+
+def make_tiny_imagenet(root: Path, per_class=4, val_per_class=2) -> list[str]:
+    """tiny-imagenet-200 layout; wnids.txt in unsorted order (classes are the sorted wnids)."""
+    wnids = ["n09999999", "n01443537", "n02085620"]
+    base = root / "tiny-imagenet-200"
+    base.mkdir(parents=True)
+    (base / "wnids.txt").write_text("\n".join(wnids) + "\n")
+    annotations = []
+    for k, wnid in enumerate(sorted(wnids)):
+        for i in range(per_class):
+            write_jpeg(base / "train" / wnid / "images" / f"{wnid}_{i}.JPEG", CLASS_GRAY[k],
+                       mode="L" if i == 0 else "RGB")  # some genuine Tiny-ImageNet JPEGs are grayscale
+        (base / "train" / wnid / f"{wnid}_boxes.txt").write_text("")
+        for i in range(val_per_class):
+            name = f"val_{k * val_per_class + i}.JPEG"
+            write_jpeg(base / "val" / "images" / name, CLASS_GRAY[k])
+            annotations.append(f"{name}\t{wnid}\t0\t0\t63\t63")
+    (base / "val" / "val_annotations.txt").write_text("\n".join(annotations[::-1]) + "\n")
+    return sorted(wnids)
+
+
+def make_imagenet(root: Path, per_class=6):
+    """ImageFolder train/ and val/, images of assorted sizes and aspect ratios."""
+    sizes = [(96, 64), (50, 80), (64, 64)]
+    for split, count in (("train", per_class), ("val", 2)):
+        for k in range(len(CLASS_GRAY)):
+            for i in range(count):
+                write_jpeg(root / split / f"n0{k}" / f"{i}.JPEG", CLASS_GRAY[k], size=sizes[i % len(sizes)])
+
+
+def labels_from_pixels(x: torch.Tensor, data) -> torch.Tensor:
+    gray = (x * data.std.view(1, -1, 1, 1) + data.mean.view(1, -1, 1, 1)).mean((1, 2, 3))
+    return (gray[:, None] - torch.tensor(CLASS_GRAY, dtype=torch.float32)).abs().argmin(1)
+
+
+def test_tiny_imagenet_reads_the_standard_folder_with_val_annotations(make_config, tmp_path):
+    make_tiny_imagenet(tmp_path)
+    data = load_dataset(make_config(["dataset=tinyimagenet", f"dataset.root={tmp_path}", "dataset.workers=2"]).dataset)
+    assert (len(data.train), len(data.test), data.num_classes) == (12, 6, 3)
+    assert data.train.images.shape == (12, 3, 64, 64) and data.train.images.dtype == torch.uint8
+    for split in (data.train, data.test):
+        gray = split.images.float().mean((1, 2, 3))
+        expected = torch.tensor(CLASS_GRAY, dtype=torch.float32)[split.labels]
+        assert (gray - expected).abs().max() < 3
+
+
+def test_missing_tiny_imagenet_names_the_root_and_the_download_flag(make_config, tmp_path):
+    with pytest.raises(ConfigError, match="dataset.root=DIR.*dataset.download=true"):
+        load_dataset(make_config(["dataset=tinyimagenet", f"dataset.root={tmp_path}"]).dataset)
+
+
+def imagenet_config(make_config, root, *extra):
+    return make_config(["dataset=imagenet", f"dataset.root={root}", "dataset.resolution=32", "dataset.resize=36",
+                        "dataset.loader.workers=0", *extra])
+
+
+def test_imagenet_folders_give_cropped_normalized_batches_with_the_right_labels(make_config, tmp_path):
+    make_imagenet(tmp_path)
+    data = load_dataset(imagenet_config(make_config, tmp_path).dataset)
+    assert (len(data.train), len(data.test), data.num_classes, data.resolution) == (18, 6, 3, 32)
+    cpu = torch.device("cpu")
+    x, y = next(batches(data, data.train, 18, cpu, shuffle_seed=3, augment=True))
+    assert x.shape == (18, 3, 32, 32) and x.dtype == torch.float32
+    assert torch.equal(labels_from_pixels(x, data), y)
+    again = next(batches(data, data.train, 18, cpu, shuffle_seed=3, augment=True))[1]
+    other = next(batches(data, data.train, 18, cpu, shuffle_seed=4, augment=True))[1]
+    assert torch.equal(y, again) and not torch.equal(y, other)  # the permutation follows the seed
+    assert [len(y) for _, y in batches(data, data.train, 8, cpu, shuffle_seed=0, augment=True)] == [8, 8]
+    evaluation = list(batches(data, data.test, 4, cpu))
+    assert [len(y) for _, y in evaluation] == [4, 2]  # every test image, in order
+    assert torch.cat([y for _, y in evaluation]).tolist() == [0, 0, 1, 1, 2, 2]
+
+
+def test_imagenet_limits_keep_every_class(make_config, tmp_path):
+    make_imagenet(tmp_path)
+    data = load_dataset(imagenet_config(make_config, tmp_path, "dataset.train_limit=6").dataset)
+    labels = [label for _, label in data.train.folder.samples]
+    assert len(labels) == 6 and sorted(set(labels)) == [0, 1, 2]
+
+
+def test_missing_imagenet_folder_names_the_fix(make_config, tmp_path):
+    with pytest.raises(ConfigError, match="dataset.root=DIR.*train/ and val/"):
+        load_dataset(imagenet_config(make_config, tmp_path / "none").dataset)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_run_on_image_folders_reports_top1_and_top5(make_config, tmp_path, workers):
+    make_imagenet(tmp_path / "data", per_class=8)
+    cfg = imagenet_config(make_config, tmp_path / "data", *SMOKE, f"dataset.loader.workers={workers}",
+                          "batch_size=8", "schedule.iterations_at_batch_size=null")
+    results = train.run(cfg, tmp_path / "run")
+    assert results["status"] == "completed" and results["iterations"] == 3 * 3  # 24 images // 8, 3 epochs
+    # 3 classes: the top-5 always holds the label
+    assert results["test_top5_error"] == 0.0 and 0 <= results["test_error"] <= 100
+    assert results["sparsity"]["by_gamma"]["features"] == sum(
+        len(f.bn.weight) for f in train.load_run(tmp_path / "run", "cpu")[2].features)

@@ -1,5 +1,9 @@
+import functools
+
 import torch
 from torch import nn
+
+from sparsesweep.models.feature import scaled_width
 
 
 class FeatureBlock(nn.Sequential):
@@ -11,6 +15,7 @@ class FeatureBlock(nn.Sequential):
         super().__init__(nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
                          nn.BatchNorm2d(out_channels), act)
         self.name = name
+        self.stage = None
 
     @property
     def conv(self) -> nn.Conv2d:
@@ -19,6 +24,13 @@ class FeatureBlock(nn.Sequential):
     @property
     def bn(self) -> nn.BatchNorm2d:
         return self[1]
+
+    @property
+    def activation(self):
+        """The activation as a non-inplace function (see models/feature.py)."""
+        act = self[2]
+        return torch.relu if isinstance(act, nn.ReLU) else functools.partial(
+            nn.functional.leaky_relu, negative_slope=act.negative_slope)
 
     @property
     def nonnegative(self) -> bool:
@@ -33,19 +45,20 @@ class BasicNet(nn.Module):
     def __init__(self, widths, in_channels, num_classes, *, width_multiplier=1.0, pool_after=(1, 3, 5),
                  hidden=256, negative_slope=0.0):
         super().__init__()
-        widths = [max(1, round(w * width_multiplier)) for w in widths]
-        self.features = nn.ModuleList()
         layers = []
         for i, width in enumerate(widths, start=1):
-            block = FeatureBlock(f"C{i}", in_channels, width, negative_slope)
-            self.features.append(block)
+            block = FeatureBlock(f"C{i}", in_channels, scaled_width(width, width_multiplier), negative_slope)
             layers.append(block)
             if i in pool_after:
                 layers.append(nn.MaxPool2d(2))
-            in_channels = width
+            in_channels = block.conv.out_channels
         self.body = nn.Sequential(*layers)
         self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(in_channels, hidden),
                                   nn.ReLU(inplace=True), nn.Linear(hidden, num_classes))
+
+    @property
+    def features(self) -> list[FeatureBlock]:
+        return [layer for layer in self.body if isinstance(layer, FeatureBlock)]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.body(x))

@@ -1,0 +1,343 @@
+"""Physical removal of inactive features: implicit filter sparsity turned into a smaller dense network.
+
+`python -m sparsesweep.prune DIR...` prunes every completed run under the given run or sweep directories
+and writes `prune.json` (with --save-model also `pruned_model.pt`) into each run directory.
+
+What goes. A feature (one output channel of a conv -> BN -> activation unit, models/feature.py) whose BN
+|gamma| < threshold is removed: its conv filter, its BN channel and the matching input channels of every
+layer that reads it (for Flatten -> Linear, all the inputs that channel flattens into). Such a feature does
+not output 0 but activation(gamma * x_hat + beta) ~ activation(beta), a constant:
+- where that constant is 0 (ReLU with beta <= 0, the usual trained case; beta = 0 at init) removal is exact
+  (up to the gamma * x_hat residue below the threshold);
+- where it is not (ReLU with beta > 0; leaky ReLU with any beta != 0) its contribution is added to the
+  biases of the layers that read it. That is exact for 1x1 convs and linear layers; for a zero-padded kxk
+  conv it is exact except at output positions whose window reaches into the padding (the image border),
+  where the removed input contributed only in part. `constant_features_folded` counts these features.
+
+Residual ties. Channels joined by a residual sum (in a ResNet stage, every block's bn3 and the downsample
+BN feed one running sum) can only be removed together, and only when dead in every member: a channel goes
+when |gamma| < threshold in all BNs of its tie. A layer whose every channel is dead keeps one (a conv needs
+an output), unchanged.
+
+Why Torch-Pruning's DependencyGraph instead of hand surgery: it traces the model once and derives, for a set
+of output channels, every coupled layer and index: the BN, the convs and BNs tied through residual sums,
+each consumer's input channels, and the Flatten -> Linear expansion (channel c -> inputs c*HW .. c*HW+HW-1).
+By hand that is one walker per architecture, re-derived and silently wrong whenever a model changes; the
+library's bookkeeping is maintained and tested on torchvision's ResNets and VGGs.
+
+After removal every BN is folded into its conv (torch.nn.utils.fusion.fuse_conv_bn_eval; the BN becomes
+nn.Identity), so the result is conv(+bias) -> activation in eval mode. Its `features` then no longer
+describe conv -> BN units: it is for inference, not for measure.py.
+
+Counting. params: learnable parameters (nn.Parameter), the convention of published parameter counts; BN
+running statistics are buffers and are not counted, so folding a BN channel counts -2 (gamma, beta) + 1
+(the conv's new bias). FLOPs: torch.utils.flop_counter at batch 1, i.e. 2 per multiply-accumulate of convs
+and linear layers; BN, activations, pooling and bias additions are not counted.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import io
+import json
+import logging
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch_pruning as tp
+from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
+from torch.utils.flop_counter import FlopCounterMode
+
+from sparsesweep import rundir, train
+from sparsesweep.errors import ConfigError
+
+PRUNE_SCHEMA = 1
+PRUNED_MODEL = "pruned_model.pt"
+DEFAULT_THRESHOLD = 1e-3  # the paper's |gamma| criterion
+LATENCY_BATCH_SIZE = 40  # the paper's base batch size
+LATENCY_REPEATS = 20
+LATENCY_WARMUP = 3
+
+log = logging.getLogger("sparsesweep")
+
+
+@dataclass
+class PruneReport:
+    """What prune_model removed, per feature layer (the names of model.features)."""
+    before: dict[str, int]  # features per layer in the unpruned model
+    removed: dict[str, list[int]]  # removed channels per layer, numbered as in the unpruned model
+    constant_features_folded: int  # removed features whose constant output was not 0
+
+    def features(self) -> dict:
+        """The prune.json `features` block."""
+        before = sum(self.before.values())
+        removed = sum(len(channels) for channels in self.removed.values())
+        return {"before": before, "after": before - removed, "removed": removed,
+                "per_layer": {name: {"before": count, "after": count - len(self.removed[name])}
+                              for name, count in self.before.items()}}
+
+
+def prune_model(model: nn.Module, example_input: torch.Tensor, threshold: float = DEFAULT_THRESHOLD):
+    """(pruned copy in eval mode, PruneReport): every feature with BN |gamma| < threshold removed and the
+    BNs folded into their convs. `model` is not modified. example_input: a batch of the model's input on its
+    device (traced once; its values do not matter)."""
+    pruned = copy.deepcopy(model).eval()
+    features = pruned.features
+    with torch.enable_grad():  # the dependency graph is traced through autograd
+        # A tuple: Torch-Pruning calls model(*example_inputs) (a bare tensor would be split along the batch).
+        graph = tp.DependencyGraph().build_dependency(pruned, (example_input,), verbose=False)
+    # All groups are taken before any is pruned: each indexes its own channel dimension, untouched by the others.
+    groups = [dead_channels(graph, group, threshold)
+              for group in graph.get_all_groups(root_module_types=(nn.Conv2d,))]
+    groups = [group for group in groups if group is not None]
+
+    name_of = {feature.bn: feature.name for feature in features}
+    removed = {feature.name: [] for feature in features}
+    for group in groups:
+        for item in group.items:
+            if isinstance(item.dep.target.module, nn.BatchNorm2d):
+                removed[name_of[item.dep.target.module]] = sorted(item.idxs)
+    with torch.no_grad():
+        folded = 0
+        for feature in features:
+            channels = removed[feature.name]
+            # gamma := 0, so a removed feature outputs exactly the constant activation(beta) that is folded.
+            feature.bn.weight[channels] = 0.0
+            folded += int((feature.activation(feature.bn.bias[channels]) != 0).sum())
+        fold_constant_inputs(pruned, graph, groups, example_input)
+    report = PruneReport({feature.name: feature.bn.num_features for feature in features}, removed, folded)
+
+    for group in groups:
+        group.prune()
+    names = {module: name for name, module in pruned.named_modules()}
+    for feature in features:
+        pruned.set_submodule(names[feature.conv], fuse_conv_bn_eval(feature.conv, feature.bn))
+        pruned.set_submodule(names[feature.bn], nn.Identity())
+    return pruned, report
+
+
+def dead_channels(graph: tp.DependencyGraph, group, threshold: float):
+    """For a Torch-Pruning group over all output channels of one conv: the group of the channels whose
+    |gamma| < threshold in every BN of the group (with a residual tie, in every member), or None."""
+    dead = None
+    for item in group.items:
+        bn = item.dep.target.module
+        if isinstance(bn, nn.BatchNorm2d):
+            small = (bn.weight.detach().abs() < threshold).tolist()
+            here = {root for index, root in zip(item.idxs, item.root_idxs) if small[index]}
+            dead = here if dead is None else dead & here
+    if not dead:
+        return None
+    if len(dead) == len(group.items[0].idxs):
+        dead.remove(min(dead))  # a conv needs an output channel: keep one, unchanged
+    root = group.items[0].dep
+    return graph.get_pruning_group(root.target.module, root.handler, sorted(dead)) if dead else None
+
+
+def fold_constant_inputs(model: nn.Module, graph: tp.DependencyGraph, groups, example_input: torch.Tensor):
+    """Adds to each consumer's bias what its soon-removed input channels contribute. Those channels must hold
+    constants (their gamma zeroed); one forward pass reads the constants as the consumers see them, after
+    pooling and residual sums. Exact for 1x1 convs and linear layers, away from the border for kxk convs."""
+    consumers = [(item.dep.target.module, item.idxs) for group in groups for item in group.items
+                 if isinstance(item.dep.target.module, (nn.Conv2d, nn.Linear))
+                 and graph.is_in_channel_pruning_fn(item.dep.handler)]
+    inputs = {}
+
+    def record(module, args):
+        inputs[module] = args[0][0].clone()  # the first image; clone: a later in-place op may reuse the tensor
+
+    hooks = [module.register_forward_pre_hook(record) for module, _ in consumers]
+    try:
+        model(example_input)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    for module, channels in consumers:
+        # A removed channel holds the same value at every position: read it at the first.
+        constants = inputs[module][channels].reshape(len(channels), -1)[:, 0]
+        if not constants.any():
+            continue
+        weight = module.weight[:, channels].reshape(module.weight.shape[0], len(channels), -1).sum(2)
+        if module.bias is None:
+            module.bias = nn.Parameter(torch.zeros(module.weight.shape[0], device=weight.device))
+        module.bias += weight @ constants
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@torch.no_grad()
+def count_flops(model: nn.Module, input_shape) -> int:
+    """FLOPs of one image (batch 1) of shape input_shape (C, H, W)."""
+    with FlopCounterMode(display=False) as counter:
+        model(torch.zeros(1, *input_shape, device=next(model.parameters()).device))
+    return counter.get_total_flops()
+
+
+def latency_ms(model: nn.Module, input_shape, device, *, batch_size: int = LATENCY_BATCH_SIZE,
+               repeats: int = LATENCY_REPEATS, warmup: int = LATENCY_WARMUP) -> float:
+    """Median time of one eval forward pass over a random batch on `device`, after `warmup` passes (allocator,
+    cuDNN's algorithm choice). Timed by hand: torch.utils.benchmark reports means of blocks it sizes itself,
+    not the median of a given number of single batches."""
+    device = torch.device(device)
+    model = copy.deepcopy(model).to(device).eval()
+    x = torch.randn(batch_size, *input_shape, device=device)
+    times = []
+    with torch.inference_mode():
+        for _ in range(warmup + repeats):
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            start = time.perf_counter()
+            model(x)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            times.append(time.perf_counter() - start)
+    return 1e3 * statistics.median(times[warmup:])
+
+
+@torch.no_grad()
+def max_output_change(model: nn.Module, pruned: nn.Module, input_shape, batch_size: int, seed: int = 0) -> float:
+    """max |model(x) - pruned(x)| over a batch of standard-normal inputs (normalized images' scale); both in
+    eval mode on one device."""
+    x = torch.randn(batch_size, *input_shape, generator=torch.Generator().manual_seed(seed))
+    x = x.to(next(model.parameters()).device)
+    return (model(x) - pruned(x)).abs().max().item()
+
+
+def compare(model: nn.Module, pruned: nn.Module, input_shape, *, batch_size: int = LATENCY_BATCH_SIZE,
+            repeats: int = LATENCY_REPEATS) -> dict:
+    """The prune.json measurement blocks: params, FLOPs, latency on CPU and (when there is one) on CUDA with
+    the same batch for both models, and the max |output change| on random inputs."""
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    return {
+        "params": {"before": count_parameters(model), "after": count_parameters(pruned)},
+        "flops": {"before": count_flops(model, input_shape), "after": count_flops(pruned, input_shape),
+                  "input_shape": list(input_shape)},
+        "latency_ms": {device: {"before": latency_ms(model, input_shape, device, batch_size=batch_size,
+                                                     repeats=repeats),
+                                "after": latency_ms(pruned, input_shape, device, batch_size=batch_size,
+                                                    repeats=repeats),
+                                "batch_size": batch_size, "repeats": repeats}
+                       for device in devices},
+        "max_abs_output_change": max_output_change(model, pruned, input_shape, batch_size),
+    }
+
+
+def prune_run(run_dir: Path, threshold: float = DEFAULT_THRESHOLD, *, device: str | None = "auto",
+              batch_size: int = LATENCY_BATCH_SIZE, repeats: int = LATENCY_REPEATS, save_model: bool = False) -> dict:
+    """Prunes a finished run's final model, measures both models and writes prune.json (and with save_model
+    the pruned module, whole, as pruned_model.pt) into run_dir; returns the prune.json content. device: as
+    the trainer's `device` setting; None uses the run's own."""
+    run_dir = Path(run_dir)
+    cfg, data, model = train.load_run(run_dir, device)
+    device = next(model.parameters()).device
+    input_shape = (data.channels, data.resolution, data.resolution)
+    pruned, report = prune_model(model, torch.zeros(1, *input_shape, device=device), threshold)
+    with train.full_fp32():
+        _, error_before, top5_before = train.evaluate(model, data, data.test, cfg, device)
+        _, error_after, top5_after = train.evaluate(pruned, data, data.test, cfg, device)
+        measured = compare(model, pruned, input_shape, batch_size=batch_size, repeats=repeats)
+    result = {"schema": PRUNE_SCHEMA, "threshold": threshold, "features": report.features(), **measured,
+              "test_error": {"before": error_before, "after": error_after},
+              "test_top5_error": {"before": top5_before, "after": top5_after},
+              "constant_features_folded": report.constant_features_folded}
+    rundir.write_atomic(run_dir / rundir.PRUNE, rundir.json_bytes(result))
+    if save_model:
+        buffer = io.BytesIO()
+        torch.save(copy.deepcopy(pruned).cpu(), buffer)
+        rundir.write_atomic(run_dir / PRUNED_MODEL, buffer.getvalue())
+    log.info("%s", summary(run_dir, result))
+    return result
+
+
+def summary(run_dir: Path, result: dict) -> str:
+    features, params, flops, cpu = (result[k] for k in ("features", "params", "flops", "latency_ms"))
+    cpu = cpu["cpu"]
+    return (f"{run_dir}: removed {features['removed']} of {features['before']} features "
+            f"({100 * features['removed'] / features['before']:.1f}%, BN |gamma| < {result['threshold']:g}); "
+            f"params {params['before']:,} -> {params['after']:,} ({params['after'] / params['before']:.2f}x), "
+            f"FLOPs {flops['before']:.3g} -> {flops['after']:.3g} ({flops['after'] / flops['before']:.2f}x), "
+            f"CPU latency {cpu['before']:.2f} -> {cpu['after']:.2f} ms at batch {cpu['batch_size']} "
+            f"({cpu['after'] / cpu['before']:.2f}x); test error {result['test_error']['before']:.2f}% -> "
+            f"{result['test_error']['after']:.2f}% (top-5 {result['test_top5_error']['before']:.2f}% -> "
+            f"{result['test_top5_error']['after']:.2f}%), max |output change| "
+            f"{result['max_abs_output_change']:.2g}; {result['constant_features_folded']} removed features had "
+            f"a nonzero constant output, folded into the next layers' biases.")
+
+
+def find_runs(path: Path) -> list[Path]:
+    """The completed runs (results.json with status completed, and checkpoint.pt) at or under `path`."""
+    if (path / rundir.RESULTS).exists():
+        status = _status(path)
+        if status != "completed":
+            raise ConfigError(f"{path}: run status is {status!r}, not 'completed': finish it first (start it again "
+                              f"with the same command to resume)")
+        if not (path / rundir.CHECKPOINT).exists():
+            raise ConfigError(f"{path}: {rundir.CHECKPOINT} is missing: pruning needs the final weights; run it again")
+        return [path]
+    runs = sorted(file.parent for file in path.rglob(rundir.RESULTS)
+                  if _status(file.parent) == "completed" and (file.parent / rundir.CHECKPOINT).exists())
+    if not runs:
+        raise ConfigError(f"{path}: no completed run under it (a directory with {rundir.RESULTS} of status "
+                          f"completed and {rundir.CHECKPOINT}): pass run or sweep directories whose runs finished")
+    return runs
+
+
+def _status(run_dir: Path) -> str | None:
+    try:
+        return json.loads((run_dir / rundir.RESULTS).read_text()).get("status")
+    except (OSError, ValueError):
+        return "unreadable"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m sparsesweep.prune", description=(
+        "Remove the features with BN |gamma| < threshold from finished runs, fold BN into the convs, and write "
+        f"{rundir.PRUNE} (features, params, FLOPs, latency, test error before/after) into each run directory."))
+    parser.add_argument("dirs", nargs="+", type=Path, metavar="DIR", help="run directories or sweep directories")
+    parser.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD, help="BN |gamma| below this is dead")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N: where to prune and evaluate")
+    parser.add_argument("--batch-size", type=int, default=LATENCY_BATCH_SIZE, help="latency batch size")
+    parser.add_argument("--repeats", type=int, default=LATENCY_REPEATS, help="timed batches per latency median")
+    parser.add_argument("--save-model", action="store_true", help=f"also write the pruned module as {PRUNED_MODEL}")
+    args = parser.parse_args(argv)
+    if not args.threshold > 0:
+        parser.error(f"--threshold {args.threshold}: must be > 0, e.g. 1e-3")
+    if args.batch_size < 1 or args.repeats < 1:
+        parser.error("--batch-size and --repeats must be >= 1")
+    for path in args.dirs:
+        if not path.is_dir():
+            parser.error(f"{path}: no such directory")
+    try:
+        train.pick_device(args.device)
+    except ConfigError:
+        parser.error(f"--device {args.device}: PyTorch sees no CUDA GPU: use --device cpu or auto")
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+
+    failures = 0
+    for path in args.dirs:
+        try:
+            runs = find_runs(path)
+        except ConfigError as error:
+            print(f"error: {error}", file=sys.stderr)
+            failures += 1
+            continue
+        for run_dir in runs:
+            try:
+                prune_run(run_dir, args.threshold, device=args.device, batch_size=args.batch_size,
+                          repeats=args.repeats, save_model=args.save_model)
+            except Exception as error:  # noqa: BLE001 (one bad run must not stop the others)
+                message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+                print(f"error: {run_dir}: {message}", file=sys.stderr)
+                failures += 1
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
