@@ -180,25 +180,28 @@ def count_flops(model: nn.Module, input_shape) -> int:
     return counter.get_total_flops()
 
 
-def latency_ms(model: nn.Module, input_shape, device, *, batch_size: int = LATENCY_BATCH_SIZE,
-               repeats: int = LATENCY_REPEATS, warmup: int = LATENCY_WARMUP) -> float:
-    """Median time of one eval forward pass over a random batch on `device`, after `warmup` passes (allocator,
-    cuDNN's algorithm choice). Timed by hand: torch.utils.benchmark reports means of blocks it sizes itself,
-    not the median of a given number of single batches."""
+def latency_ms(models: list[nn.Module], input_shape, device, *, batch_size: int = LATENCY_BATCH_SIZE,
+               repeats: int = LATENCY_REPEATS, warmup: int = LATENCY_WARMUP) -> list[float]:
+    """Per model, the median time of one eval forward pass over a random batch on `device`, after `warmup`
+    untimed rounds (allocator, cuDNN's algorithm choice). The models take turns batch by batch, so load from
+    other processes hits them alike; each then starts from caches the other filled, which on 2 CPU cores costs
+    the smaller model a few % but is steadier than timing them back to back. Timed by hand:
+    torch.utils.benchmark reports means of blocks it sizes itself, not the median of a given number of batches."""
     device = torch.device(device)
-    model = copy.deepcopy(model).to(device).eval()
+    models = [copy.deepcopy(model).to(device).eval() for model in models]
     x = torch.randn(batch_size, *input_shape, device=device)
-    times = []
+    times = [[] for _ in models]
     with torch.inference_mode():
         for _ in range(warmup + repeats):
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            start = time.perf_counter()
-            model(x)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times[warmup:])
+            for model, timings in zip(models, times):
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                start = time.perf_counter()
+                model(x)
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                timings.append(time.perf_counter() - start)
+    return [1e3 * statistics.median(timings[warmup:]) for timings in times]
 
 
 @torch.no_grad()
@@ -214,28 +217,28 @@ def compare(model: nn.Module, pruned: nn.Module, input_shape, *, batch_size: int
             repeats: int = LATENCY_REPEATS) -> dict:
     """The prune.json measurement blocks: params, FLOPs, latency on CPU and (when there is one) on CUDA with
     the same batch for both models, and the max |output change| on random inputs."""
-    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    latency = {}
+    for device in ["cpu"] + (["cuda"] if torch.cuda.is_available() else []):
+        before, after = latency_ms([model, pruned], input_shape, device, batch_size=batch_size, repeats=repeats)
+        latency[device] = {"before": before, "after": after, "batch_size": batch_size, "repeats": repeats}
     return {
         "params": {"before": count_parameters(model), "after": count_parameters(pruned)},
         "flops": {"before": count_flops(model, input_shape), "after": count_flops(pruned, input_shape),
                   "input_shape": list(input_shape)},
-        "latency_ms": {device: {"before": latency_ms(model, input_shape, device, batch_size=batch_size,
-                                                     repeats=repeats),
-                                "after": latency_ms(pruned, input_shape, device, batch_size=batch_size,
-                                                    repeats=repeats),
-                                "batch_size": batch_size, "repeats": repeats}
-                       for device in devices},
+        "latency_ms": latency,
         "max_abs_output_change": max_output_change(model, pruned, input_shape, batch_size),
     }
 
 
 def prune_run(run_dir: Path, threshold: float = DEFAULT_THRESHOLD, *, device: str | None = "auto",
-              batch_size: int = LATENCY_BATCH_SIZE, repeats: int = LATENCY_REPEATS, save_model: bool = False) -> dict:
+              batch_size: int = LATENCY_BATCH_SIZE, repeats: int = LATENCY_REPEATS, save_model: bool = False,
+              data_root: str | None = None) -> dict:
     """Prunes a finished run's final model, measures both models and writes prune.json (and with save_model
-    the pruned module, whole, as pruned_model.pt) into run_dir; returns the prune.json content. device: as
-    the trainer's `device` setting; None uses the run's own."""
+    the pruned module, whole, on CPU, as pruned_model.pt: torch.load(path, weights_only=False) with sparsesweep
+    importable) into run_dir; returns the prune.json content. device: as the trainer's `device` setting;
+    None uses the run's own. data_root: where the run's dataset is, if not at its recorded dataset.root."""
     run_dir = Path(run_dir)
-    cfg, data, model = train.load_run(run_dir, device)
+    cfg, data, model = train.load_run(run_dir, device, data_root)
     device = next(model.parameters()).device
     input_shape = (data.channels, data.resolution, data.resolution)
     pruned, report = prune_model(model, torch.zeros(1, *input_shape, device=device), threshold)
@@ -306,6 +309,7 @@ def main(argv=None) -> int:
     parser.add_argument("--batch-size", type=int, default=LATENCY_BATCH_SIZE, help="latency batch size")
     parser.add_argument("--repeats", type=int, default=LATENCY_REPEATS, help="timed batches per latency median")
     parser.add_argument("--save-model", action="store_true", help=f"also write the pruned module as {PRUNED_MODEL}")
+    parser.add_argument("--data-root", help="the dataset's location, when not at the runs' recorded dataset.root")
     args = parser.parse_args(argv)
     if not args.threshold > 0:
         parser.error(f"--threshold {args.threshold}: must be > 0, e.g. 1e-3")
@@ -318,6 +322,8 @@ def main(argv=None) -> int:
         train.pick_device(args.device)
     except ConfigError:
         parser.error(f"--device {args.device}: PyTorch sees no CUDA GPU: use --device cpu or auto")
+    except RuntimeError as error:
+        parser.error(f"--device {args.device}: {error}")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
     failures = 0
@@ -331,10 +337,13 @@ def main(argv=None) -> int:
         for run_dir in runs:
             try:
                 prune_run(run_dir, args.threshold, device=args.device, batch_size=args.batch_size,
-                          repeats=args.repeats, save_model=args.save_model)
+                          repeats=args.repeats, save_model=args.save_model, data_root=args.data_root)
+            except ConfigError as error:
+                print(f"error: {run_dir}: {error}", file=sys.stderr)
+                failures += 1
             except Exception as error:  # noqa: BLE001 (one bad run must not stop the others)
-                message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-                print(f"error: {run_dir}: {message}", file=sys.stderr)
+                first_line = (str(error).strip().splitlines() or [""])[0]
+                print(f"error: {run_dir}: {type(error).__name__}: {first_line}", file=sys.stderr)
                 failures += 1
     return 1 if failures else 0
 

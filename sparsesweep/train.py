@@ -93,11 +93,14 @@ def build(cfg, device: torch.device):
     return data, model.to(device, memory_format=memory_format)
 
 
-def load_run(run_dir: Path, device: str | None = None):
+def load_run(run_dir: Path, device: str | None = None, data_root: str | None = None):
     """A finished run's (config, data, model with its final weights in eval mode), from its results.json
-    and checkpoint.pt. device: None uses the run's own setting."""
+    and checkpoint.pt. device: None uses the run's own setting; data_root replaces dataset.root (the run's
+    may be relative to where it was launched)."""
     run_dir = Path(run_dir)
     cfg = OmegaConf.create(json.loads((run_dir / rundir.RESULTS).read_text())["config"])
+    if data_root is not None:
+        cfg.dataset.root = data_root
     device = pick_device(device or cfg.device)
     data, model = build(cfg, device)
     state = torch.load(run_dir / rundir.CHECKPOINT, map_location=device, weights_only=True)
@@ -225,6 +228,15 @@ def run(cfg, out_dir: Path, overrides=()) -> dict:
         log.info("test error %.2f%%; with the features inactive by gamma zeroed %.2f%%", results["test_error"],
                  results["zeroed_test_error"])
     rundir.write_atomic(out_dir / rundir.RESULTS, rundir.json_bytes(results))
+    if status == "completed" and cfg.prune.after_training:
+        from sparsesweep import prune  # prune imports this module
+
+        try:
+            prune.prune_run(out_dir, cfg.prune.threshold, device=str(device),
+                            batch_size=cfg.prune.latency_batch_size, repeats=cfg.prune.latency_repeats)
+        except Exception as error:  # noqa: BLE001 (the trained run is complete and saved; pruning can be redone)
+            log.error("pruning failed (%s: %s): the run itself is complete; retry with "
+                      "`python -m sparsesweep.prune %s`", type(error).__name__, error, out_dir)
     return results
 
 

@@ -6,8 +6,9 @@ import statistics
 from collections import Counter
 
 import pytest
+import torch
 
-from conftest import SMOKE, cli
+from conftest import SMOKE, cli, make_tiny_imagenet
 from multirun_analysis import render, tables
 from multirun_analysis.load import load_runs
 
@@ -124,3 +125,43 @@ def test_runs_export_has_every_run_and_metric(sweep, tmp_path):
     frame = pd.read_csv(tmp_path / "runs.csv")
     assert len(frame) == 5 and set(frame.status) == {"completed", "diverged"}
     assert {"sparsity_by_gamma_pct", "sparsity_gamma_C6_pct", "test_error", "run_id"} <= set(frame.columns)
+
+
+def test_table3_shows_pruning_results_of_a_real_vgg16_sweep(tmp_path):
+    """A VGG-16 sweep on a Tiny-ImageNet folder at the paper's row (L2 1e-4, batch 20), 2 seeds; a different
+    number of gammas is zeroed in each run's final weights, `python -m sparsesweep.prune` prunes the sweep, and
+    Table 3's cells are the means of the prune.json and results.json values."""
+    make_tiny_imagenet(tmp_path / "data", per_class=8, val_per_class=4)
+    code, output = cli("sparsesweep", "-m", *SMOKE, "model=vgg16", "dataset=tinyimagenet",
+                       f"dataset.root={tmp_path / 'data'}", "dataset.resolution=16", "batch_size=20",
+                       "schedule.iterations_at_batch_size=null", "seed=0,1", f"hydra.sweep.dir={tmp_path}/sweep",
+                       cwd=tmp_path)
+    assert code == 0, output
+    killed = {"seed=0": 3, "seed=1": 6}
+    for checkpoint in (tmp_path / "sweep").rglob("checkpoint.pt"):
+        state = torch.load(checkpoint, weights_only=True)
+        count = next(n for seed, n in killed.items() if seed in str(checkpoint))
+        state["model"]["body.0.1.weight"][:count] = 0.0  # conv1_1's BN gamma
+        torch.save(state, checkpoint)
+    code, output = cli("sparsesweep.prune", str(tmp_path / "sweep"), "--repeats", "2", cwd=tmp_path)
+    assert code == 0, output
+
+    pruned = [json.loads(p.read_text()) for p in (tmp_path / "sweep").rglob("prune.json")]
+    results = [json.loads(p.read_text()) for p in (tmp_path / "sweep").rglob("results.json")]
+    assert sorted(p["features"]["removed"] for p in pruned) == [3, 6]
+    table = tables.build(tables.TABLES["table3"], load_runs([tmp_path / "sweep"]))
+    row = table.loc[("tinyimagenet", "1e-04", "20")]
+    assert row[("", "features_pruned", "mean")] == 4.5 and row[("", "features_pruned", "n")] == 2
+    assert row[("", "features_pruned", "paper")] == 3016
+    features = pruned[0]["features"]["before"]
+    assert row[("", "features_pruned_pct", "mean")] == pytest.approx(100 * 4.5 / features)
+    for metric, values in (("pre_top1", [r["test_error"] for r in results]),
+                           ("pre_top5", [r["test_top5_error"] for r in results]),
+                           ("post_top1", [p["test_error"]["after"] for p in pruned]),
+                           ("post_top5", [p["test_top5_error"]["after"] for p in pruned]),
+                           ("params_kept_pct", [100 * p["params"]["after"] / p["params"]["before"] for p in pruned]),
+                           ("cpu_speedup", [p["latency_ms"]["cpu"]["before"] / p["latency_ms"]["cpu"]["after"]
+                                            for p in pruned])):
+        assert row[("", metric, "mean")] == pytest.approx(statistics.mean(values)), metric
+    assert all(p["test_error"]["before"] == r["test_error"] for p, r in
+               zip(sorted(pruned, key=lambda p: p["features"]["removed"]), sorted(results, key=lambda r: r["seed"])))

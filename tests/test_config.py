@@ -44,8 +44,10 @@ def test_a_coefficient_of_the_wrong_regularizer_is_rejected(make_config):
 
 
 def test_the_design_card_sweep_runs_six_jobs_at_most_two_at_once(tmp_path):
+    # Jobs a few seconds long (smoke, 4x the epochs), so two started together surely overlap even on a busy machine.
     code, output = cli("sparsesweep", "-m", "optimizer=adam,sgd,adamax", "regularizer.l2=1e-4,1e-5",
-                       "+experiment=smoke", f"hydra.sweep.dir={tmp_path}", "hydra.launcher.cpu_parallel=2", cwd=tmp_path)
+                       "+experiment=smoke", "schedule.base_epochs=8", "schedule.decay_epochs=4",
+                       f"hydra.sweep.dir={tmp_path}", "hydra.launcher.cpu_parallel=2", cwd=tmp_path)
     assert code == 0, output
     runs = read_results(tmp_path)
     assert {(r["optimizer"], r["coefficient"], r["status"]) for r in runs.values()} == \

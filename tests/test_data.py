@@ -10,7 +10,7 @@ from sparsesweep import train
 from sparsesweep.data import CROP_PADDING, batches, crop_and_flip, load_dataset
 from sparsesweep.errors import ConfigError
 
-from conftest import SMOKE
+from conftest import CLASS_GRAY, SMOKE, make_imagenet, make_tiny_imagenet
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
@@ -87,47 +87,6 @@ def test_training_batches_cover_a_fresh_permutation_each_epoch(make_config):
     assert not torch.equal(epochs[0], epochs[1])
     x, _ = next(batches(data, data.train, 100, torch.device("cpu")))
     assert x.dtype == torch.float32 and abs(float(x.mean())) < 1e-4 and float(x.std()) == pytest.approx(1, abs=1e-3)
-
-
-# Fake folders in the genuine layouts: class k's images are a flat gray of CLASS_GRAY[k], so a test reads
-# the label back from the pixels (JPEG keeps a flat color within a few levels).
-CLASS_GRAY = [40, 120, 200]
-
-
-def write_jpeg(path: Path, gray: int, size=(64, 64), mode="RGB"):
-    from PIL import Image
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new(mode, size, gray if mode == "L" else (gray,) * 3).save(path, "JPEG", quality=95)
-
-
-def make_tiny_imagenet(root: Path, per_class=4, val_per_class=2) -> list[str]:
-    """tiny-imagenet-200 layout; wnids.txt in unsorted order (classes are the sorted wnids)."""
-    wnids = ["n09999999", "n01443537", "n02085620"]
-    base = root / "tiny-imagenet-200"
-    base.mkdir(parents=True)
-    (base / "wnids.txt").write_text("\n".join(wnids) + "\n")
-    annotations = []
-    for k, wnid in enumerate(sorted(wnids)):
-        for i in range(per_class):
-            write_jpeg(base / "train" / wnid / "images" / f"{wnid}_{i}.JPEG", CLASS_GRAY[k],
-                       mode="L" if i == 0 else "RGB")  # some genuine Tiny-ImageNet JPEGs are grayscale
-        (base / "train" / wnid / f"{wnid}_boxes.txt").write_text("")
-        for i in range(val_per_class):
-            name = f"val_{k * val_per_class + i}.JPEG"
-            write_jpeg(base / "val" / "images" / name, CLASS_GRAY[k])
-            annotations.append(f"{name}\t{wnid}\t0\t0\t63\t63")
-    (base / "val" / "val_annotations.txt").write_text("\n".join(annotations[::-1]) + "\n")
-    return sorted(wnids)
-
-
-def make_imagenet(root: Path, per_class=6):
-    """ImageFolder train/ and val/, images of assorted sizes and aspect ratios."""
-    sizes = [(96, 64), (50, 80), (64, 64)]
-    for split, count in (("train", per_class), ("val", 2)):
-        for k in range(len(CLASS_GRAY)):
-            for i in range(count):
-                write_jpeg(root / split / f"n0{k}" / f"{i}.JPEG", CLASS_GRAY[k], size=sizes[i % len(sizes)])
 
 
 def labels_from_pixels(x: torch.Tensor, data) -> torch.Tensor:
