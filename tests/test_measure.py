@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from sparsesweep.measure import measure, per_image_maxima, selectivity, zeroed_copy
-from sparsesweep.models import BasicNet
+from sparsesweep.models import BasicNet, ResNet50
 
 WIDTH = 4
 
@@ -120,3 +120,28 @@ def test_zeroing_features_dead_by_activation_leaves_outputs_unchanged():
         alive = {name: ~mask for name, mask in dead.items()}
         assert not torch.allclose(zeroed_copy(model, alive)(x), model(x))
     assert model.features[1].bn.bias[0] == -1.0  # the original is untouched
+
+
+def test_resnet50_sparsity_per_stage_and_residual_features_by_their_bn_output(measure_cfg):
+    """Table 5's breakdown: hand-zeroed gammas in chosen stages give per-stage shares computed here from the
+    stage sizes. A zeroed bn3 with beta -1 feeds the residual sum a constant -1: dead by gamma, not by
+    activation (the identity "activation" of a pre-sum BN output), unlike a zeroed bn1/bn2 before a ReLU."""
+    model = ResNet50(3, 10, width_multiplier=1 / 16, head="cifar").eval()
+    features = {feature.name: feature for feature in model.features}
+    sizes = {}
+    for feature in model.features:
+        sizes[feature.stage] = sizes.get(feature.stage, 0) + feature.bn.num_features
+    dead = {"layer1.0.conv2": 2, "layer3.1.conv1": 3, "layer4.2.conv3": 5}  # res2, res4, res5
+    with torch.no_grad():
+        for name, count in dead.items():
+            features[name].bn.weight[:count] = 0.0
+            features[name].bn.bias[:count] = -1.0
+    results, per_feature = measure(model, as_batches(torch.randn(6, 3, 32, 32)), measure_cfg)
+    by_gamma = results["sparsity"]["by_gamma"]
+    assert by_gamma["per_stage_pct"] == pytest.approx(
+        {"conv1": 0.0, "res2": 100 * 2 / sizes["res2"], "res3": 0.0, "res4": 100 * 3 / sizes["res4"],
+         "res5": 100 * 5 / sizes["res5"]})
+    assert by_gamma["total_pct"] == pytest.approx(100 * 10 / sum(sizes.values()))
+    peaks = {name: per_feature[name]["max_activation"][:count] for name, count in dead.items()}
+    assert peaks["layer1.0.conv2"].max() == 0 and peaks["layer3.1.conv1"].max() == 0
+    assert torch.equal(peaks["layer4.2.conv3"], torch.full((5,), 1.0))  # |-1|: no ReLU before the sum
