@@ -165,3 +165,22 @@ def test_table3_shows_pruning_results_of_a_real_vgg16_sweep(tmp_path):
         assert row[("", metric, "mean")] == pytest.approx(statistics.mean(values)), metric
     assert all(p["test_error"]["before"] == r["test_error"] for p, r in
                zip(sorted(pruned, key=lambda p: p["features"]["removed"]), sorted(results, key=lambda r: r["seed"])))
+
+
+def test_table5_shows_resnet50_sparsity_per_stage_from_a_real_run(tmp_path):
+    """Table 5's columns are the per-stage shares of results.json, at the paper's batch-32 row. The gamma
+    threshold is raised to 1 so the shares differ from stage to stage after a few steps (gammas start at 1)."""
+    code, output = cli("sparsesweep", "-m", *SMOKE, "model=resnet50", "model.width_multiplier=0.0625",
+                       "measure.gamma_threshold=1.0", "batch_size=32", "seed=0", f"hydra.sweep.dir={tmp_path}/sweep",
+                       cwd=tmp_path)
+    assert code == 0, output
+    results = json.loads(next((tmp_path / "sweep").rglob("results.json")).read_text())
+    by_gamma = results["sparsity"]["by_gamma"]
+    assert len(set(by_gamma["per_stage_pct"].values())) == 5
+    table = tables.build(tables.TABLES["table5"], load_runs([tmp_path / "sweep"]))
+    row = table.loc["32"]
+    assert row[("", "sparsity_res5", "paper")] == 46 and row[("", "sparsity_total", "paper")] == 26
+    for stage in ("conv1", "res2", "res3", "res4", "res5"):
+        assert row[("", f"sparsity_{stage}", "mean")] == by_gamma["per_stage_pct"][stage]
+    assert row[("", "sparsity_total", "mean")] == by_gamma["total_pct"]
+    assert row[("", "top5_error", "mean")] == results["test_top5_error"]
