@@ -61,16 +61,18 @@ class FolderSplit:
     def __len__(self) -> int:
         return len(self.folder)
 
-    def batches(self, batch_size: int, shuffle_seed: int | None, augment: bool):
+    def batches(self, batch_size: int, shuffle_seed: int | None, augment: bool, skip: int = 0):
         """uint8 (x, y) batches. Training (a shuffle seed): a fresh permutation from the seed, random-resized
-        crop + flip when augment, no partial last batch. One DataLoader per kind is kept, so persistent
-        workers survive across epochs; the permutation still follows the seed (exact on resume; the crops
-        are random per worker process)."""
+        crop + flip when augment, no partial last batch, the first `skip` batches left out. One DataLoader
+        per kind is kept, so persistent workers survive across epochs; the permutation still follows the
+        seed (exact on resume; the crops are random per worker process)."""
         key = (batch_size, shuffle_seed is not None, augment)
         if key not in self._loaders:
             self._loaders[key] = self._make_loader(batch_size, shuffle_seed is not None, augment)
         loader = self._loaders[key]
         loader.generator.manual_seed(0 if shuffle_seed is None else shuffle_seed)
+        if shuffle_seed is not None:
+            loader.sampler.start = skip * batch_size
         return iter(loader)
 
     def _make_loader(self, batch_size: int, shuffle: bool, augment: bool):
@@ -82,14 +84,26 @@ class FolderSplit:
         # One generator, reseeded per epoch, draws both the permutation and the workers' base seed, which
         # DataLoader would otherwise take from (and so perturb) the global RNG that dropout uses.
         generator = torch.Generator()
-        sampler = (torch.utils.data.RandomSampler(view, generator=generator) if shuffle else
-                   torch.utils.data.SequentialSampler(view))
+        sampler = _Permutation(len(view), generator) if shuffle else torch.utils.data.SequentialSampler(view)
         workers = int(self.loader["workers"])
         return torch.utils.data.DataLoader(
             view, batch_size=batch_size, sampler=sampler, drop_last=shuffle, num_workers=workers, generator=generator,
             pin_memory=bool(self.loader["pin_memory"]) and torch.cuda.is_available(),
             persistent_workers=bool(self.loader["persistent_workers"]) and workers > 0,
             prefetch_factor=self.loader["prefetch_factor"] if workers > 0 else None)
+
+
+class _Permutation(torch.utils.data.Sampler):
+    """A fresh permutation from `generator` per pass, from position `start` on."""
+
+    def __init__(self, size: int, generator: torch.Generator):
+        self.size, self.generator, self.start = size, generator, 0
+
+    def __iter__(self):
+        return iter(torch.randperm(self.size, generator=self.generator)[self.start:].tolist())
+
+    def __len__(self) -> int:
+        return self.size - self.start
 
 
 class _Transformed(torch.utils.data.Dataset):
@@ -158,10 +172,12 @@ def place(data: Dataset, device: torch.device, policy) -> Dataset:
 
 
 def batches(data: Dataset, split: Split, batch_size: int, device: torch.device, *,
-            shuffle_seed: int | None = None, augment: bool = False, memory_format=torch.contiguous_format):
+            shuffle_seed: int | None = None, augment: bool = False, memory_format=torch.contiguous_format,
+            skip: int = 0):
     """Yields normalized float (x, y) batches. With shuffle_seed: a fresh permutation drawn from that
     seed (the trainer passes one per epoch, so a resumed run sees the same batches) and no partial last
-    batch, so every training step has exactly batch_size images."""
+    batch, so every training step has exactly batch_size images; `skip` leaves out the first batches of
+    that sequence (an epoch resumed from a checkpoint taken within it)."""
     mean = data.mean.to(device).view(1, -1, 1, 1)
     std = data.std.to(device).view(1, -1, 1, 1)
 
@@ -169,7 +185,7 @@ def batches(data: Dataset, split: Split, batch_size: int, device: torch.device, 
         return ((x.float() - mean) / std).contiguous(memory_format=memory_format)
 
     if isinstance(split, FolderSplit):
-        for x, y in split.batches(batch_size, shuffle_seed, augment):
+        for x, y in split.batches(batch_size, shuffle_seed, augment, skip):
             yield normalized(x.to(device, non_blocking=True)), y.to(device, non_blocking=True)
         return
     if shuffle_seed is None:
@@ -182,6 +198,10 @@ def batches(data: Dataset, split: Split, batch_size: int, device: torch.device, 
         stop = len(split) - len(split) % batch_size
     order = order.to(split.images.device)
     for start in range(0, stop, batch_size):
+        if start < skip * batch_size:
+            if augment:  # the random draws of a skipped batch, so later batches get the same crops as before
+                augmentation_draws(batch_size, generator)
+            continue
         index = order[start:start + batch_size]
         x = split.images[index].to(device, non_blocking=True)
         y = split.labels[index].to(device, non_blocking=True)
@@ -195,14 +215,19 @@ def crop_and_flip(images: torch.Tensor, generator: torch.Generator) -> torch.Ten
     of the original size, flip horizontally with probability 1/2. torchvision's transforms draw one
     crop per call, so a per-image batched version is written here."""
     n, _, h, w = images.shape
-    offsets = torch.randint(0, 2 * CROP_PADDING + 1, (2, n), generator=generator).to(images.device)
-    flips = (torch.rand(n, generator=generator) < 0.5).to(images.device)
+    offsets, flips = (t.to(images.device) for t in augmentation_draws(n, generator))
     padded = F.pad(images, (CROP_PADDING,) * 4)
     rows = offsets[0, :, None] + torch.arange(h, device=images.device)
     cols = offsets[1, :, None] + torch.arange(w, device=images.device)
     cols = torch.where(flips[:, None], cols.flip(1), cols)
     batch = torch.arange(n, device=images.device)[:, None, None]
     return padded.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+
+
+def augmentation_draws(n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """crop_and_flip's randomness for n images: (2, n) crop offsets, n flip flags."""
+    offsets = torch.randint(0, 2 * CROP_PADDING + 1, (2, n), generator=generator)
+    return offsets, torch.rand(n, generator=generator) < 0.5
 
 
 def _limit(split, limit: int | None):

@@ -27,7 +27,7 @@ RESULTS, METRICS, BN_HISTORY, FEATURES, CHECKPOINT = (
 PRUNE = "prune.json"
 
 # Settings that change where or how fast a run goes, not what it computes.
-RUN_IRRELEVANT = ("device", "threads", "progress_interval_s", "eval_batch_size",
+RUN_IRRELEVANT = ("device", "threads", "progress_interval_s", "checkpoint_interval_min", "eval_batch_size",
                   "dataset.root", "dataset.system_root", "dataset.download",
                   "dataset.workers", "dataset.loader", "prune",
                   "performance.data_on_device", "performance.channels_last", "performance.compile")

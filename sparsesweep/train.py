@@ -131,6 +131,7 @@ def run(cfg, out_dir: Path, overrides=()) -> dict:
     scheduler = build_lr_scheduler(optimizer, plan, cfg.schedule)
 
     epoch, step, elapsed, metrics, bn_history = 0, 0, 0.0, [], [bn_snapshot(model)]
+    within_epoch = None  # from a checkpoint taken within an epoch: that epoch's running sums so far
     checkpoint_path = out_dir / rundir.CHECKPOINT
     if checkpoint_path.exists():
         state = torch.load(checkpoint_path, map_location=device, weights_only=True)
@@ -139,7 +140,7 @@ def run(cfg, out_dir: Path, overrides=()) -> dict:
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
             epoch, step, elapsed = state["epoch"], state["step"], state["elapsed"]
-            metrics, bn_history = state["metrics"], state["bn_history"]
+            metrics, bn_history, within_epoch = state["metrics"], state["bn_history"], state["within_epoch"]
             torch.set_rng_state(state["rng"].cpu())  # dropout (VGG's ImageNet head) continues its stream
             if device.type == "cuda":
                 torch.cuda.set_rng_state(state["cuda_rng"].cpu(), device)
@@ -158,13 +159,18 @@ def run(cfg, out_dir: Path, overrides=()) -> dict:
     status = "completed"
     model.train()
     while step < plan.total_steps:
-        epoch_start, last_progress = time.monotonic(), time.monotonic()
-        loss_sum = torch.zeros((), device=device)
-        wrong = torch.zeros((), device=device, dtype=torch.long)
-        batches_done = 0
-        lr = optimizer.param_groups[0]["lr"]
+        # batches_done > 0 only when resuming from a checkpoint taken within this epoch: skip what it had done.
+        batches_done = step - epoch * plan.steps_per_epoch
+        sums = within_epoch or {"loss_sum": 0.0, "wrong": 0, "elapsed": 0.0,
+                                "lr": optimizer.param_groups[0]["lr"]}
+        within_epoch = None
+        loss_sum = torch.tensor(sums["loss_sum"], device=device)
+        wrong = torch.tensor(sums["wrong"], device=device, dtype=torch.long)
+        lr = sums["lr"]
+        last_progress = last_checkpoint = time.monotonic()
+        epoch_start = last_progress - sums["elapsed"]
         for x, y in batches(data, data.train, cfg.batch_size, device, shuffle_seed=cfg.seed * 1_000_003 + epoch,
-                            augment=data.augment, memory_format=memory_format):
+                            augment=data.augment, memory_format=memory_format, skip=batches_done):
             logits = forward(x)
             loss = F.cross_entropy(logits, y)
             optimizer.zero_grad(set_to_none=True)
@@ -182,12 +188,17 @@ def run(cfg, out_dir: Path, overrides=()) -> dict:
                 last_progress = time.monotonic()
                 if not math.isfinite(loss_sum.item()):
                     break
-                done = step - epoch * plan.steps_per_epoch
-                log.info("epoch %d/%d  step %d/%d  loss %.4f  %.1f steps/s", epoch + 1, plan.epochs, done,
+                log.info("epoch %d/%d  step %d/%d  loss %.4f  %.1f steps/s", epoch + 1, plan.epochs, batches_done,
                          min(plan.steps_per_epoch, plan.total_steps - epoch * plan.steps_per_epoch),
-                         loss_sum.item() / batches_done, done / (last_progress - epoch_start))
+                         loss_sum.item() / batches_done, batches_done / (last_progress - epoch_start))
             if step == plan.total_steps:
                 break
+            if time.monotonic() - last_checkpoint > 60 * cfg.checkpoint_interval_min:
+                last_checkpoint = time.monotonic()
+                save_checkpoint(checkpoint_path, run_id, device, model, optimizer, scheduler, epoch=epoch, step=step,
+                                elapsed=elapsed, metrics=metrics, bn_history=bn_history,
+                                within_epoch={"loss_sum": loss_sum.item(), "wrong": int(wrong.item()),
+                                              "elapsed": last_checkpoint - epoch_start, "lr": lr})
         train_loss = loss_sum.item() / batches_done
         train_error = 100.0 * wrong.item() / (batches_done * cfg.batch_size)
         if not math.isfinite(train_loss):
@@ -208,8 +219,8 @@ def run(cfg, out_dir: Path, overrides=()) -> dict:
         log.info("epoch %d/%d  lr %.3g  train loss %.4f err %.2f%%  test loss %.4f err %.2f%%  "
                  "sparsity by gamma %.1f%%  (%.0f s)", epoch, plan.epochs, lr, train_loss, train_error,
                  test_loss, test_error, row["sparsity_gamma_pct"], elapsed)
-        save_checkpoint(checkpoint_path, run_id, model, optimizer, scheduler, epoch, step, elapsed,
-                        metrics, bn_history, device)
+        save_checkpoint(checkpoint_path, run_id, device, model, optimizer, scheduler, epoch=epoch, step=step,
+                        elapsed=elapsed, metrics=metrics, bn_history=bn_history, within_epoch=None)
         write_history(out_dir, metrics, bn_history)
 
     results = {"schema": rundir.RESULTS_SCHEMA, "status": status, "run_id": run_id,
@@ -272,11 +283,13 @@ def final_measurements(model, data, cfg, device, out_dir: Path) -> dict:
     return measured
 
 
-def save_checkpoint(path, run_id, model, optimizer, scheduler, epoch, step, elapsed, metrics, bn_history, device):
+def save_checkpoint(path, run_id, device, model, optimizer, scheduler, **progress):
+    """progress: epoch (finished epochs), step, elapsed, metrics, bn_history, within_epoch (None at an epoch's
+    end; else the running sums of the unfinished epoch, whose first step - epoch * steps_per_epoch batches
+    are done)."""
     buffer = io.BytesIO()
     torch.save({"run_id": run_id, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "epoch": epoch, "step": step, "elapsed": elapsed,
-                "metrics": metrics, "bn_history": bn_history, "rng": torch.get_rng_state(),
+                "scheduler": scheduler.state_dict(), **progress, "rng": torch.get_rng_state(),
                 "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}, buffer)
     rundir.write_atomic(path, buffer.getvalue())
 

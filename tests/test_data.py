@@ -127,6 +127,9 @@ def test_imagenet_folders_give_cropped_normalized_batches_with_the_right_labels(
     other = next(batches(data, data.train, 18, cpu, shuffle_seed=4, augment=True))[1]
     assert torch.equal(y, again) and not torch.equal(y, other)  # the permutation follows the seed
     assert [len(y) for _, y in batches(data, data.train, 8, cpu, shuffle_seed=0, augment=True)] == [8, 8]
+    epoch = torch.cat([y for _, y in batches(data, data.train, 6, cpu, shuffle_seed=5, augment=True)])
+    resumed = torch.cat([y for _, y in batches(data, data.train, 6, cpu, shuffle_seed=5, augment=True, skip=2)])
+    assert len(epoch) == 18 and torch.equal(resumed, epoch[12:])  # a resumed epoch skips the batches done
     evaluation = list(batches(data, data.test, 4, cpu))
     assert [len(y) for _, y in evaluation] == [4, 2]  # every test image, in order
     assert torch.cat([y for _, y in evaluation]).tolist() == [0, 0, 1, 1, 2, 2]

@@ -54,27 +54,33 @@ class Interrupted(Exception):
     pass
 
 
-@pytest.mark.parametrize("crash_in", ["evaluate", "save_checkpoint"])
+@pytest.mark.parametrize("crash_in, crash_call, overrides", [
+    ("evaluate", 2, []), ("save_checkpoint", 2, []), ("save_checkpoint", 25, ["checkpoint_interval_min=0"])],
+    ids=["kill-mid-epoch", "after-epoch-checkpoint", "after-checkpoint-within-epoch"])
 def test_interrupted_then_resumed_run_ends_exactly_like_an_uninterrupted_one(make_config, tmp_path, monkeypatch,
-                                                                             crash_in):
+                                                                             crash_in, crash_call, overrides):
     # Augmentation on, so the per-epoch RNG is exercised too. Crashing in `evaluate` of epoch 2 loses that
-    # epoch's training (a kill mid-epoch); crashing after the 2nd checkpoint loses nothing.
-    cfg = make_config(SMOKE + ["seed=7", "dataset.augment=true", "optimizer=sgd"])
+    # epoch's training (a kill mid-epoch); crashing after the 2nd checkpoint loses nothing. With checkpoints
+    # after every step (20 per epoch + 1 at its end), the 25th is taken at step 4 of epoch 2: the resumed run
+    # skips those 4 batches, with their random crops, and carries the epoch's running sums.
+    cfg = make_config(SMOKE + ["seed=7", "dataset.augment=true", "optimizer=sgd", *overrides])
     straight = train.run(cfg, tmp_path / "straight")
 
     real, calls = getattr(train, crash_in), []
 
-    def crash_on_second_call(*args, **kwargs):
-        calls.append(1)
+    def crash_on_call(*args, **kwargs):
+        calls.append(kwargs.get("within_epoch"))
         if crash_in == "save_checkpoint":
             real(*args, **kwargs)
-        if len(calls) == 2:
+        if len(calls) == crash_call:
             raise Interrupted
         return real(*args, **kwargs) if crash_in == "evaluate" else None
 
-    monkeypatch.setattr(train, crash_in, crash_on_second_call)
+    monkeypatch.setattr(train, crash_in, crash_on_call)
     with pytest.raises(Interrupted):
         train.run(cfg, tmp_path / "resumed")
+    if overrides:
+        assert calls[-1] is not None and calls[20] is None  # the crash came right after a within-epoch one
     monkeypatch.setattr(train, crash_in, real)
     resumed = train.run(cfg, tmp_path / "resumed")
 
