@@ -7,7 +7,7 @@ What goes. A feature (one output channel of a conv -> BN -> activation unit, mod
 |gamma| < threshold is removed: its conv filter, its BN channel and the matching input channels of every
 layer that reads it (for Flatten -> Linear, all the inputs that channel flattens into). Such a feature does
 not output 0 but activation(gamma * x_hat + beta) ~ activation(beta), a constant:
-- where that constant is 0 (ReLU with beta <= 0, the usual trained case; beta = 0 at init) removal is exact
+- where that constant is 0 (ReLU with beta <= 0; beta = 0 at init) removal is exact
   (up to the gamma * x_hat residue below the threshold);
 - where it is not (ReLU with beta > 0; leaky ReLU with any beta != 0) its contribution is added to the
   biases of the layers that read it. That is exact for 1x1 convs and linear layers; for a zero-padded kxk
