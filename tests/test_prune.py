@@ -225,6 +225,20 @@ def test_resnet_removes_a_residual_channel_only_when_dead_in_every_tied_bn(head,
             pruned.layer2[1].conv2.out_channels, pruned.layer2[1].conv3.in_channels) == (7, 7, 6, 6)
     assert_same_outputs(model, pruned, shape)
 
+    # Closed form at width 1/16 (stem 4; layer1: 4 -> 16 wide; layer2: 8 -> 32). Conv weights lost:
+    # layer1: 3 conv3s (4 inputs each) + downsample (4 stem inputs) lose a filter; the readers layer1.1/1.2.conv1
+    # (4 outputs each) and layer2.0.conv1 (8) lose an input, all at layer1's resolution; layer2.0's
+    # downsample (32 outputs, stride 2) loses an input. layer2.1: conv1 loses a filter of 32 inputs, its 3x3
+    # conv2 goes from 8x8 to 7 inputs x 6 outputs, conv3 (32 outputs) loses 2 inputs; all at layer2's
+    # resolution. Folding: every BN's gamma + beta become one conv bias per remaining channel.
+    at_layer1, at_layer2 = 3 * 4 + 4 + 2 * 4 + 8, 32 + 32 + (9 * 8 * 8 - 9 * 7 * 6) + 2 * 32
+    bn_channels, removed = sum(f.bn.num_features for f in model.features), 4 + 3
+    assert count_parameters(model) - count_parameters(pruned) == \
+        at_layer1 + at_layer2 + 2 * bn_channels - (bn_channels - removed)
+    side1 = side if head == "cifar" else side // 4  # imagenet: stride-2 stem conv and max-pool
+    assert count_flops(model, shape) - count_flops(pruned, shape) == \
+        2 * (at_layer1 * side1 ** 2 + at_layer2 * (side1 // 2) ** 2)
+
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
