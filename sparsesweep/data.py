@@ -80,7 +80,8 @@ class FolderSplit:
         t = tv.transforms
         steps = ([t.RandomResizedCrop(self.resolution), t.RandomHorizontalFlip()] if augment else
                  [t.Resize(self.resize), t.CenterCrop(self.resolution)])
-        view = _Transformed(self.folder, t.Compose([*steps, t.PILToTensor()]))
+        view = copy.copy(self.folder)  # shares the scanned file list; training and evaluation differ in transform
+        view.transform = t.Compose([*steps, t.PILToTensor()])
         # One generator, reseeded per epoch, draws both the permutation and the workers' base seed, which
         # DataLoader would otherwise take from (and so perturb) the global RNG that dropout uses.
         generator = torch.Generator()
@@ -104,20 +105,6 @@ class _Permutation(torch.utils.data.Sampler):
 
     def __len__(self) -> int:
         return self.size - self.start
-
-
-class _Transformed(torch.utils.data.Dataset):
-    """An ImageFolder seen through a transform (the same folder serves training and evaluation views)."""
-
-    def __init__(self, folder, transform):
-        self.folder, self.transform = folder, transform
-
-    def __len__(self) -> int:
-        return len(self.folder)
-
-    def __getitem__(self, index):
-        path, label = self.folder.samples[index]
-        return self.transform(self.folder.loader(path)), label
 
 
 @dataclass
@@ -336,16 +323,12 @@ def _load_tinyimagenet(cfg):
 
 
 def _decode(samples: list[tuple[Path, int]], workers: int) -> Split:
-    from PIL import Image
-
-    def read(path: Path) -> np.ndarray:
-        with Image.open(path) as image:
-            return np.asarray(image.convert("RGB"))  # a few Tiny-ImageNet JPEGs are grayscale
-
+    # torchvision's loader converts to RGB: a few Tiny-ImageNet JPEGs are grayscale.
+    read = import_torchvision().datasets.folder.pil_loader
     if not samples:
         raise ConfigError("a dataset split has no images: check dataset.root")
     with ThreadPoolExecutor(max(1, workers)) as pool:  # PIL decodes without holding the GIL
-        images = np.stack(list(pool.map(read, (path for path, _ in samples))))
+        images = np.stack([np.asarray(image) for image in pool.map(read, (path for path, _ in samples))])
     labels = torch.tensor([label for _, label in samples], dtype=torch.int64)
     return Split(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), labels)
 

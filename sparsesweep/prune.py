@@ -233,12 +233,22 @@ def compare(model: nn.Module, pruned: nn.Module, input_shape, *, batch_size: int
 def prune_run(run_dir: Path, threshold: float = DEFAULT_THRESHOLD, *, device: str | None = "auto",
               batch_size: int = LATENCY_BATCH_SIZE, repeats: int = LATENCY_REPEATS, save_model: bool = False,
               data_root: str | None = None) -> dict:
-    """Prunes a finished run's final model, measures both models and writes prune.json (and with save_model
-    the pruned module, whole, on CPU, as pruned_model.pt: torch.load(path, weights_only=False) with sparsesweep
-    importable) into run_dir; returns the prune.json content. device: as the trainer's `device` setting;
-    None uses the run's own. data_root: where the run's dataset is, if not at its recorded dataset.root."""
-    run_dir = Path(run_dir)
-    cfg, data, model = train.load_run(run_dir, device, data_root)
+    """Prunes a finished run's final model (reloaded from run_dir) with prune_trained; returns the prune.json
+    content. device: as the trainer's `device` setting; None uses the run's own. data_root: where the run's
+    dataset is, if not at its recorded dataset.root."""
+    cfg, data, model = train.load_run(Path(run_dir), device, data_root)
+    return prune_trained(Path(run_dir), cfg, data, model, threshold, batch_size=batch_size, repeats=repeats,
+                         save_model=save_model)
+
+
+def prune_trained(run_dir: Path, cfg, data, model: nn.Module, threshold: float = DEFAULT_THRESHOLD, *,
+                  batch_size: int = LATENCY_BATCH_SIZE, repeats: int = LATENCY_REPEATS,
+                  save_model: bool = False) -> dict:
+    """Prunes a trained model (the trainer passes its own, so data and weights are not loaded again),
+    measures both models and writes prune.json (and with save_model the pruned module, whole, on CPU, as
+    pruned_model.pt: torch.load(path, weights_only=False) with sparsesweep importable) into run_dir; returns
+    the prune.json content."""
+    model.eval()  # the trainer's model comes in training mode; BN must use its running statistics
     device = next(model.parameters()).device
     input_shape = (data.channels, data.resolution, data.resolution)
     pruned, report = prune_model(model, torch.zeros(1, *input_shape, device=device), threshold)

@@ -88,9 +88,12 @@ def build(cfg, device: torch.device):
     """The run's data (placed per cfg.performance) and its model, initialised from cfg.seed."""
     data = place(load_dataset(cfg.dataset), device, cfg.performance.data_on_device)
     torch.manual_seed(cfg.seed)
-    memory_format = torch.channels_last if cfg.performance.channels_last else torch.contiguous_format
     model = build_model(cfg.model, data.channels, data.num_classes, resolution=data.resolution)
-    return data, model.to(device, memory_format=memory_format)
+    return data, model.to(device, memory_format=memory_format(cfg))
+
+
+def memory_format(cfg) -> torch.memory_format:
+    return torch.channels_last if cfg.performance.channels_last else torch.contiguous_format
 
 
 def load_run(run_dir: Path, device: str | None = None, data_root: str | None = None):
@@ -122,7 +125,6 @@ def run(cfg, out_dir: Path, overrides=()) -> dict:
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels once
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = bool(perf.tf32)
-    memory_format = torch.channels_last if perf.channels_last else torch.contiguous_format
     data, model = build(cfg, device)
     # The compiled module shares the parameters; checkpoints, hooks and evaluation use the plain one.
     forward = torch.compile(model) if perf.compile else model
@@ -170,7 +172,7 @@ def run(cfg, out_dir: Path, overrides=()) -> dict:
         last_progress = last_checkpoint = time.monotonic()
         epoch_start = last_progress - sums["elapsed"]
         for x, y in batches(data, data.train, cfg.batch_size, device, shuffle_seed=cfg.seed * 1_000_003 + epoch,
-                            augment=data.augment, memory_format=memory_format, skip=batches_done):
+                            augment=data.augment, memory_format=memory_format(cfg), skip=batches_done):
             logits = forward(x)
             loss = F.cross_entropy(logits, y)
             optimizer.zero_grad(set_to_none=True)
@@ -243,8 +245,8 @@ def run(cfg, out_dir: Path, overrides=()) -> dict:
         from sparsesweep import prune  # prune imports this module
 
         try:
-            prune.prune_run(out_dir, cfg.prune.threshold, device=str(device),
-                            batch_size=cfg.prune.latency_batch_size, repeats=cfg.prune.latency_repeats)
+            prune.prune_trained(out_dir, cfg, data, model, cfg.prune.threshold,
+                                batch_size=cfg.prune.latency_batch_size, repeats=cfg.prune.latency_repeats)
         except Exception as error:  # noqa: BLE001 (the trained run is complete and saved; pruning can be redone)
             log.error("pruning failed (%s: %s): the run itself is complete; retry with "
                       "`python -m sparsesweep.prune %s`", type(error).__name__, error, out_dir)

@@ -35,7 +35,7 @@ class FeatureBlock(nn.Sequential):
     @property
     def nonnegative(self) -> bool:
         """ReLU output: max |activation| is just the max."""
-        return isinstance(self[2], nn.ReLU)
+        return self.activation is torch.relu
 
 
 class BasicNet(nn.Module):
