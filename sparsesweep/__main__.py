@@ -7,32 +7,52 @@ from pathlib import Path
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
+from omegaconf.errors import OmegaConfBaseException
 
 from sparsesweep import rundir, train
 from sparsesweep.errors import ConfigError
+from sparsesweep.interrupts import Interrupted
 
 log = logging.getLogger("sparsesweep")
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
-def main(cfg) -> None:
+def main(cfg):
+    """Returns None, or for a run that was not trained here a line saying why (the launcher prints it)."""
     hydra_cfg = HydraConfig.get()
     out_dir = Path(hydra_cfg.runtime.output_dir)
     overrides = list(hydra_cfg.overrides.task)
+    in_sweep = hydra_cfg.mode == RunMode.MULTIRUN
     try:
         train.run(cfg, out_dir, overrides)
+    except rundir.RunDirBusy as busy:
+        log.warning("%s: not training it a second time", busy)
+        if not in_sweep:
+            sys.exit(2)
+        return f"running elsewhere: {busy}"
+    except Interrupted as stop:
+        log.warning("%s: its state is saved; the same command again resumes it", stop)
+        sys.exit(128 + stop.signum)
     except Exception as error:
-        if hydra_cfg.mode != RunMode.MULTIRUN:
+        if not in_sweep:
             if isinstance(error, ConfigError):
                 log.error("%s", error)
                 sys.exit(2)
             raise
-        # In a sweep one bad run must not stop the others: record it and go on.
+        # In a sweep one bad run must not stop the others: record it (where that loses nothing) and go on.
         message = str(error) if isinstance(error, ConfigError) else traceback.format_exc()
         log.error("run failed: %s", message)
-        rundir.write_atomic(out_dir / rundir.RESULTS, rundir.json_bytes(
-            {"schema": rundir.RESULTS_SCHEMA, "status": "failed", "overrides": overrides,
-             "error": message.strip().splitlines()[-1]}))
+        line = message.strip().splitlines()[-1]
+        try:
+            run_id = rundir.run_identity(cfg)
+        except OmegaConfBaseException:  # a value that does not even resolve
+            run_id = None
+        if rundir.may_record_failure(out_dir, run_id):
+            rundir.write_atomic(out_dir / rundir.RESULTS, rundir.json_bytes(
+                {"schema": rundir.RESULTS_SCHEMA, "status": "failed", "run_id": run_id, "overrides": overrides,
+                 "error": line}))
+        return f"failed: {line}"
+    return None
 
 
 if __name__ == "__main__":

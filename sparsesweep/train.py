@@ -7,7 +7,6 @@ continues exactly as the uninterrupted run would.
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import logging
 import math
@@ -20,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-from sparsesweep import rundir
+from sparsesweep import interrupts, rundir
 from sparsesweep.data import batches, load_dataset, place
 from sparsesweep.errors import ConfigError
 from sparsesweep.measure import inactive_by_gamma, measure, zeroed_copy
@@ -112,14 +111,37 @@ def load_run(run_dir: Path, device: str | None = None, data_root: str | None = N
 
 
 def run(cfg, out_dir: Path, overrides=()) -> dict:
-    """Train, measure and write the run directory; returns the results.json content."""
+    """Train, measure and write the run directory; returns the results.json content. The directory belongs
+    to this run: one holding another run's state is refused (RunDirConflict), one being trained by another
+    process too (RunDirBusy), and one this run already finished is returned as it is."""
     check_config(cfg)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    run_id = rundir.run_identity(cfg)
+    with rundir.locked(out_dir), interrupts.StopSignals() as stops:
+        foreign = rundir.foreign_run(out_dir, run_id)
+        if foreign:
+            raise RunDirConflict(out_dir, foreign, cfg, run_id)
+        finished = rundir.read_json(out_dir / rundir.RESULTS)
+        if finished.get("status") in rundir.FINISHED and finished.get("run_id") == run_id:
+            log.info("run %s is already %s in %s: nothing to do", run_id, finished["status"], out_dir)
+            return finished
+        rundir.write_identity(out_dir, run_id, cfg, overrides)
+        return train(cfg, out_dir, run_id, overrides, stops)
+
+
+class RunDirConflict(ConfigError):
+    def __init__(self, out_dir: Path, foreign: dict, cfg, run_id: str):
+        differences = rundir.config_differences(foreign.get("config") or {}, rundir.run_config(cfg))
+        super().__init__(f"{out_dir} holds run {foreign['run_id']} of another config ({'; '.join(differences[:3])}"
+                         f"{' ...' if len(differences) > 3 else ''}), not this one ({run_id}): nothing was "
+                         f"changed; train it in a new directory (hydra.run.dir=... or hydra.sweep.dir=...)")
+
+
+def train(cfg, out_dir: Path, run_id: str, overrides, stops: interrupts.StopSignals) -> dict:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = pick_device(cfg.device)
-    run_id = rundir.run_identity(cfg)
 
     perf = cfg.performance
     if device.type == "cuda":
@@ -134,22 +156,18 @@ def run(cfg, out_dir: Path, overrides=()) -> dict:
 
     epoch, step, elapsed, metrics, bn_history = 0, 0, 0.0, [], [bn_snapshot(model)]
     within_epoch = None  # from a checkpoint taken within an epoch: that epoch's running sums so far
-    checkpoint_path = out_dir / rundir.CHECKPOINT
-    if checkpoint_path.exists():
-        state = torch.load(checkpoint_path, map_location=device, weights_only=True)
-        if state["run_id"] == run_id:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            epoch, step, elapsed = state["epoch"], state["step"], state["elapsed"]
-            metrics, bn_history, within_epoch = state["metrics"], state["bn_history"], state["within_epoch"]
-            torch.set_rng_state(state["rng"].cpu())  # dropout (VGG's ImageNet head) continues its stream
-            if device.type == "cuda":
-                torch.cuda.set_rng_state(state["cuda_rng"].cpu(), device)
-            log.info("resuming from %s: epoch %d, step %d", checkpoint_path, epoch, step)
-        else:
-            log.warning("%s belongs to another config (run %s, this is %s): starting afresh",
-                        checkpoint_path, state["run_id"], run_id)
+    resumed = rundir.load_checkpoint(out_dir, run_id, device)
+    if resumed:
+        checkpoint_path, state = resumed
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        epoch, step, elapsed = state["epoch"], state["step"], state["elapsed"]
+        metrics, bn_history, within_epoch = state["metrics"], state["bn_history"], state["within_epoch"]
+        torch.set_rng_state(state["rng"].cpu())  # dropout (VGG's ImageNet head) continues its stream
+        if device.type == "cuda":
+            torch.cuda.set_rng_state(state["cuda_rng"].cpu(), device)
+        log.info("resuming from %s: epoch %d, step %d", checkpoint_path, epoch, step)
 
     log.info("run %s: %s on %s (%d train / %d test, %d classes), %s + %s %.3g, batch %d, %d steps in %d epochs,"
              " %d parameters, %s", run_id, cfg.model.name, data.name, len(data.train), len(data.test),
@@ -158,8 +176,13 @@ def run(cfg, out_dir: Path, overrides=()) -> dict:
     if "CUDA_VISIBLE_DEVICES" in os.environ:  # set per job by the local launcher
         log.info("CUDA_VISIBLE_DEVICES=%s", os.environ["CUDA_VISIBLE_DEVICES"])
 
+    def checkpoint(**progress):
+        save_checkpoint(out_dir, run_id, device, model, optimizer, scheduler, step=step, elapsed=elapsed,
+                        metrics=metrics, bn_history=bn_history, **progress)
+
     status = "completed"
     model.train()
+    stops.deferring = True  # from here a stop signal waits for the next step's end and saves that step
     while step < plan.total_steps:
         # batches_done > 0 only when resuming from a checkpoint taken within this epoch: skip what it had done.
         batches_done = step - epoch * plan.steps_per_epoch
@@ -195,12 +218,14 @@ def run(cfg, out_dir: Path, overrides=()) -> dict:
                          loss_sum.item() / batches_done, batches_done / (last_progress - epoch_start))
             if step == plan.total_steps:
                 break
-            if time.monotonic() - last_checkpoint > 60 * cfg.checkpoint_interval_min:
+            if stops.pending or time.monotonic() - last_checkpoint > 60 * cfg.checkpoint_interval_min:
                 last_checkpoint = time.monotonic()
-                save_checkpoint(checkpoint_path, run_id, device, model, optimizer, scheduler, epoch=epoch, step=step,
-                                elapsed=elapsed, metrics=metrics, bn_history=bn_history,
-                                within_epoch={"loss_sum": loss_sum.item(), "wrong": int(wrong.item()),
-                                              "elapsed": last_checkpoint - epoch_start, "lr": lr})
+                checkpoint(epoch=epoch, within_epoch={"loss_sum": loss_sum.item(), "wrong": int(wrong.item()),
+                                                      "elapsed": last_checkpoint - epoch_start, "lr": lr})
+                if stops.pending:
+                    log.warning("%s at epoch %d, step %d: checkpoint saved", interrupts.signal_name(stops.pending),
+                                epoch + 1, step)
+                    stops.act()
         train_loss = loss_sum.item() / batches_done
         train_error = 100.0 * wrong.item() / (batches_done * cfg.batch_size)
         if not math.isfinite(train_loss):
@@ -221,9 +246,12 @@ def run(cfg, out_dir: Path, overrides=()) -> dict:
         log.info("epoch %d/%d  lr %.3g  train loss %.4f err %.2f%%  test loss %.4f err %.2f%%  "
                  "sparsity by gamma %.1f%%  (%.0f s)", epoch, plan.epochs, lr, train_loss, train_error,
                  test_loss, test_error, row["sparsity_gamma_pct"], elapsed)
-        save_checkpoint(checkpoint_path, run_id, device, model, optimizer, scheduler, epoch=epoch, step=step,
-                        elapsed=elapsed, metrics=metrics, bn_history=bn_history, within_epoch=None)
+        checkpoint(epoch=epoch, within_epoch=None)
         write_history(out_dir, metrics, bn_history)
+        if stops.pending:
+            log.warning("%s at the end of epoch %d: checkpoint saved", interrupts.signal_name(stops.pending), epoch)
+            stops.act()
+    stops.deferring = False  # the last checkpoint holds all the training: a stop from here loses nothing
 
     results = {"schema": rundir.RESULTS_SCHEMA, "status": status, "run_id": run_id,
                "config": OmegaConf.to_container(cfg, resolve=True), "overrides": list(overrides),
@@ -285,15 +313,14 @@ def final_measurements(model, data, cfg, device, out_dir: Path) -> dict:
     return measured
 
 
-def save_checkpoint(path, run_id, device, model, optimizer, scheduler, **progress):
+def save_checkpoint(out_dir: Path, run_id, device, model, optimizer, scheduler, **progress):
     """progress: epoch (finished epochs), step, elapsed, metrics, bn_history, within_epoch (None at an epoch's
     end; else the running sums of the unfinished epoch, whose first step - epoch * steps_per_epoch batches
     are done)."""
-    buffer = io.BytesIO()
-    torch.save({"run_id": run_id, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), **progress, "rng": torch.get_rng_state(),
-                "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}, buffer)
-    rundir.write_atomic(path, buffer.getvalue())
+    rundir.save_checkpoint(out_dir, {
+        "run_id": run_id, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(), **progress, "rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None})
 
 
 def write_history(out_dir: Path, metrics: list[dict], bn_history: list[dict]) -> None:

@@ -4,16 +4,21 @@ run's checkpoint). What they change is how jobs are started and waited for:
 
 - LocalPoolLauncher: each job a separate local process (submitit's LocalExecutor), pinned to one GPU slot
   (CUDA_VISIBLE_DEVICES) or, without GPUs, to a CPU slot with a fixed thread count; at most one job per
-  slot, the rest queue. (The stock local launcher starts every job at once on the same GPUs.)
+  slot, the rest queue. (The stock local launcher starts every job at once on the same GPUs.) Ctrl-C or
+  SIGTERM to the launcher stops every job at its current step, checkpointed, and says how to resume; a
+  launcher that dies however it dies takes its jobs with it (each job watches it: sparsesweep.interrupts).
 - SlurmArrayLauncher: one SLURM job array; waits for every task, or returns at once with wait=false.
 
 Both: a job that dies is reported with its log's path; the others go on.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import signal
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -25,17 +30,20 @@ from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import BaseSubmititLauncher
 from omegaconf import OmegaConf
 
-from sparsesweep import rundir
+from sparsesweep import interrupts, rundir
 
 log = logging.getLogger(__name__)
 
 POLL_S = 0.2
+STOP_TIMEOUT_S = 300  # how long a stopped sweep waits for its jobs to save their state
 
 
 def outcome(job_return: JobReturn) -> tuple[str, str]:
     """(status, one line) from the run's results.json, for following a sweep from the launcher's console."""
     if job_return.status == JobStatus.FAILED:
         return "failed", "the job's process died"
+    if isinstance(job_return.return_value, str):  # the job said why it did not train (sparsesweep.__main__)
+        return job_return.return_value.split(":", 1)[0], job_return.return_value
     try:
         results = json.loads((Path(job_return.hydra_cfg.hydra.runtime.output_dir) / rundir.RESULTS).read_text())
     except (OSError, ValueError, AttributeError):
@@ -108,33 +116,71 @@ class LocalPoolLauncher(_QueueingLauncher):
         queue = list(enumerate(job_overrides, start=initial_job_idx))
         running: dict[int, tuple[int, object]] = {}  # slot -> (job number, job)
         returns: dict[int, JobReturn] = {}
-        while queue or running:
-            for slot in [s for s in range(len(slots)) if s not in running][:len(queue)]:
-                number, overrides = queue.pop(0)
-                running[slot] = (number, self.submit(executor, slots[slot], self.job_args(number, overrides)))
-            time.sleep(POLL_S)
-            for slot, (number, job) in list(running.items()):
-                if job.done():
-                    del running[slot]
-                    returns[number] = self.collect(number, job)
-                    log.info("#%d ended (%d/%d): %s", number, len(returns), len(job_overrides),
-                             outcome(returns[number])[1])
+        try:
+            with stop_on(signal.SIGTERM):
+                while queue or running:
+                    for slot in [s for s in range(len(slots)) if s not in running][:len(queue)]:
+                        number, overrides = queue.pop(0)
+                        running[slot] = (number, self.submit(executor, slots[slot], self.job_args(number, overrides)))
+                    time.sleep(POLL_S)
+                    for slot, (number, job) in list(running.items()):
+                        if job.done():
+                            del running[slot]
+                            returns[number] = self.collect(number, job)
+                            log.info("#%d ended (%d/%d): %s", number, len(returns), len(job_overrides),
+                                     outcome(returns[number])[1])
+        except KeyboardInterrupt:
+            self.stop([job for _, job in running.values()], queued=len(queue), sweep_dir=sweep_dir)
         return self.report(returns)
+
+    @staticmethod
+    def stop(jobs, queued: int, sweep_dir: Path) -> None:
+        """Ctrl-C or SIGTERM to the launcher: every running job saves its state at its current step and
+        stops (SIGTERM, which submitit's local controller passes on); then the launcher exits."""
+        log.warning("Interrupted: stopping %d running jobs (each saves a checkpoint at its current step) ...",
+                    len(jobs))
+        for job in jobs:
+            job._process.send_signal(signal.SIGTERM)  # the job's controller process
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        while any(not job.done() for job in jobs) and time.monotonic() < deadline:
+            time.sleep(POLL_S)
+        log.warning("Sweep stopped: %d runs stopped where they were, %d not started. To resume, run the same "
+                    "command again with hydra.sweep.dir=%s", len(jobs), queued, sweep_dir)
+        sys.exit(130)
 
     def submit(self, executor, gpu: int | None, args: tuple):
         executor.update_parameters(timeout_min=self.params["timeout_min"], gpus_per_node=0 if gpu is None else 1,
                                    visible_gpus=() if gpu is None else (gpu,))
-        threads = {"OMP_NUM_THREADS": str(self.params["cpu_threads"])} if gpu is None else {}
-        saved = {k: os.environ.get(k) for k in threads}
-        os.environ.update(threads)  # the job's process inherits the environment at submission
+        # The job's process inherits the environment at submission: its threads, and who launched it, so
+        # that it stops if the launcher dies (sparsesweep.interrupts.watch_launcher).
+        job_env = {interrupts.LAUNCHER_ENV: interrupts.launcher_token()}
+        if gpu is None:
+            job_env["OMP_NUM_THREADS"] = str(self.params["cpu_threads"])
+        saved = {k: os.environ.get(k) for k in job_env}
+        os.environ.update(job_env)
+        # A terminal's Ctrl-C goes to the whole process group: the job's controller must not die of it (it
+        # would kill the job a second later, mid-checkpoint). Ignored signals are inherited; the job
+        # installs its own handler, the launcher stops the controllers itself.
+        sigint = signal.signal(signal.SIGINT, signal.SIG_IGN)
         try:
             return executor.submit(self, *args)
         finally:
+            signal.signal(signal.SIGINT, sigint)
             for key, value in saved.items():
                 if value is None:
                     os.environ.pop(key, None)
                 else:
                     os.environ[key] = value
+
+
+@contextlib.contextmanager
+def stop_on(signum: int):
+    """Within the block, `signum` interrupts like Ctrl-C (KeyboardInterrupt)."""
+    previous = signal.signal(signum, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signum, previous)
 
 
 class SlurmArrayLauncher(_QueueingLauncher):

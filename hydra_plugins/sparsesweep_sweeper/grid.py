@@ -9,14 +9,23 @@ L2 values in one list instead of seven config files.
       - {optimizer: sgd, regularizer.l2: [1e-3, 1e-4, 1e-5, 0]}
       - {optimizer: adam, regularizer: wd, regularizer.wd: [5e-4, 2e-4, 1e-4]}
 
-Before launching, each planned run's directory is looked at: a run already completed (or diverged) with
-the same identity (rundir.run_identity) is skipped; one with a checkpoint is resumed by the trainer; a
-failed one is run again. `hydra.sweeper.dry_run=true` lists the runs and launches nothing.
+Before launching anything, every planned run's config is composed and checked, and its directory read
+(the identity it records, its lock, its files):
+  skipped   completed (or diverged) with this identity
+  resumed   this run's checkpoint is there: the trainer resumes from it
+  failed    failed before: run again;  new: nothing there yet
+  invalid   its config does not compose or fails the checks: not launched, recorded as failed with the reason
+  duplicate the same identity as an earlier grid point: runs once
+  running   another live process holds the directory's lock: not launched twice
+  conflict  the directory holds another config's run (e.g. a default changed since): the sweep stops and
+            lists them, or with hydra.sweeper.on_conflict=move_aside moves them to SWEEP/.superseded/
+`hydra.sweeper.dry_run=true` lists the runs and launches nothing.
 """
 
 import itertools
-import json
 import logging
+import os
+import sys
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,10 +35,14 @@ from hydra.core.config_store import ConfigStore
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.utils import JobReturn
 from hydra.errors import HydraException
+from hydra._internal.config_loader_impl import get_overrides_dirname
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from sparsesweep import rundir
+from sparsesweep.errors import ConfigError
+from sparsesweep.train import check_config
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +54,9 @@ class GridSweeperConf:
     params: Optional[Dict[str, str]] = None
     grid: Optional[List[Dict[str, Any]]] = None
     dry_run: bool = False
+    # A run directory holding another config's run: stop (list them, launch nothing) or move_aside (to
+    # SWEEP/.superseded/, never deleted).
+    on_conflict: str = "stop"
 
 
 ConfigStore.instance().store(group="hydra/sweeper", name="grid", node=GridSweeperConf, provider="sparsesweep")
@@ -63,11 +79,33 @@ def expand_rows(grid) -> List[List[str]]:
     return runs
 
 
+# What the sweep does with each planned run, and how it is counted.
+KINDS = {"skipped": "skipped (completed)", "resumed": "resumed", "new": "new", "failed": "failed before (rerun)",
+         "invalid": "invalid (not launched)", "duplicate": "duplicates (not launched)",
+         "running": "running elsewhere (not launched)", "conflict": "conflicts"}
+SUPERSEDED = ".superseded"
+
+
+@dataclass
+class PlannedRun:
+    number: int
+    overrides: List[str]
+    kind: str = "new"
+    reason: str = ""
+    job_dir: Optional[Path] = None
+    run_id: Optional[str] = None
+    config: Optional[dict] = None   # resolved, without hydra
+    foreign: Optional[dict] = None  # for a conflict: the identity the directory records
+
+
 class GridSweeper(BasicSweeper):
-    def __init__(self, max_batch_size=None, params=None, grid=None, dry_run=False) -> None:
+    def __init__(self, max_batch_size=None, params=None, grid=None, dry_run=False, on_conflict="stop") -> None:
         super().__init__(max_batch_size=max_batch_size, params=params)
         self.grid = OmegaConf.to_container(grid) if OmegaConf.is_config(grid) else grid
         self.dry_run = dry_run
+        if on_conflict not in ("stop", "move_aside"):
+            raise HydraException(f"hydra.sweeper.on_conflict={on_conflict}: use stop or move_aside")
+        self.on_conflict = on_conflict
 
     def plan(self, arguments: List[str]) -> List[List[str]]:
         """Every run's override list."""
@@ -84,35 +122,88 @@ class GridSweeper(BasicSweeper):
                 runs.append(base + row)
         return runs
 
-    def classify(self, overrides: Sequence[str]) -> str:
-        """'skipped', 'resumed', 'failed' (to rerun) or 'new', from the run's directory."""
-        config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
-        job_dir = Path(config.hydra.sweep.dir) / str(config.hydra.sweep.subdir)
-        identity = rundir.run_identity(config)
+    def inspect(self, number: int, overrides: List[str]) -> PlannedRun:
+        """Compose and check the run's config, then read its directory: what the sweep does with it."""
+        planned = PlannedRun(number, overrides)
         try:
-            results = json.loads((job_dir / rundir.RESULTS).read_text())
-        except (OSError, ValueError):
-            results = {}
-        if results.get("status") in ("completed", "diverged") and results.get("run_id") == identity:
-            return "skipped"
-        if (job_dir / rundir.CHECKPOINT).exists():
-            return "resumed"
-        return "failed" if results.get("status") == "failed" else "new"
+            config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+            planned.job_dir = Path(config.hydra.sweep.dir) / str(config.hydra.sweep.subdir)
+            check_config(config)
+            planned.run_id, planned.config = rundir.run_identity(config), rundir.run_config(config)
+        except (HydraException, OmegaConfBaseException, ConfigError) as error:
+            planned.kind, planned.reason = "invalid", first_line(error)
+            planned.job_dir = planned.job_dir or self.job_dir_without_config(overrides)
+            return planned
+        job_dir = planned.job_dir
+        holder = rundir.lock_holder(job_dir)
+        foreign = rundir.foreign_run(job_dir, planned.run_id)
+        results = rundir.read_json(job_dir / rundir.RESULTS)
+        if holder:
+            planned.kind, planned.reason = "running", f"being trained by {holder}"
+        elif foreign:
+            planned.kind, planned.foreign = "conflict", foreign
+        elif results.get("status") in rundir.FINISHED and results.get("run_id") == planned.run_id:
+            planned.kind = "skipped"
+        elif (job_dir / rundir.CHECKPOINT).exists() or (job_dir / rundir.PREVIOUS_CHECKPOINT).exists():
+            planned.kind = "resumed"
+        elif results.get("status") == "failed":
+            planned.kind = "failed"
+        return planned
+
+    def job_dir_without_config(self, overrides: List[str]) -> Optional[Path]:
+        """Where a run whose config does not compose would have gone: known when runs are named by their
+        overrides (the default hydra.sweep.subdir)."""
+        sweep = OmegaConf.to_container(self.config.hydra.sweep, resolve=False)
+        if sweep["subdir"] != "${hydra.job.override_dirname}":
+            return None
+        parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
+        naming = self.config.hydra.job.config.override_dirname
+        name = get_overrides_dirname(parser.parse_overrides(list(overrides)), kv_sep=naming.kv_sep,
+                                     item_sep=naming.item_sep, exclude_keys=naming.exclude_keys)
+        return Path(str(self.config.hydra.sweep.dir)) / name
 
     def sweep(self, arguments: List[str]) -> Any:
         runs = self.plan(arguments)
         sweep_dir = Path(self.config.hydra.sweep.dir)
-        # Composing every run's config costs ~0.1 s: only a relaunch needs it.
-        kinds = [self.classify(run) for run in runs] if sweep_dir.exists() else ["new"] * len(runs)
-        counts = Counter(kinds)
-        log.info("Sweep %s: %d runs: %d skipped (completed), %d resumed, %d new, %d failed before (rerun)",
-                 sweep_dir, len(runs), counts["skipped"], counts["resumed"], counts["new"], counts["failed"])
+        if len(runs) > 20:
+            log.info("Composing and checking the configs of %d runs ...", len(runs))
+        planned = [self.inspect(number, run) for number, run in enumerate(runs)]
+        first_of = {}
+        for run in planned:
+            if run.run_id in first_of and run.kind != "invalid":
+                run.kind, run.reason = "duplicate", f"the same run as #{first_of[run.run_id]}: runs once"
+            first_of.setdefault(run.run_id, run.number)
+        counts = Counter(run.kind for run in planned)
+        log.info("Sweep %s: %d runs: %s", sweep_dir, len(runs),
+                 ", ".join(f"{counts[kind]} {label}" for kind, label in KINDS.items() if counts[kind] or kind in
+                           ("skipped", "resumed", "new", "failed")))
         if self.dry_run:
-            for number, (run, kind) in enumerate(zip(runs, kinds)):
-                print(f"#{number:<4} {kind:8} {' '.join(run)}")
+            for run in planned:
+                print(f"#{run.number:<4} {run.kind:9} {' '.join(run.overrides)}"
+                      + (f"  ({run.reason})" if run.reason else ""))
             print(f"{len(runs)} runs")
             return []
-        todo = [run for run, kind in zip(runs, kinds) if kind != "skipped"]
+        conflicts = [run for run in planned if run.kind == "conflict"]
+        if conflicts and self.on_conflict != "move_aside":
+            for run in conflicts:
+                log.error("#%d %s holds run %s of another config: %s", run.number, run.job_dir,
+                          run.foreign["run_id"], "; ".join(rundir.config_differences(
+                              run.foreign.get("config") or {}, run.config)) or "its config is not recorded")
+            log.error("Stopped before launching anything: %d run directories hold runs of another config (above). "
+                      "Launch into a new hydra.sweep.dir=..., or add hydra.sweeper.on_conflict=move_aside to move "
+                      "those runs to %s/ (nothing is deleted) and train these in their place.", len(conflicts),
+                      sweep_dir / SUPERSEDED)
+            sys.exit(2)
+        for run in conflicts:
+            aside = move_aside(run.job_dir, sweep_dir, run.foreign["run_id"])
+            log.warning("#%d: moved %s (run %s) to %s", run.number, run.job_dir, run.foreign["run_id"], aside)
+            run.kind = "new"
+        for run in planned:
+            if run.kind in ("invalid", "duplicate", "running"):
+                log.warning("#%d %s: %s  (%s)", run.number, KINDS[run.kind], run.reason, " ".join(run.overrides))
+            if run.kind == "invalid":
+                record_invalid(run)
+        todo = [run.overrides for run in planned if run.kind in ("resumed", "new", "failed")]
         if not todo:
             return []
         sweep_dir.mkdir(parents=True, exist_ok=True)
@@ -127,3 +218,29 @@ class GridSweeper(BasicSweeper):
             returns.append(self.launcher.launch(batch, initial_job_idx=initial_job_idx))
             initial_job_idx += len(batch)
         return returns
+
+
+def first_line(error: Exception) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
+def move_aside(job_dir: Path, sweep_dir: Path, run_id: str) -> Path:
+    """Moves a run directory under SWEEP/.superseded/ (hidden: tables and status no longer count it)."""
+    base = sweep_dir / SUPERSEDED / f"{job_dir.relative_to(sweep_dir)}@{run_id}"
+    aside = base
+    for number in itertools.count(2):
+        if not aside.exists():
+            break
+        aside = base.with_name(f"{base.name}.{number}")
+    aside.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(job_dir, aside)
+    return aside
+
+
+def record_invalid(run: PlannedRun) -> None:
+    """A `failed` results.json with the reason, for `status` (never over results that must be kept)."""
+    if run.job_dir is None or not rundir.may_record_failure(run.job_dir, None):
+        return
+    run.job_dir.mkdir(parents=True, exist_ok=True)
+    rundir.write_atomic(run.job_dir / rundir.RESULTS, rundir.json_bytes(
+        {"schema": rundir.RESULTS_SCHEMA, "status": "failed", "overrides": run.overrides, "error": run.reason}))
