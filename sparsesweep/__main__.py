@@ -33,26 +33,40 @@ def main(cfg):
     except Interrupted as stop:
         log.warning("%s: its state is saved; the same command again resumes it", stop)
         sys.exit(128 + stop.signum)
+    except OSError as error:  # a full disk, a quota, a file-size limit: the run's files stay as they were
+        if not in_sweep:
+            log.error("could not write the run's files (%s): make room, then the same command again resumes it",
+                      error)
+            sys.exit(1)
+        return record_failure(out_dir, cfg, overrides, f"could not write the run's files: {error}")
     except Exception as error:
         if not in_sweep:
             if isinstance(error, ConfigError):
                 log.error("%s", error)
                 sys.exit(2)
             raise
-        # In a sweep one bad run must not stop the others: record it (where that loses nothing) and go on.
-        message = str(error) if isinstance(error, ConfigError) else traceback.format_exc()
-        log.error("run failed: %s", message)
-        line = message.strip().splitlines()[-1]
+        # In a sweep one bad run must not stop the others: record it and go on.
+        return record_failure(out_dir, cfg, overrides,
+                              str(error) if isinstance(error, ConfigError) else traceback.format_exc())
+    return None
+
+
+def record_failure(out_dir: Path, cfg, overrides, message: str) -> str:
+    """A `failed` results.json with the message's last line, where that loses nothing; returns the line."""
+    log.error("run failed: %s", message)
+    line = message.strip().splitlines()[-1]
+    try:
+        run_id = rundir.run_identity(cfg)
+    except OmegaConfBaseException:  # a value that does not even resolve
+        run_id = None
+    if rundir.may_record_failure(out_dir, run_id):
         try:
-            run_id = rundir.run_identity(cfg)
-        except OmegaConfBaseException:  # a value that does not even resolve
-            run_id = None
-        if rundir.may_record_failure(out_dir, run_id):
             rundir.write_atomic(out_dir / rundir.RESULTS, rundir.json_bytes(
                 {"schema": rundir.RESULTS_SCHEMA, "status": "failed", "run_id": run_id, "overrides": overrides,
                  "error": line}))
-        return f"failed: {line}"
-    return None
+        except OSError as error:
+            log.error("could not record the failure either: %s", error)
+    return f"failed: {line}"
 
 
 if __name__ == "__main__":

@@ -256,7 +256,8 @@ def prune_trained(run_dir: Path, cfg, data, model: nn.Module, threshold: float =
         _, error_before, top5_before = train.evaluate(model, data, data.test, cfg, device)
         _, error_after, top5_after = train.evaluate(pruned, data, data.test, cfg, device)
         measured = compare(model, pruned, input_shape, batch_size=batch_size, repeats=repeats)
-    result = {"schema": PRUNE_SCHEMA, "threshold": threshold, "features": report.features(), **measured,
+    result = {"schema": PRUNE_SCHEMA, "run_id": rundir.run_identity(cfg), "threshold": threshold,
+              "features": report.features(), **measured,
               "test_error": {"before": error_before, "after": error_after},
               "test_top5_error": {"before": top5_before, "after": top5_after},
               "constant_features_folded": report.constant_features_folded}

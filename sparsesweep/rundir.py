@@ -22,7 +22,6 @@ import json
 import logging
 import math
 import os
-import pickle
 import socket
 import tempfile
 import time
@@ -219,9 +218,10 @@ def _read_checkpoint(path: Path, device) -> dict:
 
     try:
         state = torch.load(path, map_location=device, weights_only=True)
-    except (RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as error:
-        # torch's messages run to many lines (and suggest weights_only=False): keep the first.
-        raise CorruptCheckpoint(f"{type(error).__name__}: {str(error).strip().splitlines()[0]}") from None
+    except Exception as error:  # noqa: BLE001 (damaged bytes fail anywhere in unzip/unpickle, as any type)
+        # torch's messages run to many lines (and may suggest weights_only=False): keep the first sentence.
+        first = (str(error).strip().splitlines() or [""])[0].split(". ")[0]
+        raise CorruptCheckpoint(f"{type(error).__name__}: {first}") from None
     if not isinstance(state, dict) or not CHECKPOINT_KEYS <= set(state):
         raise CorruptCheckpoint("not a sparsesweep checkpoint")
     return state

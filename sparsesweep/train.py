@@ -97,16 +97,19 @@ def memory_format(cfg) -> torch.memory_format:
 
 def load_run(run_dir: Path, device: str | None = None, data_root: str | None = None):
     """A finished run's (config, data, model with its final weights in eval mode), from its results.json
-    and checkpoint.pt. device: None uses the run's own setting; data_root replaces dataset.root (the run's
-    may be relative to where it was launched)."""
+    and checkpoint.pt (which must be that run's). device: None uses the run's own setting; data_root replaces
+    dataset.root (the run's may be relative to where it was launched)."""
     run_dir = Path(run_dir)
-    cfg = OmegaConf.create(json.loads((run_dir / rundir.RESULTS).read_text())["config"])
+    results = json.loads((run_dir / rundir.RESULTS).read_text())
+    cfg = OmegaConf.create(results["config"])
     if data_root is not None:
         cfg.dataset.root = data_root
     device = pick_device(device or cfg.device)
+    checkpoint = rundir.load_checkpoint(run_dir, results["run_id"], device)
+    if checkpoint is None:
+        raise ConfigError(f"{run_dir}: no readable {rundir.CHECKPOINT}: the final weights are gone; train it again")
     data, model = build(cfg, device)
-    state = torch.load(run_dir / rundir.CHECKPOINT, map_location=device, weights_only=True)
-    model.load_state_dict(state["model"])
+    model.load_state_dict(checkpoint[1]["model"])
     return cfg, data, model.eval()
 
 

@@ -1,0 +1,336 @@
+"""A run directory is never lost, never shared, never stuck: identity, locks, stop signals, corrupt
+checkpoints, atomic writes with the user's umask. In-process where a step must be hit exactly; through the
+CLI with real processes and signals where that is what a user does."""
+import errno
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import CONF, ROOT, SMOKE, cli, read_results
+from sparsesweep import interrupts, rundir, train
+
+TIMINGS = {"time_s", "wall_time_s", "measure_time_s"}
+
+
+def without_timings(obj):
+    if isinstance(obj, dict):
+        return {k: without_timings(v) for k, v in obj.items() if k not in TIMINGS}
+    if isinstance(obj, list):
+        return [without_timings(v) for v in obj]
+    return obj
+
+
+def run_files(run_dir: Path) -> dict[str, bytes]:
+    """Every file of a run directory (not Hydra's .hydra/, not the job log), by relative path."""
+    return {str(p.relative_to(run_dir)): p.read_bytes() for p in sorted(run_dir.rglob("*"))
+            if p.is_file() and ".hydra" not in p.parts and p.name != "sparsesweep.log"}
+
+
+def same_training(a: Path, b: Path) -> None:
+    """Two run directories hold the same results, metrics and BN history (timings aside)."""
+    assert without_timings(json.loads((a / "results.json").read_text())) == \
+        without_timings(json.loads((b / "results.json").read_text()))
+    assert [without_timings(json.loads(line)) for line in (a / "metrics.jsonl").read_text().splitlines()] == \
+        [without_timings(json.loads(line)) for line in (b / "metrics.jsonl").read_text().splitlines()]
+    history_a, history_b = np.load(a / "bn_history.npz"), np.load(b / "bn_history.npz")
+    assert history_a.files == history_b.files
+    assert all(np.array_equal(history_a[k], history_b[k]) for k in history_a.files)
+
+
+def signal_at_step(monkeypatch, step: int, signum: int) -> None:
+    """Delivers `signum` to this process during training step `step` (1-based), as kill would."""
+    real, calls = train.apply_decoupled_weight_decay, []
+
+    def step_then_signal(optimizer):
+        real(optimizer)
+        calls.append(None)
+        if len(calls) == step:
+            os.kill(os.getpid(), signum)
+
+    monkeypatch.setattr(train, "apply_decoupled_weight_decay", step_then_signal)
+
+
+# ---- one directory, one run ---------------------------------------------------------------------------------
+
+def test_a_directory_holding_another_configs_run_is_refused_and_left_untouched(make_config, tmp_path):
+    train.run(make_config(SMOKE + ["seed=1"]), tmp_path)
+    before = run_files(tmp_path)
+    with pytest.raises(train.RunDirConflict, match=r"holds run \w+ of another config \(seed: 1 -> 2\)"):
+        train.run(make_config(SMOKE + ["seed=2"]), tmp_path)
+    assert run_files(tmp_path) == before
+    assert train.run(make_config(SMOKE + ["seed=1"]), tmp_path) == json.loads(before["results.json"])  # done
+
+
+def test_a_single_run_into_another_runs_directory_is_one_line_exit_2(tmp_path):
+    code, output = cli("sparsesweep", *SMOKE, f"hydra.run.dir={tmp_path}", cwd=tmp_path)
+    assert code == 0, output
+    before = run_files(tmp_path)
+    code, output = cli("sparsesweep", *SMOKE, "optimizer.lr=3e-3", f"hydra.run.dir={tmp_path}", cwd=tmp_path)
+    errors = [line for line in output.splitlines() if "ERROR" in line]
+    assert code == 2 and len(errors) == 1 and "optimizer.lr: 0.001 -> 0.003" in errors[0], output
+    assert "Traceback" not in output and run_files(tmp_path) == before
+
+
+def test_config_drift_stops_the_sweep_before_anything_runs_and_move_aside_keeps_the_old_runs(tmp_path):
+    # A default changes between two launches of one sweep (a `git pull`): a copy of conf/ is edited.
+    conf = tmp_path / "conf"
+    shutil.copytree(CONF, conf)
+    sweep = tmp_path / "sweep"
+    args = ["-cp", str(conf), "-m", *SMOKE, "seed=0,1", f"hydra.sweep.dir={sweep}"]
+    code, output = cli("sparsesweep", *args, cwd=tmp_path)
+    assert code == 0, output
+    before = {d.name: run_files(d) for d in sweep.iterdir() if d.is_dir() and not d.name.startswith(".")}
+    old_ids = {json.loads(files["results.json"])["run_id"] for files in before.values()}
+    adam = conf / "optimizer" / "adam.yaml"
+    adam.write_text(adam.read_text().replace("lr: 1.0e-3", "lr: 3.0e-3"))
+
+    code, output = cli("sparsesweep", *args, cwd=tmp_path)
+    assert code == 2, output
+    assert "2 runs: 0 skipped (completed), 0 resumed, 0 new, 0 failed before (rerun), 2 conflicts" in output
+    assert output.count("optimizer.lr: 0.001 -> 0.003") == 2 and "on_conflict=move_aside" in output
+    assert "Launching" not in output
+    assert {d: run_files(sweep / d) for d in before} == before  # not a byte changed
+
+    code, output = cli("sparsesweep", *args, "hydra.sweeper.on_conflict=move_aside", cwd=tmp_path)
+    assert code == 0, output
+    moved = sorted((sweep / ".superseded").iterdir())
+    assert [d.name.split("@")[0] for d in moved] == sorted(before)
+    for old in moved:  # the old runs, whole, named by their run ids
+        assert run_files(old) == before[old.name.split("@")[0]] and old.name.split("@")[1] in old_ids
+    new = [json.loads(p.read_text()) for p in sweep.glob("*/results.json")]
+    assert len(new) == 2 and all(r["config"]["optimizer"]["lr"] == 3e-3 and r["run_id"] not in old_ids
+                                 for r in new)
+
+
+def test_grid_points_of_one_identity_run_once(tmp_path):
+    code, output = cli("sparsesweep", "-m", *SMOKE, "regularizer.l2=1e-4,0.0001,2e-4", "hydra.sweeper.dry_run=true",
+                       f"hydra.sweep.dir={tmp_path}", cwd=tmp_path)
+    assert code == 0, output
+    assert "3 runs: 0 skipped (completed), 0 resumed, 2 new, 0 failed before (rerun), 1 duplicates" in output
+    assert "the same run as #0" in output
+
+
+def test_prune_refuses_weights_of_another_run(make_config, tmp_path):
+    train.run(make_config(SMOKE + ["seed=1"]), tmp_path / "a")
+    train.run(make_config(SMOKE + ["seed=2"]), tmp_path / "b")
+    shutil.copy(tmp_path / "b" / "checkpoint.pt", tmp_path / "a" / "checkpoint.pt")
+    code, output = cli("sparsesweep.prune", str(tmp_path / "a"), "--repeats", "1", cwd=tmp_path)
+    assert code == 1 and "belongs to run" in output and not (tmp_path / "a" / "prune.json").exists(), output
+    code, output = cli("sparsesweep.prune", str(tmp_path / "b"), "--repeats", "1", cwd=tmp_path)
+    assert code == 0, output
+    assert json.loads((tmp_path / "b" / "prune.json").read_text())["run_id"] == \
+        json.loads((tmp_path / "b" / "results.json").read_text())["run_id"]
+
+
+def test_a_failure_is_never_recorded_over_results_to_keep(make_config, tmp_path):
+    train.run(make_config(SMOKE + ["seed=1"]), tmp_path)
+    run_id = json.loads((tmp_path / "results.json").read_text())["run_id"]
+    assert not rundir.may_record_failure(tmp_path, run_id)  # completed: kept
+    assert not rundir.may_record_failure(tmp_path, None)
+    (tmp_path / "results.json").unlink()  # now a checkpoint of run_id, no results
+    assert rundir.may_record_failure(tmp_path, run_id) and not rundir.may_record_failure(tmp_path, "0" * 16)
+    assert rundir.may_record_failure(tmp_path / "empty", None)
+
+
+# ---- one process per directory ----------------------------------------------------------------------------
+
+LONG = ["schedule.base_epochs=40"]  # ~20 s at one thread: long enough to act on while it trains
+
+
+def start(*args, cwd, **kwargs):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen([sys.executable, "-m", "sparsesweep", *args], cwd=cwd, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **kwargs)
+
+
+def wait_for(condition, timeout=120):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_a_second_trainer_on_a_locked_directory_does_not_train_it(tmp_path):
+    first = start(*SMOKE, *LONG, f"hydra.run.dir={tmp_path}", cwd=tmp_path)
+    wait_for(lambda: (tmp_path / "checkpoint.pt").exists())
+    code, output = cli("sparsesweep", *SMOKE, *LONG, f"hydra.run.dir={tmp_path}", cwd=tmp_path)
+    assert code == 2 and f"is being trained by pid {first.pid}" in output, output
+    assert first.wait(timeout=300) == 0
+    log = (tmp_path / "sparsesweep.log").read_text()
+    assert log.count("epoch 1/41 ") == 1 and log.count("epoch 41/41 ") == 1  # one trainer, every epoch once
+    assert rundir.lock_holder(tmp_path) is None
+
+
+def test_two_identical_launchers_train_every_run_once(tmp_path):
+    sweep = tmp_path / "sweep"
+    args = ["-m", *SMOKE, "schedule.base_epochs=6", "seed=1,2", f"hydra.sweep.dir={sweep}",
+            "hydra.launcher.cpu_parallel=2"]
+    first = start(*args, cwd=tmp_path)
+    time.sleep(1)
+    second = start(*args, cwd=tmp_path)
+    outputs = [p.communicate(timeout=300)[0] for p in (first, second)]
+    assert first.returncode == second.returncode == 0, outputs
+    assert "running elsewhere" in "".join(outputs) or "skipped (completed)" in "".join(outputs), outputs
+    runs = read_results(sweep)
+    assert len(runs) == 2 and all(r["status"] == "completed" for r in runs.values())
+    for log in sweep.rglob("sparsesweep.log"):
+        text = log.read_text()
+        assert text.count("epoch 1/7 ") == 1 and text.count("epoch 7/7 ") == 1, text
+
+
+# ---- stop signals save the current step -----------------------------------------------------------------------
+
+def test_sigterm_saves_the_current_step_and_the_resumed_run_ends_like_an_uninterrupted_one(make_config, tmp_path,
+                                                                                           monkeypatch):
+    cfg = make_config(SMOKE + ["seed=7", "dataset.augment=true", "optimizer=sgd"])  # 20 steps an epoch
+    train.run(cfg, tmp_path / "straight")
+    signal_at_step(monkeypatch, 25, signal.SIGTERM)
+    with pytest.raises(interrupts.Interrupted, match="SIGTERM"):
+        train.run(cfg, tmp_path / "resumed")
+    monkeypatch.undo()
+    state = rundir.load_checkpoint(tmp_path / "resumed", rundir.run_identity(cfg), "cpu")[1]
+    assert (state["epoch"], state["step"]) == (1, 25)  # mid-epoch: the step the signal came in
+    assert rundir.lock_holder(tmp_path / "resumed") is None
+    train.run(cfg, tmp_path / "resumed")
+    same_training(tmp_path / "straight", tmp_path / "resumed")
+
+
+def test_the_preemption_signal_saves_the_step_then_hands_over_to_submitit(make_config, tmp_path, monkeypatch):
+    # submitit's USR2 handler (dump the requeued call, scontrol requeue, exit) stands in as a recorder.
+    cfg = make_config(SMOKE + ["seed=7", "optimizer=adam"])
+    handed_over = []
+
+    def submitit_handler(signum, frame):
+        state = rundir.load_checkpoint(tmp_path, rundir.run_identity(cfg), "cpu")[1]
+        handed_over.append((signal.Signals(signum).name, state["step"]))
+        raise SystemExit(-1)
+
+    previous = signal.signal(signal.SIGUSR2, submitit_handler)
+    try:
+        signal_at_step(monkeypatch, 33, signal.SIGUSR2)
+        with pytest.raises(SystemExit):
+            train.run(cfg, tmp_path)
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
+    assert handed_over == [("SIGUSR2", 33)]
+
+
+# ---- corrupt checkpoints --------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "both"])
+def test_a_corrupt_checkpoint_falls_back_to_the_previous_one_with_a_named_message(make_config, tmp_path,
+                                                                                monkeypatch, caplog, damage):
+    cfg = make_config(SMOKE + ["seed=3", "optimizer=sgd"])
+    train.run(cfg, tmp_path / "straight")
+    run_dir = tmp_path / "damaged"
+    signal_at_step(monkeypatch, 25, signal.SIGTERM)  # latest: step 25; previous: the end of epoch 1 (step 20)
+    with pytest.raises(interrupts.Interrupted):
+        train.run(cfg, run_dir)
+    monkeypatch.undo()
+    latest, previous = run_dir / "checkpoint.pt", run_dir / "checkpoint.prev.pt"
+    content = latest.read_bytes()
+    latest.write_bytes(content[:len(content) // 2] if damage == "truncated" else b"\x80garbage" * 100)
+    if damage == "both":
+        previous.write_bytes(b"")
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        train.run(cfg, run_dir)
+    same_training(tmp_path / "straight", run_dir)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    if damage == "both":
+        assert len(warnings) == 2 and "starting afresh" in warnings[1] and "checkpoint.prev.pt" in warnings[1]
+    else:
+        assert len(warnings) == 1 and "resuming from checkpoint.prev.pt" in warnings[0]
+        assert "resuming from " + str(previous) + ": epoch 1, step 20" in caplog.text
+    assert str(latest) in warnings[0] and "weights_only" not in warnings[0]
+    aside = sorted(run_dir.glob("checkpoint.pt.corrupt-*"))
+    assert len(aside) == 1 and aside[0].read_bytes() != content  # moved aside, not deleted
+
+
+# ---- atomic files ------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o002, 0o664), (0o077, 0o600)])
+def test_run_files_get_the_users_umask(tmp_path, umask, mode):
+    previous = os.umask(umask)
+    try:
+        rundir.write_atomic(tmp_path / "results.json", b"{}")
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "results.json").stat().st_mode & 0o777 == mode
+
+
+def test_a_full_disk_keeps_the_old_file_and_leaves_no_temporary(tmp_path, monkeypatch):
+    target = tmp_path / "results.json"
+    target.write_bytes(b"old")
+
+    def disk_full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        rundir.write_atomic(target, b"new")
+    assert target.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["results.json"]
+
+
+def test_a_run_that_cannot_write_says_so_in_one_line_and_resumes_later(tmp_path):
+    # A file-size limit (RLIMIT_FSIZE) makes the kernel refuse the checkpoint write, as a full disk would.
+    import resource
+
+    def limit_file_size():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails with EFBIG instead of killing us
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-m", "sparsesweep", *SMOKE, f"hydra.run.dir={tmp_path}"], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=120, preexec_fn=limit_file_size)
+    output = done.stdout + done.stderr
+    errors = [line for line in output.splitlines() if "ERROR" in line]
+    assert done.returncode == 1 and len(errors) == 1 and "File too large" in errors[0], output
+    assert "Traceback" not in output and not list(tmp_path.glob(".*.tmp")) and not (tmp_path / "checkpoint.pt").exists()
+    code, output = cli("sparsesweep", *SMOKE, f"hydra.run.dir={tmp_path}", cwd=tmp_path)
+    assert code == 0 and json.loads((tmp_path / "results.json").read_text())["status"] == "completed", output
+
+
+# ---- a launcher's jobs live and stop with it ------------------------------------------------------------------
+
+def children(pid: int) -> list[int]:
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except FileNotFoundError:
+        return []
+
+
+def alive(pid: int) -> bool:
+    return interrupts.process_start_time(pid) is not None
+
+
+@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT], ids=["kill", "term", "int"])
+def test_jobs_stop_when_their_launcher_dies_or_is_interrupted_and_a_relaunch_resumes_them(tmp_path, signum):
+    sweep = tmp_path / "sweep"
+    args = ["-m", *SMOKE, *LONG, "seed=1,2", f"hydra.sweep.dir={sweep}", "hydra.launcher.cpu_parallel=2"]
+    launcher = start(*args, cwd=tmp_path)
+    wait_for(lambda: len(list(sweep.rglob("checkpoint.pt"))) == 2)
+    jobs = [job for controller in children(launcher.pid) for job in children(controller)]
+    assert len(jobs) == 2  # both running
+    os.kill(launcher.pid, signum)  # the launcher alone, not its process group
+    output = launcher.communicate(timeout=120)[0]
+    wait_for(lambda: not any(alive(job) for job in jobs), timeout=30)
+    if signum != signal.SIGKILL:
+        assert launcher.returncode == 130 and "To resume, run the same command again" in output, output
+    for run_dir in (p.parent for p in sweep.rglob("checkpoint.pt")):
+        assert rundir.lock_holder(run_dir) is None and not (run_dir / "results.json").exists()
+        assert "checkpoint saved" in (run_dir / "sparsesweep.log").read_text()  # stopped at a step, saved
+
+    code, output = cli("sparsesweep", *args, cwd=tmp_path)
+    assert code == 0 and "2 runs: 0 skipped (completed), 2 resumed" in output, output
+    runs = read_results(sweep)
+    assert len(runs) == 2 and all(r["status"] == "completed" and r["iterations"] == 820 for r in runs.values())
