@@ -7,6 +7,7 @@ from pathlib import Path
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
+from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from sparsesweep import rundir, train
@@ -24,7 +25,7 @@ def main(cfg):
     overrides = list(hydra_cfg.overrides.task)
     in_sweep = hydra_cfg.mode == RunMode.MULTIRUN
     try:
-        train.run(cfg, out_dir, overrides)
+        train.run(cfg, out_dir, overrides, on_open=lambda: record_launch(out_dir, cfg, hydra_cfg))
     except rundir.RunDirBusy as busy:
         log.warning("%s: not training it a second time", busy)
         if not in_sweep:
@@ -49,6 +50,16 @@ def main(cfg):
         return record_failure(out_dir, cfg, overrides,
                               str(error) if isinstance(error, ConfigError) else traceback.format_exc())
     return None
+
+
+def record_launch(out_dir: Path, cfg, hydra_cfg) -> None:
+    """Hydra's record of this launch, `.hydra/` (as Hydra writes it; conf sets hydra.output_subdir to null so
+    that Hydra does not write it before the trainer knows the directory is this run's)."""
+    record = out_dir / ".hydra"
+    record.mkdir(exist_ok=True)
+    for name, node in (("config.yaml", cfg), ("hydra.yaml", OmegaConf.create({"hydra": hydra_cfg})),
+                       ("overrides.yaml", hydra_cfg.overrides.task)):
+        rundir.write_atomic(record / name, OmegaConf.to_yaml(node).encode())
 
 
 def record_failure(out_dir: Path, cfg, overrides, message: str) -> str:

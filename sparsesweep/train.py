@@ -113,10 +113,11 @@ def load_run(run_dir: Path, device: str | None = None, data_root: str | None = N
     return cfg, data, model.eval()
 
 
-def run(cfg, out_dir: Path, overrides=()) -> dict:
+def run(cfg, out_dir: Path, overrides=(), on_open=None) -> dict:
     """Train, measure and write the run directory; returns the results.json content. The directory belongs
     to this run: one holding another run's state is refused (RunDirConflict), one being trained by another
-    process too (RunDirBusy), and one this run already finished is returned as it is."""
+    process too (RunDirBusy), and one this run already finished is returned as it is. on_open(): called
+    once the directory is known to be this run's (the entry point writes Hydra's .hydra/ then)."""
     check_config(cfg)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -130,6 +131,8 @@ def run(cfg, out_dir: Path, overrides=()) -> dict:
             log.info("run %s is already %s in %s: nothing to do", run_id, finished["status"], out_dir)
             return finished
         rundir.write_identity(out_dir, run_id, cfg, overrides)
+        if on_open:
+            on_open()
         return train(cfg, out_dir, run_id, overrides, stops)
 
 

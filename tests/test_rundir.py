@@ -30,9 +30,9 @@ def without_timings(obj):
 
 
 def run_files(run_dir: Path) -> dict[str, bytes]:
-    """Every file of a run directory (not Hydra's .hydra/, not the job log), by relative path."""
+    """Every file of a run directory but the job log (which every launch appends to), by relative path."""
     return {str(p.relative_to(run_dir)): p.read_bytes() for p in sorted(run_dir.rglob("*"))
-            if p.is_file() and ".hydra" not in p.parts and p.name != "sparsesweep.log"}
+            if p.is_file() and p.name != "sparsesweep.log"}
 
 
 def same_training(a: Path, b: Path) -> None:
