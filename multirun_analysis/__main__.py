@@ -43,17 +43,23 @@ def summary(paths) -> int:
     if frame.empty:
         print(f"no runs with a results.json under {' '.join(map(str, paths))}", file=sys.stderr)
     else:
-        print(frame.reindex(columns=list(SUMMARY_COLUMNS)).rename(columns=SUMMARY_COLUMNS)
+        print(frame[list(SUMMARY_COLUMNS)].rename(columns=SUMMARY_COLUMNS)
               .to_string(float_format=lambda v: f"{v:.1f}", na_rep="-"))
     report_skipped(skipped)
-    return 0 if not frame.empty else 1
+    return 0
 
 
 def status(paths) -> int:
     for sweep_dir in paths:
-        table = sweep_status(sweep_dir)
+        problems = []
+        table = sweep_status(sweep_dir, problems)
+        for problem in problems:
+            print(problem, file=sys.stderr)
+        if table.empty:
+            print(f"no runs found under {sweep_dir}")
+            continue
         with pd.option_context("display.max_colwidth", 100, "display.width", 250):
-            print(table[["state", "run", "detail"]].to_string(index=False) if len(table) else "no runs found")
+            print(table[["state", "run", "detail"]].to_string(index=False))
         print(", ".join(f"{n} {state}" for state, n in table["state"].value_counts().items()))
     return 0
 
@@ -101,6 +107,15 @@ def runs(paths, out: Path) -> int:
     return 0
 
 
+def figures(paths, out: Path) -> int:
+    from multirun_analysis import plots  # matplotlib: loaded only by the command that draws
+
+    skipped = Counter()
+    plots.draw(load_runs(paths, skipped, completed_only=True), out)
+    report_skipped(skipped)
+    return 0
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     command = argv[0] if argv[:1] and argv[0] in COMMANDS else "summary"
@@ -126,9 +141,7 @@ def main(argv=None) -> int:
     if command == "runs":
         return runs(args.paths, args.out)
     if command == "plots":
-        from multirun_analysis import plots
-
-        return plots.main(args.paths, args.out)
+        return figures(args.paths, args.out)
     if command in tables.TABLES:
         return table(command, args.paths, args.format, args.out, args.show_paper, parse_where(args.where))
     return summary(args.paths)

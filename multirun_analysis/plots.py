@@ -1,4 +1,5 @@
-"""The figures, from run directories: PNG and PDF, headless. Each figure is drawn when its runs exist.
+"""The figures, from run directories: PNG and PDF, headless. Each figure is drawn when its runs exist; a
+run whose file is missing or corrupt is left out of a figure, and a figure that cannot be drawn says why.
 
 - fig2_bn_C6: per-epoch BN gamma and beta of every feature of a layer for an Adam and an SGD run (paper Fig. 2)
 - sparsity_vs_coefficient: % sparsity by gamma vs the L2/WD coefficient, one line per optimizer (Table 1 runs)
@@ -10,7 +11,8 @@
 from __future__ import annotations
 
 import json
-import sys
+import zipfile
+import zlib
 from pathlib import Path
 
 import matplotlib
@@ -20,15 +22,22 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from multirun_analysis.load import load_runs  # noqa: E402
+from multirun_analysis.load import RESULTS, read_json_object  # noqa: E402
 
 MAX_RUNS_SHOWN = 6
+BN_HISTORY, METRICS = "bn_history.npz", "metrics.jsonl"
+# What reading a run's file raises when it is missing, truncated or corrupt, or lacks what a figure needs.
+READ_ERRORS = (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile, zlib.error)
+
+
+class Skipped(Exception):
+    """A figure that cannot be drawn from the runs at hand; the message says why."""
 
 
 def label(run) -> str:
     """A run for a legend or title: optimizer, regularizer and coefficient, dataset, batch, seed."""
     regularizer = "no reg." if run.regularizer == "none" or not run.coefficient else \
-        f"{run.regularizer.upper()} {run.coefficient:g}"
+        f"{str(run.regularizer).upper()} {run.coefficient:g}"
     return f"{run.optimizer} {regularizer}, {run.dataset}, b{run.batch_size}, seed {run.seed}"
 
 
@@ -52,14 +61,50 @@ def pick_pair(runs: pd.DataFrame) -> list:
     return [row for _, row in runs.head(2).iterrows()]
 
 
+def readable(runs: pd.DataFrame, read, limit: int = MAX_RUNS_SHOWN) -> list[tuple[pd.Series, object]]:
+    """(run, read(run_dir)) for the first `limit` runs whose input `read` can read; the others are left out."""
+    shown = []
+    for _, run in runs.iterrows():
+        try:
+            shown.append((run, read(Path(run.run_dir))))
+        except READ_ERRORS:
+            continue
+        if len(shown) == limit:
+            break
+    return shown
+
+
+def bn_history_keys(layer: str) -> tuple[str, ...]:
+    return "epoch", f"{layer}_gamma", f"{layer}_beta"
+
+
+def has_bn_history(run_dir: Path, layer: str) -> bool:
+    """Whether the run's bn_history.npz is an archive holding the layer's arrays. Only its index is read: a
+    sweep's histories are too large to load them all to pick two."""
+    try:
+        with zipfile.ZipFile(run_dir / BN_HISTORY) as archive:
+            return {f"{key}.npy" for key in bn_history_keys(layer)} <= set(archive.namelist())
+    except READ_ERRORS:
+        return False
+
+
+def load_bn_history(run_dir: Path, layer: str) -> dict[str, np.ndarray]:
+    with np.load(run_dir / BN_HISTORY) as archive:
+        return {key: archive[key] for key in bn_history_keys(layer)}
+
+
 def fig2(runs: pd.DataFrame, out: Path, layer: str = "C6"):
-    with_history = runs[[Path(d, "bn_history.npz").exists() for d in runs.run_dir]]
-    pair = pick_pair(with_history)
+    pair = pick_pair(runs.loc[[has_bn_history(Path(d), layer) for d in runs.run_dir]])
     if not pair:
-        return None
+        raise Skipped(f"no completed run has a {BN_HISTORY} with {layer}'s gamma and beta")
+    histories = []
+    for run in pair:
+        try:
+            histories.append(load_bn_history(Path(run.run_dir), layer))
+        except READ_ERRORS as error:  # an intact index over corrupt data
+            raise Skipped(f"{Path(run.run_dir, BN_HISTORY)} is unreadable ({type(error).__name__})") from error
     fig, axes = plt.subplots(2, len(pair), figsize=(5.5 * len(pair), 6.5), sharex="col", squeeze=False)
-    for column, run in enumerate(pair):
-        history = np.load(Path(run.run_dir, "bn_history.npz"))
+    for column, (run, history) in enumerate(zip(pair, histories)):
         for row, kind in enumerate(("gamma", "beta")):
             ax = axes[row, column]
             ax.plot(history["epoch"], history[f"{layer}_{kind}"], linewidth=0.6, alpha=0.7)
@@ -74,7 +119,7 @@ def fig2(runs: pd.DataFrame, out: Path, layer: str = "C6"):
 def sparsity_vs_coefficient(runs: pd.DataFrame, out: Path):
     runs = runs[runs.regularizer.isin(["l2", "none"]) & runs.sparsity_by_gamma_pct.notna()]
     if runs.coefficient.nunique() < 2:
-        return None
+        raise Skipped("needs completed L2 runs at two coefficients or more")
     datasets = sorted(runs.dataset.unique())
     fig, axes = plt.subplots(1, len(datasets), figsize=(6 * len(datasets), 4.5), squeeze=False)
     for ax, dataset in zip(axes[0], datasets):
@@ -95,7 +140,7 @@ def sparsity_vs_coefficient(runs: pd.DataFrame, out: Path):
 def sparsity_vs_batch_size(runs: pd.DataFrame, out: Path):
     runs = runs[runs.sparsity_by_gamma_pct.notna()]
     if runs.batch_size.nunique() < 2:
-        return None
+        raise Skipped("needs completed runs at two batch sizes or more")
     fig, ax = plt.subplots(figsize=(6, 4.5))
     for (dataset, optimizer, regularizer, coefficient), group in runs.groupby(
             ["dataset", "optimizer", "regularizer", "coefficient"]):
@@ -115,21 +160,30 @@ def sparsity_vs_batch_size(runs: pd.DataFrame, out: Path):
     return save(fig, out, "sparsity_vs_batch_size")
 
 
-def shown(runs: pd.DataFrame) -> pd.DataFrame:
-    """A few runs, the sparsest first, so that the figures that show single runs stay readable."""
-    return runs.sort_values("sparsity_by_gamma_pct", ascending=False).head(MAX_RUNS_SHOWN)
+def sparsest_first(runs: pd.DataFrame) -> pd.DataFrame:
+    """The figures that show single runs show a few, the sparsest, so that they stay readable."""
+    return runs.sort_values("sparsity_by_gamma_pct", ascending=False)
+
+
+PER_LAYER_CRITERIA = {"by_gamma": "|γ| < 1e-3", "by_activation": "max activation < 1e-12"}
+
+
+def per_layer_pct(run_dir: Path) -> dict:
+    """{criterion: {layer: % inactive}} from results.json."""
+    sparsity = read_json_object(run_dir / RESULTS)["sparsity"]
+    return {criterion: {layer: float(pct) for layer, pct in sparsity[criterion]["per_layer_pct"].items()}
+            for criterion in PER_LAYER_CRITERIA}
 
 
 def per_layer_sparsity(runs: pd.DataFrame, out: Path):
-    runs = shown(runs[runs.sparsity_by_gamma_pct.notna()])
-    if runs.empty:
-        return None
+    shown = readable(sparsest_first(runs), per_layer_pct)
+    if not shown:
+        raise Skipped(f"no completed run has per-layer sparsity in its {RESULTS}")
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
-    for ax, criterion, title in zip(axes, ("by_gamma", "by_activation"), ("|γ| < 1e-3", "max activation < 1e-12")):
-        width = 0.8 / len(runs)
-        for i, (_, run) in enumerate(runs.iterrows()):
-            sparsity = json.loads(Path(run.run_dir, "results.json").read_text())["sparsity"]
-            per_layer = sparsity[criterion]["per_layer_pct"]
+    for ax, (criterion, title) in zip(axes, PER_LAYER_CRITERIA.items()):
+        width = 0.8 / len(shown)
+        for i, (run, sparsity) in enumerate(shown):
+            per_layer = sparsity[criterion]
             ax.bar(np.arange(len(per_layer)) + i * width, list(per_layer.values()), width, label=label(run))
             ax.set_xticks(np.arange(len(per_layer)) + 0.4 - width / 2, list(per_layer))
         ax.set_title(f"Inactive features per layer ({title})")
@@ -140,18 +194,25 @@ def per_layer_sparsity(runs: pd.DataFrame, out: Path):
     return save(fig, out, "per_layer_sparsity")
 
 
+def selectivity_histograms(run_dir: Path) -> tuple[np.ndarray, dict]:
+    """(bin centers, {layer: % of its features per bin}) from results.json."""
+    block = read_json_object(run_dir / RESULTS)["selectivity"]
+    edges = np.array(block["bin_edges"], dtype=float)
+    shares = {}
+    for layer, stats in block["per_layer"].items():
+        counts = np.array(stats["histogram"], dtype=float)
+        shares[layer] = 100 * counts / counts.sum()
+    return (edges[:-1] + edges[1:]) / 2, shares
+
+
 def selectivity(runs: pd.DataFrame, out: Path):
-    runs = shown(runs[runs.sparsity_by_gamma_pct.notna()]).head(3)
-    if runs.empty:
-        return None
-    fig, axes = plt.subplots(1, len(runs), figsize=(6 * len(runs), 4.5), squeeze=False, sharey=True)
-    for ax, (_, run) in zip(axes[0], runs.iterrows()):
-        block = json.loads(Path(run.run_dir, "results.json").read_text())["selectivity"]
-        edges = np.array(block["bin_edges"])
-        centers = (edges[:-1] + edges[1:]) / 2
-        for layer, stats in block["per_layer"].items():
-            counts = np.array(stats["histogram"], dtype=float)
-            ax.plot(centers, 100 * counts / counts.sum(), marker=".", label=layer)
+    shown = readable(sparsest_first(runs), selectivity_histograms, limit=3)
+    if not shown:
+        raise Skipped(f"no completed run has a selectivity block in its {RESULTS}")
+    fig, axes = plt.subplots(1, len(shown), figsize=(6 * len(shown), 4.5), squeeze=False, sharey=True)
+    for ax, (run, (centers, shares)) in zip(axes[0], shown):
+        for layer, share in shares.items():
+            ax.plot(centers, share, marker=".", label=layer)
         ax.set_title(f"Selectivity: {label(run)}", fontsize=9)
         ax.set_xlabel("selectivity (fraction of training images a feature is silent on)")
         ax.legend(fontsize=8, ncol=2)
@@ -159,14 +220,21 @@ def selectivity(runs: pd.DataFrame, out: Path):
     return save(fig, out, "selectivity")
 
 
+def sparsity_per_epoch(run_dir: Path) -> tuple[list, list]:
+    """(epochs, % sparsity by gamma) from metrics.jsonl."""
+    rows = [json.loads(line) for line in (run_dir / METRICS).read_text().splitlines() if line.strip()]
+    if not rows:
+        raise ValueError(f"{run_dir / METRICS} is empty")
+    return [float(r["epoch"]) for r in rows], [float(r["sparsity_gamma_pct"]) for r in rows]
+
+
 def sparsity_over_training(runs: pd.DataFrame, out: Path):
-    runs = shown(runs[[Path(d, "metrics.jsonl").exists() for d in runs.run_dir]])
-    if runs.empty:
-        return None
+    shown = readable(sparsest_first(runs), sparsity_per_epoch)
+    if not shown:
+        raise Skipped(f"no completed run has a readable {METRICS}")
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for _, run in runs.iterrows():
-        rows = [json.loads(line) for line in Path(run.run_dir, "metrics.jsonl").read_text().splitlines()]
-        ax.plot([r["epoch"] for r in rows], [r["sparsity_gamma_pct"] for r in rows], marker=".", label=label(run))
+    for run, (epochs, sparsity) in shown:
+        ax.plot(epochs, sparsity, marker=".", label=label(run))
     ax.set_xlabel("epoch")
     ax.set_ylabel("% conv features inactive (|γ| < 1e-3)")
     ax.set_ylim(-3, 103)
@@ -179,13 +247,11 @@ FIGURES = (fig2, sparsity_vs_coefficient, sparsity_vs_batch_size, per_layer_spar
            sparsity_over_training)
 
 
-def main(paths, out: Path) -> int:
-    runs = load_runs(paths, completed_only=True)
-    if runs.empty:
-        print(f"no completed runs under {' '.join(map(str, paths))}", file=sys.stderr)
-        return 1
+def draw(runs: pd.DataFrame, out: Path) -> None:
+    """Every figure the completed `runs` allow, into `out`; one line per figure: its files, or why it is skipped."""
     out.mkdir(parents=True, exist_ok=True)
     for figure in FIGURES:
-        written = figure(runs, out)
-        print(f"{figure.__name__}: " + (", ".join(p.name for p in written) if written else "not enough runs, skipped"))
-    return 0
+        try:
+            print(f"{figure.__name__}: " + ", ".join(path.name for path in figure(runs, out)))
+        except Skipped as reason:
+            print(f"{figure.__name__}: skipped: {reason}")

@@ -1,56 +1,100 @@
 """Where a sweep stands: one line per run, from the files on disk."""
 from __future__ import annotations
 
-import json
-import time
+import fcntl
+import os
 from pathlib import Path
 
 import pandas as pd
 import yaml
 
-from multirun_analysis.load import RESULTS
+from multirun_analysis.load import HYDRA_OVERRIDES, IDENTITY, RESULTS, find_run_dirs, read_json_object
 
-PLAN, LOG = "sweep_plan.json", "sparsesweep.log"
-RUNNING_IF_TOUCHED_WITHIN_S = 600  # a live run writes a progress line at least every progress_interval_s
+PLAN, LOG, LOCK = "sweep_plan.json", "sparsesweep.log", ".lock"
+LOG_TAIL_BYTES = 4096  # the last line of sparsesweep.log is all we show, whatever the log's length
 
 
-def _job_overrides(run_dir: Path) -> tuple[str, ...] | None:
+def lock_holder(run_dir: Path) -> str | None:
+    """'pid P on HOST' while a live trainer holds the run's .lock, None when none does. The trainer holds an
+    exclusive flock for its whole life and the kernel drops it when the process dies, however it dies, so a
+    lock file left behind is free."""
     try:
-        return tuple(sorted(yaml.safe_load((run_dir / ".hydra" / "overrides.yaml").read_text())))
-    except (OSError, yaml.YAMLError, TypeError):
+        with open(run_dir / LOCK, "rb") as file:
+            try:
+                fcntl.flock(file, fcntl.LOCK_SH | fcntl.LOCK_NB)  # closing the file releases it at once
+            except BlockingIOError:
+                pid, _, host = file.read().decode(errors="replace").strip().partition(" ")
+                return f"pid {pid} on {host}" if pid else "a process that has not written its pid yet"
+            return None
+    except FileNotFoundError:
         return None
 
 
-def _state(run_dir: Path, now: float) -> tuple[str, str]:
-    """(state, detail) of one run directory."""
+def last_line(path: Path) -> str:
+    """The last line of a log, '' when there is none."""
     try:
-        results = json.loads((run_dir / RESULTS).read_text())
-        return results.get("status", "unknown"), results.get("error", "")
-    except FileNotFoundError:
-        pass
+        with open(path, "rb") as file:
+            file.seek(max(0, os.fstat(file.fileno()).st_size - LOG_TAIL_BYTES))
+            lines = file.read().decode(errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    return lines[-1] if lines else ""
+
+
+def run_overrides(run_dir: Path, results: dict | None) -> tuple[str, ...]:
+    """A run's overrides, sorted as the plan's are compared: results.json's, else identity.json's (both
+    outlive a deleted .hydra/), else Hydra's overrides.yaml; else the directory's name."""
+    sources = (lambda: (results or {}).get("overrides"),
+               lambda: (read_json_object(run_dir / IDENTITY) or {}).get("overrides"),
+               lambda: yaml.safe_load((run_dir / HYDRA_OVERRIDES).read_text()))
+    for source in sources:
+        try:
+            overrides = source()
+        except (OSError, ValueError, yaml.YAMLError):
+            continue
+        if isinstance(overrides, list) and all(isinstance(o, str) for o in overrides):
+            return tuple(sorted(overrides))
+    return (run_dir.name,)
+
+
+def describe(run_dir: Path) -> tuple[tuple[str, ...], str, str]:
+    """(overrides, state, detail) of one run directory. Without results.json a run is running while its
+    trainer holds the lock, else interrupted (it resumes from its checkpoint when launched again)."""
+    try:
+        results = read_json_object(run_dir / RESULTS)
     except ValueError:
-        return "corrupt", f"{RESULTS} is not valid JSON"
-    touched = max((p.stat().st_mtime for p in run_dir.iterdir()), default=0.0)
-    if now - touched < RUNNING_IF_TOUCHED_WITHIN_S:
-        return "running", ""
-    lines = (run_dir / LOG).read_text().strip().splitlines() if (run_dir / LOG).exists() else []
-    return "interrupted", lines[-1] if lines else ""
+        return run_overrides(run_dir, None), "corrupt", f"{RESULTS} is not a readable JSON object"
+    if results is not None:
+        state, detail = results.get("status", "unknown"), results.get("error", "")
+    elif holder := lock_holder(run_dir):
+        state, detail = "running", holder
+    else:
+        state, detail = "interrupted", last_line(run_dir / LOG)
+    return run_overrides(run_dir, results), state, detail
 
 
-def sweep_status(sweep_dir: Path, now: float | None = None) -> pd.DataFrame:
-    """One row per planned run (from sweep_plan.json) and per run directory found."""
-    now = time.time() if now is None else now
+def planned_runs(sweep_dir: Path, problems: list[str]) -> list[tuple[str, ...]]:
+    """The runs of sweep_plan.json, overrides sorted; [] without a plan, or with a line in `problems` when
+    it cannot be read."""
+    try:
+        plan = read_json_object(sweep_dir / PLAN)
+        return [tuple(sorted(run)) for run in plan["runs"]] if plan is not None else []
+    except (ValueError, KeyError, TypeError):
+        problems.append(f"{sweep_dir / PLAN} is unreadable: runs planned but not started cannot be listed")
+        return []
+
+
+def sweep_status(sweep_dir: Path, problems: list[str] | None = None) -> pd.DataFrame:
+    """One row per planned run (from sweep_plan.json) and per run directory found. What cannot be read of
+    the sweep itself is described in `problems`, one line each."""
+    problems = [] if problems is None else problems
     found = {}
-    for overrides_file in sorted(sweep_dir.rglob(".hydra/overrides.yaml")):
-        run_dir = overrides_file.parent.parent
-        found[_job_overrides(run_dir) or (run_dir.name,)] = run_dir
-    planned = []
-    if (sweep_dir / PLAN).exists():
-        planned = [tuple(sorted(run)) for run in json.loads((sweep_dir / PLAN).read_text())["runs"]]
+    for run_dir in find_run_dirs([sweep_dir]):
+        overrides, state, detail = describe(run_dir)
+        found[overrides] = (run_dir, state, detail)
     rows = []
-    for key in list(dict.fromkeys(planned + list(found))):
-        run_dir = found.get(key)
-        state, detail = _state(run_dir, now) if run_dir else ("missing", "")
+    for key in dict.fromkeys(planned_runs(sweep_dir, problems) + list(found)):
+        run_dir, state, detail = found.get(key, (None, "missing", ""))
         rows.append({"run": " ".join(key), "state": state, "detail": detail,
                      "dir": str(run_dir.relative_to(sweep_dir)) if run_dir else ""})
     return pd.DataFrame(rows, columns=["run", "state", "detail", "dir"])

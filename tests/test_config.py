@@ -1,5 +1,6 @@
 """Every config option composes (Hydra's compose API), and the design card's sweep runs for real."""
 import pytest
+from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
 from conftest import CONF, cli, read_results
@@ -39,7 +40,7 @@ def test_optimizer_base_learning_rates_are_the_papers(make_config, name, lr):
 
 
 def test_a_coefficient_of_the_wrong_regularizer_is_rejected(make_config):
-    with pytest.raises(Exception, match="l2"):
+    with pytest.raises(ConfigCompositionException, match=r"Could not override 'regularizer\.l2'"):
         make_config(["regularizer=wd", "regularizer.l2=1e-4"])
 
 
