@@ -48,10 +48,11 @@ def benchmark_config(overrides: list[str], warmup: int, steps: int, threads: int
     with open_dict(cfg):
         cfg.device, cfg.threads = "cpu", threads
         cfg.schedule.base_epochs, cfg.schedule.decay_epochs, cfg.schedule.iterations_at_batch_size = 1, 0, None
-        cfg.dataset.train_limit, cfg.dataset.test_limit = images, cfg.eval_batch_size
         cfg.dataset.augment = False  # the baseline's pre-normalized tensors cannot be augmented
         if "train_size" in cfg.dataset:  # a rendered dataset: render just enough
             cfg.dataset.train_size, cfg.dataset.test_size = images, cfg.eval_batch_size
+        else:
+            cfg.dataset.train_limit, cfg.dataset.test_limit = images, cfg.eval_batch_size
     return cfg
 
 

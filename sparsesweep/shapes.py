@@ -67,11 +67,13 @@ _SHAPE_SDFS = {
     "hexagon": lambda u, v: _polygon(u, v, 6, 0.95),
 }
 _SHAPE_KINDS = tuple(_SHAPE_SDFS.values())
+MAX_CLASSES = len(_SHAPE_KINDS)  # one class per shape kind
 # Distractors: every shape kind plus a thin stroke (the last index).
 _DISTRACTOR_KINDS = _SHAPE_KINDS + (lambda u, v: _box(u, v, 0.98, 0.1),)
 _STROKE_SHARE = 1 / 3
 
-_BACKGROUND_CHOICES = ("clean", "cluttered")
+BACKGROUNDS = ("clean", "cluttered")
+MIN_RESOLUTION = 8
 _DISTRACTOR_LAYERS = 8
 _DISTRACTOR_PRESENCE = 0.8
 _DISTRACTOR_MAX_SCALE = 0.4
@@ -173,14 +175,14 @@ def _add_clutter(canvas: Tensor, layers: list[_Primitives], generator: torch.Gen
 
 
 def _validate(n: int, resolution: int, num_classes: int, background: str) -> None:
-    if background not in _BACKGROUND_CHOICES:
-        raise ValueError(f"background must be one of {_BACKGROUND_CHOICES}, got {background!r}")
-    if not 2 <= num_classes <= len(_SHAPE_KINDS):
-        raise ValueError(f"num_classes must be between 2 and {len(_SHAPE_KINDS)}, got {num_classes}")
+    if background not in BACKGROUNDS:
+        raise ValueError(f"background must be one of {BACKGROUNDS}, got {background!r}")
+    if not 2 <= num_classes <= MAX_CLASSES:
+        raise ValueError(f"num_classes must be between 2 and {MAX_CLASSES}, got {num_classes}")
     if n < 1:
         raise ValueError(f"n must be at least 1, got {n}")
-    if resolution < 8:
-        raise ValueError(f"resolution must be at least 8, got {resolution}")
+    if resolution < MIN_RESOLUTION:
+        raise ValueError(f"resolution must be at least {MIN_RESOLUTION}, got {resolution}")
 
 
 def render_shapes(

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-from sparsesweep import interrupts, rundir
+from sparsesweep import interrupts, rundir, validate
 from sparsesweep.data import batches, load_dataset, place
 from sparsesweep.errors import ConfigError
 from sparsesweep.measure import inactive_by_gamma, measure, zeroed_copy
@@ -28,22 +28,6 @@ from sparsesweep.optim import (apply_decoupled_weight_decay, build_lr_scheduler,
                                plan_schedule)
 
 log = logging.getLogger("sparsesweep")
-
-
-def check_config(cfg) -> None:
-    """Bad values fail here, before any data is loaded, with a message that names the fix."""
-    if not isinstance(cfg.batch_size, int) or cfg.batch_size < 1:
-        raise ConfigError(f"batch_size={cfg.batch_size}: must be a positive integer, e.g. batch_size=40")
-    if coefficient(cfg.regularizer) < 0:
-        raise ConfigError(f"regularizer.{cfg.regularizer.name}={coefficient(cfg.regularizer)}: must be >= 0 "
-                          f"(use regularizer=none for no regularization)")
-    if cfg.optimizer.lr <= 0:
-        raise ConfigError(f"optimizer.lr={cfg.optimizer.lr}: must be > 0")
-    if cfg.schedule.base_epochs < 0 or cfg.schedule.decay_epochs < 0 or \
-            cfg.schedule.base_epochs + cfg.schedule.decay_epochs < 1:
-        raise ConfigError("schedule.base_epochs and schedule.decay_epochs must be >= 0 with a positive sum")
-    if not 0 < cfg.model.width_multiplier:
-        raise ConfigError(f"model.width_multiplier={cfg.model.width_multiplier}: must be > 0")
 
 
 def pick_device(name: str) -> torch.device:
@@ -118,7 +102,7 @@ def run(cfg, out_dir: Path, overrides=(), on_open=None) -> dict:
     to this run: one holding another run's state is refused (RunDirConflict), one being trained by another
     process too (RunDirBusy), and one this run already finished is returned as it is. on_open(): called
     once the directory is known to be this run's (the entry point writes Hydra's .hydra/ then)."""
-    check_config(cfg)
+    validate.check_config(cfg)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     run_id = rundir.run_identity(cfg)

@@ -1,9 +1,10 @@
-"""Every config option composes (Hydra's compose API), and the design card's sweep runs for real."""
+"""Every config option composes (Hydra's compose API) and validates, and the design card's sweep runs for real."""
 import pytest
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
 from conftest import CONF, cli, read_results
+from sparsesweep import validate
 
 GROUPS = ["model", "dataset", "optimizer", "regularizer", "schedule", "experiment"]
 OPTIONS = [(group, path.stem) for group in GROUPS for path in sorted((CONF / group).glob("*.yaml"))]
@@ -14,9 +15,11 @@ EXPERIMENT_MODEL = {"table3": "vgg16", "table4": "vgg11", "table5": "resnet50"}
 
 
 @pytest.mark.parametrize("group, option", OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
-def test_every_option_composes_and_resolves(make_config, group, option):
+def test_every_option_composes_resolves_and_validates(make_config, group, option):
     override = f"+experiment={option}" if group == "experiment" else f"{group}={option}"
-    plain = OmegaConf.to_container(make_config([override]), resolve=True)
+    cfg = make_config([override])
+    validate.check_config(cfg)
+    plain = OmegaConf.to_container(cfg, resolve=True)
     if group != "experiment":
         assert plain[group]["name"] == option
     model = option if group == "model" else EXPERIMENT_MODEL.get(option, "basicnet")

@@ -108,21 +108,6 @@ def test_bad_values_raise_config_errors(make_config, tmp_path, override, message
         train.run(make_config(SMOKE + [override]), tmp_path)
 
 
-@pytest.mark.parametrize("args, message", [
-    (["batch_size=0"], "batch_size=0: must be a positive integer"),
-    (["regularizer.l2=-1e-4"], "must be >= 0 (use regularizer=none"),
-    (["dataset=cifar10", "dataset.root=/nonexistent/cifar"], "/nonexistent/cifar"),
-])
-def test_bad_values_give_a_one_line_error_on_the_command_line(tmp_path, args, message):
-    code, output = cli("sparsesweep", *SMOKE, *args, f"hydra.run.dir={tmp_path}", cwd=tmp_path)
-    assert code == 2
-    errors = [line for line in output.splitlines() if "ERROR" in line]
-    assert len(errors) == 1 and message in errors[0], output
-    assert "Traceback" not in output
-    if "cifar" in args[0]:
-        assert "dataset.download=true" in errors[0]
-
-
 def test_a_diverged_and_a_failed_run_do_not_stop_a_sweep(tmp_path):
     code, output = cli("sparsesweep", "-m", *SMOKE, "optimizer=sgd", "optimizer.lr=1e30,0.1", "batch_size=0,40",
                        f"hydra.sweep.dir={tmp_path}", cwd=tmp_path)

@@ -42,7 +42,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from sparsesweep import rundir
 from sparsesweep.errors import ConfigError
-from sparsesweep.train import check_config
+from sparsesweep.validate import check_config
 
 log = logging.getLogger(__name__)
 
