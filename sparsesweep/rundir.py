@@ -38,7 +38,8 @@ SWEEP_PLAN = "sweep_plan.json"  # in a sweep directory: {"runs": [[override, ...
 RESULTS, METRICS, BN_HISTORY, FEATURES, CHECKPOINT, PREVIOUS_CHECKPOINT = (
     "results.json", "metrics.jsonl", "bn_history.npz", "features.npz", "checkpoint.pt", "checkpoint.prev.pt")
 PRUNE, IDENTITY, LOCK = "prune.json", "identity.json", ".lock"
-FINISHED = ("completed", "diverged")  # a run with these results is done: never retrained, never overwritten
+FINISHED = ("completed", "diverged")
+LOCK_ATTEMPTS = 5  # a run with these results is done: never retrained, never overwritten
 
 # Settings that change where or how fast a run goes, not what it computes.
 RUN_IRRELEVANT = ("device", "threads", "progress_interval_s", "checkpoint_interval_min", "eval_batch_size",
@@ -147,11 +148,15 @@ def locked(run_dir: Path):
     """Holds run_dir's lock while the block runs; the kernel releases it when the process dies, however it
     dies. Raises RunDirBusy if another process holds it."""
     with open(run_dir / LOCK, "a+") as file:
-        try:
-            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            file.seek(0)
-            raise RunDirBusy(f"{run_dir} is being trained by {_describe_holder(file.read())}") from None
+        for attempt in range(LOCK_ATTEMPTS):
+            try:
+                fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if attempt == LOCK_ATTEMPTS - 1:
+                    file.seek(0)
+                    raise RunDirBusy(f"{run_dir} is being trained by {_describe_holder(file.read())}") from None
+                time.sleep(0.1)  # `status` or a sweeper may be looking at the lock for an instant
         file.seek(0)
         file.truncate()
         file.write(f"{os.getpid()} {socket.gethostname()}\n")
