@@ -1,0 +1,126 @@
+"""`hydra/launcher=slurm` on a real SLURM (a private single-node cluster, see slurm_cluster.py): the smoke
+sweep as one job array, and a run that hits its time limit again and again, is requeued each time and
+resumes where it was."""
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import ROOT, SMOKE, cli, read_results
+from slurm_cluster import slurm_cluster  # noqa: F401  (the fixture)
+from test_sweeps import comparable
+
+pytestmark = pytest.mark.slurm
+
+# What one node with a couple of CPUs takes: no GPU, one CPU and 1 GB per run.
+ON_THE_NODE = ["hydra/launcher=slurm", "hydra.launcher.gpus_per_node=0", "hydra.launcher.cpus_per_task=1",
+               "hydra.launcher.mem_gb=1"]
+
+# slurmctld checks time limits every 30 s and sends --signal's USR2 up to 30 s before the given time
+# (sbatch(1): "up to 60 seconds earlier"): with a 60 s limit and a 15 s delay it comes at the first check
+# past 15 s, 15-45 s into an attempt (after submitit has set up its handler, before the limit's check); a
+# requeued attempt, started a second or two after a check, gets it at the next one, 26-27 s in.
+TIMED_OUT_EVERY_ATTEMPT = ["hydra.launcher.timeout_min=1", "hydra.launcher.signal_delay_s=15",
+                           "hydra.launcher.max_num_timeout=20"]
+# One epoch of 7,000 steps of the smoke model at batch 8: 45-110 s on one thread here (65-150 steps/s,
+# with the uninterrupted run and whatever else shares the CPUs): longer than an attempt trains (<= 40 s).
+TRAIN_SIZE, BATCH_SIZE = 56_000, 8
+STEPS_PER_EPOCH = TRAIN_SIZE // BATCH_SIZE
+LONG_RUN = [*SMOKE, f"dataset.train_size={TRAIN_SIZE}", f"batch_size={BATCH_SIZE}",
+            "schedule.iterations_at_batch_size=null", "schedule.base_epochs=1", "schedule.decay_epochs=0"]
+
+RUN_STARTS = re.compile(r"\[INFO\] - run [0-9a-f]{16}: ")
+RESUMES = re.compile(r"\[INFO\] - resuming from .*: epoch \d+, step (\d+)$")
+
+
+def sweep_env(cluster) -> dict:
+    # The jobs run `python` afresh on the node: sbatch passes this environment on, PYTHONPATH included.
+    return {**cluster.env, "PYTHONPATH": str(ROOT)}
+
+
+def test_the_card_smoke_sweep_runs_on_a_real_slurm(slurm_cluster, tmp_path):  # noqa: F811
+    sweep = tmp_path / "sweep"
+    done = subprocess.run([sys.executable, "-m", "sparsesweep", "-m", "optimizer=adam,sgd,adamax",
+                           "regularizer.l2=1e-4,1e-5", *SMOKE, *ON_THE_NODE, f"hydra.sweep.dir={sweep}"],
+                          cwd=tmp_path, env=sweep_env(slurm_cluster), capture_output=True, text=True, timeout=300)
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output
+    assert "All 6 jobs ended: completed 6" in output, output
+    runs = sorted((r["status"], r["optimizer"], r["coefficient"]) for r in read_results(sweep).values())
+    grid = [("completed", optimizer, l2) for optimizer in ("adam", "sgd", "adamax") for l2 in (1e-4, 1e-5)]
+    assert runs == sorted(grid)
+    code, status = cli("multirun_analysis", "status", str(sweep), cwd=tmp_path)
+    assert code == 0 and status.splitlines()[-1] == "6 completed", status
+
+
+def attempt_start_steps(log: str) -> list[int]:
+    """The step each attempt of a run started from (0: afresh), from its sparsesweep.log: every attempt
+    logs one "run ..." line, after a "resuming from ..." line when it resumed."""
+    starts, resumed_at = [], 0
+    for line in log.splitlines():
+        if resumed := RESUMES.search(line):
+            resumed_at = int(resumed[1])
+        elif RUN_STARTS.search(line):
+            starts.append(resumed_at)
+            resumed_at = 0
+    return starts
+
+
+def assert_every_attempt_went_further(starts: list[int]):
+    for attempt, (before, now) in enumerate(zip(starts, starts[1:]), start=2):
+        assert now > before, (f"attempt {attempt} started from step {now}, attempt {attempt - 1} from {before}: "
+                              f"the timeout signal did not checkpoint the step it had reached (starts: {starts})")
+
+
+def release_if_held(cluster, job_id: str):
+    """SLURM holds a requeued job about two minutes (BeginTime): start it again at once."""
+    held = cluster.command("squeue", "-h", "-j", job_id, "-t", "PENDING", "-o", "%r", check=False)
+    if held.strip() == "BeginTime":
+        cluster.command("scontrol", "update", f"jobid={job_id}", "StartTime=now", check=False)
+
+
+def test_a_timed_out_slurm_run_is_requeued_and_advances_at_every_attempt(slurm_cluster, tmp_path):  # noqa: F811
+    sweep, uninterrupted_dir = tmp_path / "sweep", tmp_path / "uninterrupted"
+    env = sweep_env(slurm_cluster)
+    launcher_log = tmp_path / "launcher.log"
+    with open(launcher_log, "w") as out:
+        launcher = subprocess.Popen([sys.executable, "-m", "sparsesweep", "-m", *LONG_RUN, *ON_THE_NODE,
+                                     *TIMED_OUT_EVERY_ATTEMPT, f"hydra.sweep.dir={sweep}"],
+                                    cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    # Trained alongside, in its own process so that a failing test stops it at once.
+    uninterrupted = subprocess.Popen([sys.executable, "-m", "sparsesweep", *LONG_RUN,
+                                      f"hydra.run.dir={uninterrupted_dir}"], cwd=tmp_path, env=env,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    job_id = None
+    try:
+        deadline = time.monotonic() + 420
+        while launcher.poll() is None:
+            assert time.monotonic() < deadline, f"still running after 420 s:\n{launcher_log.read_text()}"
+            job_folders = [p.name for p in (sweep / ".submitit").glob("*") if p.name.isdigit()]
+            job_id = job_folders[0] if job_folders else None
+            if job_id:
+                release_if_held(slurm_cluster, job_id)
+            log = next(sweep.glob("*/sparsesweep.log"), None)
+            assert_every_attempt_went_further(attempt_start_steps(log.read_text()) if log else [])  # fail early
+            time.sleep(0.5)
+        output = launcher_log.read_text()
+        assert launcher.returncode == 0 and "All 1 jobs ended: completed 1" in output, output
+        starts = attempt_start_steps(next(sweep.glob("*/sparsesweep.log")).read_text())
+        assert len(starts) >= 2, f"never requeued: attempts started from steps {starts}"
+        assert_every_attempt_went_further(starts)
+        assert any(step % STEPS_PER_EPOCH for step in starts), f"no attempt resumed within an epoch: {starts}"
+        assert uninterrupted.wait(timeout=300) == 0
+        (results,) = read_results(sweep).values()
+        assert comparable(results) == comparable(json.loads((uninterrupted_dir / "results.json").read_text()))
+    finally:
+        for process in (launcher, uninterrupted):
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+        if job_id:
+            slurm_cluster.command("scancel", job_id, check=False)
