@@ -187,15 +187,14 @@ def save_checkpoint(run_dir: Path, state: dict) -> None:
 
 
 def load_checkpoint(run_dir: Path, run_id: str, device) -> tuple[Path, dict] | None:
-    """(file, state) of the latest readable checkpoint of this run (None: none). An unreadable one is moved aside (never
-    deleted) with a log line naming it and the one used instead. A checkpoint of another run is an error:
-    the directory is not this run's."""
+    """(file, state) of the latest readable checkpoint of this run (None: none), for resuming. An unreadable
+    one is moved aside (never deleted) with a log line naming it and the one used instead."""
     for name in (CHECKPOINT, PREVIOUS_CHECKPOINT):
         path = run_dir / name
         if not path.exists():
             continue
         try:
-            state = _read_checkpoint(path, device)
+            return path, read_checkpoint(path, run_id, device)
         except CorruptCheckpoint as error:
             aside = path.with_name(f"{name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
             os.replace(path, aside)
@@ -203,16 +202,21 @@ def load_checkpoint(run_dir: Path, run_id: str, device) -> tuple[Path, dict] | N
             then = (f"resuming from {fallback.name}" if name == CHECKPOINT and fallback.exists()
                     else "starting afresh")
             log.warning("%s is unreadable (%s): moved it to %s; %s", path, error, aside.name, then)
-            continue
-        if state["run_id"] != run_id:
-            raise ConfigError(f"{path} belongs to run {state['run_id']}, not this run ({run_id}): use another "
-                              f"directory (hydra.run.dir=... or hydra.sweep.dir=...)")
-        return path, state
     return None
 
 
-class CorruptCheckpoint(Exception):
+class CorruptCheckpoint(ConfigError):
     pass
+
+
+def read_checkpoint(path: Path, run_id: str, device) -> dict:
+    """The state in `path`, which must be run_id's. Raises CorruptCheckpoint if it cannot be read and
+    ConfigError if it is another run's (the directory is not this run's)."""
+    state = _read_checkpoint(path, device)
+    if state["run_id"] != run_id:
+        raise ConfigError(f"{path} belongs to run {state['run_id']}, not this run ({run_id}): use another "
+                          f"directory (hydra.run.dir=... or hydra.sweep.dir=...)")
+    return state
 
 
 CHECKPOINT_KEYS = {"run_id", "model", "optimizer", "scheduler", "epoch", "step"}

@@ -89,11 +89,16 @@ def load_run(run_dir: Path, device: str | None = None, data_root: str | None = N
     if data_root is not None:
         cfg.dataset.root = data_root
     device = pick_device(device or cfg.device)
-    checkpoint = rundir.load_checkpoint(run_dir, results["run_id"], device)
-    if checkpoint is None:
-        raise ConfigError(f"{run_dir}: no readable {rundir.CHECKPOINT}: the final weights are gone; train it again")
+    path = run_dir / rundir.CHECKPOINT
+    if not path.exists():
+        raise ConfigError(f"{path} is missing: the final weights are gone; train the run again")
+    try:
+        state = rundir.read_checkpoint(path, results["run_id"], device)  # the final weights: no fallback
+    except rundir.CorruptCheckpoint as error:
+        raise ConfigError(f"{path.name} is unreadable ({error}): the final weights are lost; train the run "
+                          f"again") from None
     data, model = build(cfg, device)
-    model.load_state_dict(checkpoint[1]["model"])
+    model.load_state_dict(state["model"])
     return cfg, data, model.eval()
 
 

@@ -293,7 +293,7 @@ def test_cli_prunes_every_completed_run_and_reports_the_bad_ones(finished_run, t
     err = capsys.readouterr().err
     assert (sweep / "good" / "prune.json").exists() and not (sweep / "broken" / "prune.json").exists()
     errors = [line for line in err.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and errors[0].startswith(f"error: {sweep / 'broken'}: UnpicklingError")
+    assert len(errors) == 1 and errors[0].startswith(f"error: {sweep / 'broken'}: checkpoint.pt is unreadable (UnpicklingError")
 
     assert main([str(sweep / "good"), *args]) == 0
     assert main([str(failed), *args]) == 1
