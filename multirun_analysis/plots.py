@@ -52,7 +52,7 @@ def pick_pair(runs: pd.DataFrame) -> list:
     return [row for _, row in runs.head(2).iterrows()]
 
 
-def fig2(runs: pd.DataFrame, out: Path, layer: str = "C6"):
+def fig2(runs: pd.DataFrame, layer: str = "C6"):
     with_history = runs[[Path(d, "bn_history.npz").exists() for d in runs.run_dir]]
     pair = pick_pair(with_history)
     if not pair:
@@ -68,10 +68,10 @@ def fig2(runs: pd.DataFrame, out: Path, layer: str = "C6"):
             ax.set_ylabel(f"BN {kind} (per feature)")
             ax.set_xlabel("epoch")
     fig.suptitle(f"Per-feature BN scale and bias of layer {layer} during training")
-    return save(fig, out, f"fig2_bn_{layer}")
+    return fig
 
 
-def sparsity_vs_coefficient(runs: pd.DataFrame, out: Path):
+def sparsity_vs_coefficient(runs: pd.DataFrame):
     runs = runs[runs.regularizer.isin(["l2", "none"]) & runs.sparsity_by_gamma_pct.notna()]
     if runs.coefficient.nunique() < 2:
         return None
@@ -89,10 +89,10 @@ def sparsity_vs_coefficient(runs: pd.DataFrame, out: Path):
         ax.set_ylim(-3, 103)
         ax.set_title(f"Sparsity vs L2 strength, {dataset}")
         ax.legend(title="optimizer")
-    return save(fig, out, "sparsity_vs_coefficient")
+    return fig
 
 
-def sparsity_vs_batch_size(runs: pd.DataFrame, out: Path):
+def sparsity_vs_batch_size(runs: pd.DataFrame):
     runs = runs[runs.sparsity_by_gamma_pct.notna()]
     if runs.batch_size.nunique() < 2:
         return None
@@ -112,7 +112,7 @@ def sparsity_vs_batch_size(runs: pd.DataFrame, out: Path):
     ax.set_ylim(-3, 103)
     ax.set_title("Sparsity vs batch size (mean ± std over seeds)")
     ax.legend()
-    return save(fig, out, "sparsity_vs_batch_size")
+    return fig
 
 
 def shown(runs: pd.DataFrame) -> pd.DataFrame:
@@ -120,7 +120,7 @@ def shown(runs: pd.DataFrame) -> pd.DataFrame:
     return runs.sort_values("sparsity_by_gamma_pct", ascending=False).head(MAX_RUNS_SHOWN)
 
 
-def per_layer_sparsity(runs: pd.DataFrame, out: Path):
+def per_layer_sparsity(runs: pd.DataFrame):
     runs = shown(runs[runs.sparsity_by_gamma_pct.notna()])
     if runs.empty:
         return None
@@ -137,10 +137,10 @@ def per_layer_sparsity(runs: pd.DataFrame, out: Path):
         ax.set_ylim(0, 100)
     axes[0].set_ylabel("% features inactive")
     axes[1].legend(fontsize=8)
-    return save(fig, out, "per_layer_sparsity")
+    return fig
 
 
-def selectivity(runs: pd.DataFrame, out: Path):
+def selectivity(runs: pd.DataFrame):
     runs = shown(runs[runs.sparsity_by_gamma_pct.notna()]).head(3)
     if runs.empty:
         return None
@@ -156,10 +156,10 @@ def selectivity(runs: pd.DataFrame, out: Path):
         ax.set_xlabel("selectivity (fraction of training images a feature is silent on)")
         ax.legend(fontsize=8, ncol=2)
     axes[0][0].set_ylabel("% of the layer's features")
-    return save(fig, out, "selectivity")
+    return fig
 
 
-def sparsity_over_training(runs: pd.DataFrame, out: Path):
+def sparsity_over_training(runs: pd.DataFrame):
     runs = shown(runs[[Path(d, "metrics.jsonl").exists() for d in runs.run_dir]])
     if runs.empty:
         return None
@@ -172,11 +172,13 @@ def sparsity_over_training(runs: pd.DataFrame, out: Path):
     ax.set_ylim(-3, 103)
     ax.set_title("Sparsity over training")
     ax.legend(fontsize=8)
-    return save(fig, out, "sparsity_over_training")
+    return fig
 
 
-FIGURES = (fig2, sparsity_vs_coefficient, sparsity_vs_batch_size, per_layer_sparsity, selectivity,
-           sparsity_over_training)
+# File name -> drawing function: each returns a Figure, or None when the runs cannot fill it.
+FIGURES = {"fig2_bn_C6": fig2, "sparsity_vs_coefficient": sparsity_vs_coefficient,
+           "sparsity_vs_batch_size": sparsity_vs_batch_size, "per_layer_sparsity": per_layer_sparsity,
+           "selectivity": selectivity, "sparsity_over_training": sparsity_over_training}
 
 
 def main(paths, out: Path) -> int:
@@ -185,7 +187,8 @@ def main(paths, out: Path) -> int:
         print(f"no completed runs under {' '.join(map(str, paths))}", file=sys.stderr)
         return 1
     out.mkdir(parents=True, exist_ok=True)
-    for figure in FIGURES:
-        written = figure(runs, out)
-        print(f"{figure.__name__}: " + (", ".join(p.name for p in written) if written else "not enough runs, skipped"))
+    for name, draw in FIGURES.items():
+        fig = draw(runs)
+        written = save(fig, out, name) if fig else None
+        print(f"{draw.__name__}: " + (", ".join(p.name for p in written) if written else "not enough runs, skipped"))
     return 0
