@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import SMOKE, cli
+from conftest import CONF, SMOKE, cli
 from sparsesweep import rundir, train
 from sparsesweep.errors import ConfigError
 
@@ -43,6 +43,16 @@ def logged_run(tmp_path_factory):
     metrics = [json.loads(line) for line in (run_dir / rundir.METRICS).read_text().splitlines()]
     assert [row["epoch"] for row in metrics] == [1, 2, 3]
     return run_dir, metrics, root / "mlruns"
+
+
+# Each option of conf/logger/ alone, and several at once: the `logger` node holds one key per chosen logger.
+CHOICES = [(f"logger={path.stem}", [] if path.stem == "none" else [path.stem])
+           for path in sorted((CONF / "logger").glob("*.yaml"))] + [("logger=[tensorboard,csv]", ["tensorboard", "csv"])]
+
+
+@pytest.mark.parametrize("choice, keys", CHOICES, ids=[choice for choice, _ in CHOICES])
+def test_every_logger_option_composes_under_its_own_key(make_config, choice, keys):
+    assert list(make_config([choice]).logger) == keys
 
 
 def layer_sparsity(run_dir, layer) -> list[float]:
@@ -136,7 +146,8 @@ def test_wandb_offline_run_records_each_epoch_and_the_config(logged_run):
     assert exit_record.exit_code == 0
 
 
-@pytest.mark.skipif("mlflow" not in OPTIONAL, reason="mlflow is not installed (pip install mlflow): MLflow logger untested")
+@pytest.mark.skipif("mlflow" not in OPTIONAL,
+                    reason="mlflow is not installed (pip install mlflow): MLflow logger untested")
 def test_mlflow_file_store_run_has_the_config_as_params_and_each_epoch(logged_run, monkeypatch):
     from mlflow.tracking import MlflowClient
 

@@ -66,10 +66,11 @@ def page(browser, report):
     assert not errors
 
 
-def css(driver, selector):
+def css(parent, selector):
+    """The elements under the page or an element that match a CSS selector."""
     from selenium.webdriver.common.by import By
 
-    return driver.find_elements(By.CSS_SELECTOR, selector)
+    return parent.find_elements(By.CSS_SELECTOR, selector)
 
 
 def column(driver, header: str) -> list[str]:
@@ -85,7 +86,8 @@ def test_every_section_table_and_figure_is_on_the_page(page, sweep, tmp_path):
     assert [s.get_attribute("id") for s in css(page, "section")] == ["sweeps", "tables", "figures", "runs"]
     counts = {e.get_attribute("data-state"): e.text for e in css(page, "#sweeps .counts .state")}
     assert counts == {"completed": "4 completed", "failed": "1 failed", "diverged": "1 diverged"}
-    assert "device=auto → cpu (5 runs)" in css(page, "#sweeps dl")[0].text
+    # The device setting and the device each run logged (the failed run stopped before logging one).
+    assert re.search(r"device=auto → (cpu|cuda\S*) \(5 runs\)", css(page, "#sweeps dl")[0].text)
 
     shown = {t.get_attribute("data-table"): t for t in css(page, ".paper-table")}
     assert list(shown) == ["table6", "difficulty"]  # the tables these runs fill, in the paper's order
@@ -94,15 +96,15 @@ def test_every_section_table_and_figure_is_on_the_page(page, sweep, tmp_path):
         spec = tables.TABLES[name]
         markdown = render.render(spec, tables.build(spec, completed), "markdown").split("\n")
         expected = [[c.strip().strip("*") for c in line.strip("|").split("|")] for line in markdown if line[:2] == "| "]
-        rows = [[th.text for th in element.find_elements("css selector", "th")]] + \
-            [[td.text for td in tr.find_elements("css selector", "td")] for tr in element.find_elements("css selector", "tbody tr")]
+        rows = [[th.text for th in css(element, "th")]] + [[td.text for td in css(tr, "td")]
+                                                            for tr in css(element, "tbody tr")]
         assert rows == expected  # the cells of `python -m multirun_analysis NAME --format markdown`
     assert "table1" in css(page, "#empty-tables")[0].text
 
     figures = {f.get_attribute("data-figure"): f for f in css(page, "#figures figure")}
     assert list(figures) == FIGURES
     for figure in figures.values():
-        image = figure.find_element("css selector", "img")
+        (image,) = css(figure, "img")
         assert image.get_attribute("src").startswith("data:image/png;base64,")
         assert page.execute_script("return arguments[0].complete && arguments[0].naturalWidth", image) > 100
 
@@ -111,14 +113,14 @@ def test_every_section_table_and_figure_is_on_the_page(page, sweep, tmp_path):
 
 
 def test_failed_and_diverged_runs_are_shown_with_their_reasons(page):
-    problems = {tr.find_element("css selector", ".run").text: tr for tr in css(page, "#sweeps table.problems tbody tr")}
+    problems = {css(tr, ".run")[0].text: tr for tr in css(page, "#sweeps table.problems tbody tr")}
     assert set(problems) == {FAILED, DIVERGED}
     assert problems[FAILED].get_attribute("data-state") == "failed"
-    assert problems[FAILED].find_element("css selector", ".reason").text == \
+    assert css(problems[FAILED], ".reason")[0].text == \
         "batch_size=801 exceeds the 800 training images: lower batch_size"
     assert problems[DIVERGED].get_attribute("data-state") == "diverged"
     assert re.fullmatch(r"training loss not finite in epoch 1 \(by step \d+\): stopped",
-                        problems[DIVERGED].find_element("css selector", ".reason").text)
+                        css(problems[DIVERGED], ".reason")[0].text)
     runs = dict(zip(column(page, "run"), column(page, "status")))
     assert runs[FAILED] == "failed" and runs[DIVERGED] == "diverged" and list(runs.values()).count("completed") == 4
 
