@@ -10,6 +10,9 @@
                                                             --where coefficient=2e-3 batch_size=20
   python -m multirun_analysis runs SWEEP_DIR... --out FILE  every run, every metric (.csv or .parquet)
   python -m multirun_analysis plots SWEEP_DIR... --out DIR  the figures, PNG and PDF
+  python -m multirun_analysis report SWEEP_DIR... --out FILE.html
+                                                            one self-contained page: status, tables,
+                                                            figures, every run (sortable, filterable)
 """
 import argparse
 import dataclasses
@@ -23,7 +26,7 @@ from multirun_analysis import render, tables
 from multirun_analysis.load import load_runs
 from multirun_analysis.status import sweep_status
 
-COMMANDS = ("status", "runs", "plots", *tables.TABLES)
+COMMANDS = ("status", "runs", "plots", "report", *tables.TABLES)
 SUMMARY_COLUMNS = {
     "overrides": "overrides", "status": "status", "test_error": "test err %",
     "sparsity_by_gamma_pct": "sparsity γ<1e-3 %", "sparsity_by_activation_pct": "sparsity act<1e-12 %",
@@ -127,9 +130,9 @@ def main(argv=None) -> int:
         parser.add_argument("--no-paper", dest="show_paper", action="store_false", help="hide the paper's values")
         parser.add_argument("--where", nargs="+", default=[], metavar="KEY=VALUE",
                             help="change the table's run filter (run columns, e.g. coefficient=2e-3)")
-    if command in tables.TABLES or command in ("runs", "plots"):
-        parser.add_argument("--out", type=Path, required=command in ("runs", "plots"),
-                            help="file (runs) or directory (tables: every format; plots)")
+    if command in tables.TABLES or command in ("runs", "plots", "report"):
+        parser.add_argument("--out", type=Path, required=command in ("runs", "plots", "report"),
+                            help="file (runs, report) or directory (tables: every format; plots)")
     args = parser.parse_args(argv[1:] if command != "summary" else argv)
     missing = [p for p in args.paths if not p.is_dir()]
     if missing:
@@ -142,6 +145,10 @@ def main(argv=None) -> int:
         return runs(args.paths, args.out)
     if command == "plots":
         return figures(args.paths, args.out)
+    if command == "report":
+        from multirun_analysis import report
+
+        return report.main(args.paths, args.out)
     if command in tables.TABLES:
         return table(command, args.paths, args.format, args.out, args.show_paper, parse_where(args.where))
     return summary(args.paths)

@@ -93,7 +93,7 @@ def load_bn_history(run_dir: Path, layer: str) -> dict[str, np.ndarray]:
         return {key: archive[key] for key in bn_history_keys(layer)}
 
 
-def fig2(runs: pd.DataFrame, out: Path, layer: str = "C6"):
+def fig2(runs: pd.DataFrame, layer: str = "C6"):
     pair = pick_pair(runs.loc[[has_bn_history(Path(d), layer) for d in runs.run_dir]])
     if not pair:
         raise Skipped(f"no completed run has a {BN_HISTORY} with {layer}'s gamma and beta")
@@ -113,10 +113,10 @@ def fig2(runs: pd.DataFrame, out: Path, layer: str = "C6"):
             ax.set_ylabel(f"BN {kind} (per feature)")
             ax.set_xlabel("epoch")
     fig.suptitle(f"Per-feature BN scale and bias of layer {layer} during training")
-    return save(fig, out, f"fig2_bn_{layer}")
+    return fig
 
 
-def sparsity_vs_coefficient(runs: pd.DataFrame, out: Path):
+def sparsity_vs_coefficient(runs: pd.DataFrame):
     runs = runs[runs.regularizer.isin(["l2", "none"]) & runs.sparsity_by_gamma_pct.notna()]
     if runs.coefficient.nunique() < 2:
         raise Skipped("needs completed L2 runs at two coefficients or more")
@@ -134,10 +134,10 @@ def sparsity_vs_coefficient(runs: pd.DataFrame, out: Path):
         ax.set_ylim(-3, 103)
         ax.set_title(f"Sparsity vs L2 strength, {dataset}")
         ax.legend(title="optimizer")
-    return save(fig, out, "sparsity_vs_coefficient")
+    return fig
 
 
-def sparsity_vs_batch_size(runs: pd.DataFrame, out: Path):
+def sparsity_vs_batch_size(runs: pd.DataFrame):
     runs = runs[runs.sparsity_by_gamma_pct.notna()]
     if runs.batch_size.nunique() < 2:
         raise Skipped("needs completed runs at two batch sizes or more")
@@ -157,7 +157,7 @@ def sparsity_vs_batch_size(runs: pd.DataFrame, out: Path):
     ax.set_ylim(-3, 103)
     ax.set_title("Sparsity vs batch size (mean ± std over seeds)")
     ax.legend()
-    return save(fig, out, "sparsity_vs_batch_size")
+    return fig
 
 
 def sparsest_first(runs: pd.DataFrame) -> pd.DataFrame:
@@ -175,7 +175,7 @@ def per_layer_pct(run_dir: Path) -> dict:
             for criterion in PER_LAYER_CRITERIA}
 
 
-def per_layer_sparsity(runs: pd.DataFrame, out: Path):
+def per_layer_sparsity(runs: pd.DataFrame):
     shown = readable(sparsest_first(runs), per_layer_pct)
     if not shown:
         raise Skipped(f"no completed run has per-layer sparsity in its {RESULTS}")
@@ -191,7 +191,7 @@ def per_layer_sparsity(runs: pd.DataFrame, out: Path):
         ax.set_ylim(0, 100)
     axes[0].set_ylabel("% features inactive")
     axes[1].legend(fontsize=8)
-    return save(fig, out, "per_layer_sparsity")
+    return fig
 
 
 def selectivity_histograms(run_dir: Path) -> tuple[np.ndarray, dict]:
@@ -205,7 +205,7 @@ def selectivity_histograms(run_dir: Path) -> tuple[np.ndarray, dict]:
     return (edges[:-1] + edges[1:]) / 2, shares
 
 
-def selectivity(runs: pd.DataFrame, out: Path):
+def selectivity(runs: pd.DataFrame):
     shown = readable(sparsest_first(runs), selectivity_histograms, limit=3)
     if not shown:
         raise Skipped(f"no completed run has a selectivity block in its {RESULTS}")
@@ -217,7 +217,7 @@ def selectivity(runs: pd.DataFrame, out: Path):
         ax.set_xlabel("selectivity (fraction of training images a feature is silent on)")
         ax.legend(fontsize=8, ncol=2)
     axes[0][0].set_ylabel("% of the layer's features")
-    return save(fig, out, "selectivity")
+    return fig
 
 
 def sparsity_per_epoch(run_dir: Path) -> tuple[list, list]:
@@ -228,7 +228,7 @@ def sparsity_per_epoch(run_dir: Path) -> tuple[list, list]:
     return [float(r["epoch"]) for r in rows], [float(r["sparsity_gamma_pct"]) for r in rows]
 
 
-def sparsity_over_training(runs: pd.DataFrame, out: Path):
+def sparsity_over_training(runs: pd.DataFrame):
     shown = readable(sparsest_first(runs), sparsity_per_epoch)
     if not shown:
         raise Skipped(f"no completed run has a readable {METRICS}")
@@ -240,18 +240,20 @@ def sparsity_over_training(runs: pd.DataFrame, out: Path):
     ax.set_ylim(-3, 103)
     ax.set_title("Sparsity over training")
     ax.legend(fontsize=8)
-    return save(fig, out, "sparsity_over_training")
+    return fig
 
 
-FIGURES = (fig2, sparsity_vs_coefficient, sparsity_vs_batch_size, per_layer_sparsity, selectivity,
-           sparsity_over_training)
+# File name: the function drawing it from the completed runs (a matplotlib Figure, or Skipped saying why).
+FIGURES = {"fig2_bn_C6": fig2, "sparsity_vs_coefficient": sparsity_vs_coefficient,
+           "sparsity_vs_batch_size": sparsity_vs_batch_size, "per_layer_sparsity": per_layer_sparsity,
+           "selectivity": selectivity, "sparsity_over_training": sparsity_over_training}
 
 
 def draw(runs: pd.DataFrame, out: Path) -> None:
     """Every figure the completed `runs` allow, into `out`; one line per figure: its files, or why it is skipped."""
     out.mkdir(parents=True, exist_ok=True)
-    for figure in FIGURES:
+    for name, figure in FIGURES.items():
         try:
-            print(f"{figure.__name__}: " + ", ".join(path.name for path in figure(runs, out)))
+            print(f"{figure.__name__}: " + ", ".join(path.name for path in save(figure(runs), out, name)))
         except Skipped as reason:
             print(f"{figure.__name__}: skipped: {reason}")

@@ -57,19 +57,22 @@ def flat_columns(frame: pd.DataFrame) -> pd.DataFrame:
     return flat.reset_index()
 
 
+def legend(spec: TableSpec, show_paper: bool, marked_as: str) -> str:
+    """What the cells mean; marked_as: how the lowest error per block looks ('bold', '*')."""
+    text = "ours: mean ±std (runs); " + ("paper (ours − paper); " if show_paper else "") + "– no completed run"
+    return text + (f"; {marked_as}: lowest test error per block" if spec.best_within else "")
+
+
 def render(spec: TableSpec, table: pd.DataFrame, fmt: str = "terminal", show_paper: bool = True) -> str:
     if fmt == "csv":
         flat = table.copy()
         flat.columns = ["_".join(p for p in column if p) for column in table.columns]
         return flat.to_csv()
-    legend = ("ours: mean ±std (runs); " if fmt != "latex" else "") + \
-        ("paper (ours − paper); " if show_paper else "") + "– no completed run"
-    best = "; {}: lowest test error per block" if spec.best_within else ""
     if fmt == "markdown":
         body = flat_columns(cells(spec, table, show_paper, lambda s: f"**{s}**"))
         lines = ["| " + " | ".join(map(str, row)) + " |" for row in [list(body.columns), *body.values.tolist()]]
         lines.insert(1, "|" + "---|" * len(body.columns))
-        return f"**{spec.title}**\n\n" + "\n".join(lines) + f"\n\n{legend}{best.format('bold')}\n"
+        return f"**{spec.title}**\n\n" + "\n".join(lines) + f"\n\n{legend(spec, show_paper, 'bold')}\n"
     if fmt == "latex":
         body = flat_columns(cells(spec, table, show_paper, lambda s: f"\\textbf{{{s}}}"))
         rows = [" & ".join(map(str, row)) + r" \\" for row in body.values.tolist()]
@@ -78,4 +81,4 @@ def render(spec: TableSpec, table: pd.DataFrame, fmt: str = "terminal", show_pap
                           header, r"\midrule", *rows, r"\bottomrule", r"\end{tabular}"])
         return text.replace("±", r"$\pm$").replace("Δ", r"$\Delta$").replace("–", "--") + "\n"
     text = cells(spec, table, show_paper, lambda s: f"{s}*").to_string()
-    return f"{spec.title}\n{text}\n{legend}{best.format('*')}\n"
+    return f"{spec.title}\n{text}\n{legend(spec, show_paper, '*')}\n"

@@ -45,7 +45,8 @@ LOCK_ATTEMPTS = 5  # a run with these results is done: never retrained, never ov
 RUN_IRRELEVANT = ("device", "threads", "progress_interval_s", "checkpoint_interval_min", "eval_batch_size",
                   "dataset.root", "dataset.system_root", "dataset.download",
                   "dataset.workers", "dataset.loader", "prune",
-                  "performance.data_on_device", "performance.channels_last", "performance.compile")
+                  "performance.data_on_device", "performance.channels_last", "performance.compile",
+                  "logger")
 
 
 def run_config(cfg) -> dict:

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-from sparsesweep import interrupts, rundir, validate
+from sparsesweep import interrupts, loggers, rundir, validate
 from sparsesweep.data import batches, load_dataset, place
 from sparsesweep.errors import ConfigError
 from sparsesweep.measure import inactive_by_gamma, measure, zeroed_copy
@@ -175,6 +175,7 @@ def train(cfg, out_dir: Path, run_id: str, overrides, stops: interrupts.StopSign
         save_checkpoint(out_dir, run_id, device, model, optimizer, scheduler, step=step, elapsed=elapsed,
                         metrics=metrics, bn_history=bn_history, **progress)
 
+    run_loggers = loggers.RunLoggers(cfg, out_dir, first_epoch=epoch + 1)
     status = "completed"
     model.train()
     stops.deferring = True  # from here a stop signal waits for the next step's end and saves that step
@@ -238,6 +239,7 @@ def train(cfg, out_dir: Path, run_id: str, overrides, stops: interrupts.StopSign
                "time_s": elapsed}
         metrics.append(row)
         bn_history.append(bn_snapshot(model))
+        run_loggers.log_epoch(row, bn_history[-1])
         log.info("epoch %d/%d  lr %.3g  train loss %.4f err %.2f%%  test loss %.4f err %.2f%%  "
                  "sparsity by gamma %.1f%%  (%.0f s)", epoch, plan.epochs, lr, train_loss, train_error,
                  test_loss, test_error, row["sparsity_gamma_pct"], elapsed)
@@ -264,6 +266,7 @@ def train(cfg, out_dir: Path, run_id: str, overrides, stops: interrupts.StopSign
         log.info("test error %.2f%%; with the features inactive by gamma zeroed %.2f%%", results["test_error"],
                  results["zeroed_test_error"])
     rundir.write_atomic(out_dir / rundir.RESULTS, rundir.json_bytes(results))
+    run_loggers.close(results)
     if status == "completed" and cfg.prune.after_training:
         from sparsesweep import prune  # prune imports this module
 

@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 from omegaconf import OmegaConf
 
-from sparsesweep import shapes
+from sparsesweep import loggers, shapes
 from sparsesweep.errors import ConfigError
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -33,9 +33,13 @@ def check_config(cfg) -> None:
     _check_mapping({k: v for k, v in config.items() if k not in groups}, top_defaults, "", "the config")
     for group in groups:
         node = config.get(group)
+        if group in COMBINABLE_GROUPS:
+            _check_combined(group, node or {})
+            continue
         defaults, owner, noun = _option_defaults(group, node)
         _check_mapping(node, defaults, f"{group}.", owner, noun, chosen=(group, node["name"]))
     _check_together(config)
+    loggers.check_installed(cfg)
 
 
 def show(value) -> str:
@@ -230,6 +234,20 @@ def _check_together(config: dict) -> None:
         if len(inside) < len(model["pool_after"]):
             raise ConfigError(f"model.pool_after={show(model['pool_after'])}: must be conv indices from 1 to "
                               f"{convs} (model.widths has {convs}), e.g. model.pool_after={show(inside)}")
+
+
+# Groups whose options are chosen several at once (logger=[tensorboard,csv]): each option's file holds one
+# block under the option's own name, and the group's node is {option: settings}.
+COMBINABLE_GROUPS = ("logger",)
+
+
+def _check_combined(group: str, node: dict) -> None:
+    for option, settings in node.items():
+        if option not in _options(group):
+            raise ConfigError(f"{group}.{option}: not an option in conf/{group}/: choose "
+                              f"{group}={' | '.join(_options(group))} (several: {group}=[a,b])")
+        _check_mapping(settings or {}, _file_defaults(group, option)[option], f"{group}.{option}.",
+                       f"{group}={option}", chosen=(group, option))
 
 
 def _option_defaults(group: str, node) -> tuple[dict, str, str]:
