@@ -51,6 +51,14 @@ def read_json_object(path: Path) -> dict | None:
     return content
 
 
+def read_json_or_empty(path: Path) -> dict:
+    """The JSON object in `path`, {} when it is absent or unreadable (for what only shows, never counts)."""
+    try:
+        return read_json_object(path) or {}
+    except ValueError:
+        return {}
+
+
 def names_another_run(record: dict, results: dict) -> bool:
     """Whether a file of a run directory carries a run_id other than its results.json's: the directory mixes
     two runs. A file or stub without a run_id is taken as the run's own."""

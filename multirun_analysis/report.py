@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import io
-import json
 import os
 import re
 import time
@@ -23,7 +22,7 @@ from jinja2 import Environment, PackageLoader
 from markupsafe import Markup
 
 from multirun_analysis import plots, render, tables
-from multirun_analysis.load import RESULTS, load_runs
+from multirun_analysis.load import IDENTITY, RESULTS, load_runs, read_json_or_empty
 from multirun_analysis.status import LOG, PLAN, sweep_status
 
 # Status order on the page; a state not listed here (a future one) comes after these.
@@ -33,17 +32,8 @@ FINISHED = ("completed", "diverged", "failed")
 RUN_COLUMNS = {"test_error": ("test err %", "{:.2f}"), "sparsity_by_gamma_pct": ("sparsity γ<1e-3 %", "{:.1f}"),
                "sparsity_by_activation_pct": ("sparsity act<1e-12 %", "{:.1f}"),
                "iterations": ("steps", "{:.0f}"), "wall_time_s": ("time s", "{:.1f}")}
-IDENTITY = "identity.json"  # written by the trainer when a run starts: run_id, overrides, config
 # The trainer's start line ends with the device it trains on: "... 75522 parameters, cuda:0".
 DEVICE_LINE = re.compile(r" parameters, (\S+)$", re.MULTILINE)
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        content = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return content if isinstance(content, dict) else {}
 
 
 def _when(seconds: float | None) -> str:
@@ -98,7 +88,7 @@ def sweep_runs(sweep_dir: Path, runs: pd.DataFrame, page_dir: Path) -> list[dict
 
 def device_setting(run_dir: Path):
     """The run's `device` setting, from its results or (a run that failed) the identity it recorded."""
-    config = _read_json(run_dir / RESULTS).get("config") or _read_json(run_dir / IDENTITY).get("config") or {}
+    config = read_json_or_empty(run_dir / RESULTS).get("config") or read_json_or_empty(run_dir / IDENTITY).get("config") or {}
     return config.get("device")
 
 
@@ -117,7 +107,7 @@ def sweep_header(sweep_dir: Path, entries: list[dict]) -> dict:
             run_time["GPU" if (used or "").startswith("cuda") else "CPU"] += wall_time
     results = [entry["dir"] / RESULTS for entry in entries if entry["dir"]]
     launches = [sweep_dir / "multirun.yaml", sweep_dir / PLAN]
-    plan = _read_json(sweep_dir / PLAN)
+    plan = read_json_or_empty(sweep_dir / PLAN)
     return {"path": str(sweep_dir), **what_was_run(sweep_dir),
             "planned": len(plan["runs"]) if isinstance(plan.get("runs"), list) else None,
             "counts": sorted(counts.items(), key=lambda item: (STATES + (item[0],)).index(item[0])),
