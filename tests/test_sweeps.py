@@ -163,3 +163,19 @@ def test_a_job_whose_process_dies_is_reported_and_the_others_finish(tmp_path):
     output = log.read_text()
     assert "All 3 jobs ended: " in output and "failed 1" in output and "completed 2" in output, output
     assert len(read_results(sweep)) == 2
+
+
+def test_a_sweep_with_a_typo_in_one_job_runs_the_others_and_says_why(tmp_path):
+    sweep = tmp_path / "sweep"
+    args = ["-m", *SMOKE, "optimizer=adam,adma", f"hydra.sweep.dir={sweep}"]
+    code, output = cli("sparsesweep", *args, cwd=tmp_path)
+    assert code == 0, output
+    assert "1 new, 0 failed before (rerun), 1 invalid (not launched)" in output, output
+    assert "In 'config': Could not find 'optimizer/adma'" in output
+    code, status = cli("multirun_analysis", "status", str(sweep), cwd=tmp_path)
+    lines = {line.split()[0]: line for line in status.splitlines()[1:-1]}
+    assert set(lines) == {"completed", "failed"} and "Could not find 'optimizer/adma'" in lines["failed"], status
+
+    code, output = cli("sparsesweep", *args, cwd=tmp_path)  # the relaunch neither aborts nor redoes the valid run
+    assert code == 0 and "2 runs: 1 skipped (completed), 0 resumed, 0 new, 0 failed before (rerun), 1 invalid" \
+        in output, output
