@@ -57,6 +57,13 @@ def flat_columns(frame: pd.DataFrame) -> pd.DataFrame:
     return flat.reset_index()
 
 
+def markdown_table(frame: pd.DataFrame) -> str:
+    """A flat frame as a markdown table, its columns as the header (no index)."""
+    lines = ["| " + " | ".join(map(str, row)) + " |" for row in [list(frame.columns), *frame.values.tolist()]]
+    lines.insert(1, "|" + "---|" * len(frame.columns))
+    return "\n".join(lines)
+
+
 def render(spec: TableSpec, table: pd.DataFrame, fmt: str = "terminal", show_paper: bool = True) -> str:
     if fmt == "csv":
         flat = table.copy()
@@ -67,9 +74,7 @@ def render(spec: TableSpec, table: pd.DataFrame, fmt: str = "terminal", show_pap
     best = "; {}: lowest test error per block" if spec.best_within else ""
     if fmt == "markdown":
         body = flat_columns(cells(spec, table, show_paper, lambda s: f"**{s}**"))
-        lines = ["| " + " | ".join(map(str, row)) + " |" for row in [list(body.columns), *body.values.tolist()]]
-        lines.insert(1, "|" + "---|" * len(body.columns))
-        return f"**{spec.title}**\n\n" + "\n".join(lines) + f"\n\n{legend}{best.format('bold')}\n"
+        return f"**{spec.title}**\n\n" + markdown_table(body) + f"\n\n{legend}{best.format('bold')}\n"
     if fmt == "latex":
         body = flat_columns(cells(spec, table, show_paper, lambda s: f"\\textbf{{{s}}}"))
         rows = [" & ".join(map(str, row)) + r" \\" for row in body.values.tolist()]
