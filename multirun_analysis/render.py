@@ -63,6 +63,13 @@ def legend(spec: TableSpec, show_paper: bool, marked_as: str) -> str:
     return text + (f"; {marked_as}: lowest test error per block" if spec.best_within else "")
 
 
+def markdown_table(frame: pd.DataFrame) -> str:
+    """A flat frame as a markdown table, its columns as the header (no index)."""
+    lines = ["| " + " | ".join(map(str, row)) + " |" for row in [list(frame.columns), *frame.values.tolist()]]
+    lines.insert(1, "|" + "---|" * len(frame.columns))
+    return "\n".join(lines)
+
+
 def render(spec: TableSpec, table: pd.DataFrame, fmt: str = "terminal", show_paper: bool = True) -> str:
     if fmt == "csv":
         flat = table.copy()
@@ -70,9 +77,7 @@ def render(spec: TableSpec, table: pd.DataFrame, fmt: str = "terminal", show_pap
         return flat.to_csv()
     if fmt == "markdown":
         body = flat_columns(cells(spec, table, show_paper, lambda s: f"**{s}**"))
-        lines = ["| " + " | ".join(map(str, row)) + " |" for row in [list(body.columns), *body.values.tolist()]]
-        lines.insert(1, "|" + "---|" * len(body.columns))
-        return f"**{spec.title}**\n\n" + "\n".join(lines) + f"\n\n{legend(spec, show_paper, 'bold')}\n"
+        return f"**{spec.title}**\n\n" + markdown_table(body) + f"\n\n{legend(spec, show_paper, 'bold')}\n"
     if fmt == "latex":
         body = flat_columns(cells(spec, table, show_paper, lambda s: f"\\textbf{{{s}}}"))
         rows = [" & ".join(map(str, row)) + r" \\" for row in body.values.tolist()]

@@ -1,7 +1,11 @@
 """Optimizers, the two regularizers and the LR schedule: where the paper's science is decided.
 
 - L2 (coupled): gradient += l2 * theta before the optimizer sees it, so adaptive methods rescale it.
-  This is PyTorch's `weight_decay` argument for every optimizer used here.
+  Added here, in a step pre-hook, for every optimizer alike: bit for bit what PyTorch's `weight_decay` does
+  for SGD, Adam, ... (tested), which PyTorch's argument itself cannot give for AdamW and Adafactor, where it
+  is a decoupled decay.
+- An optimizer's own `weight_decay` (set in its config: AdamW's theta <- theta * (1 - lr_t * weight_decay))
+  is left to PyTorch: it acts whatever the regularizer, except on the exempt group.
 - WD (decoupled): after every optimizer step, theta <- theta * (1 - wd * lr_t / lr_0): the decay follows
   the LR *schedule* (lr_t / lr_0) but not the LR itself, as in the paper's Table 1 WD rows.
 - Schedule: the base LR for `base_epochs`, then x`decay_factor` for `decay_epochs`, counted in optimizer
@@ -34,12 +38,28 @@ def build_optimizer(opt_cfg, reg_cfg, model: nn.Module) -> torch.optim.Optimizer
     exempt = [p for p in model.parameters() if exempt_1d and p.ndim == 1]
     l2 = strength if reg_cfg.name == "l2" else 0.0
     wd = strength if reg_cfg.name == "wd" else 0.0
-    # `decoupled_wd` rides along in the param group (and so in the optimizer's state_dict).
-    groups = [{"params": regularized, "weight_decay": l2, "decoupled_wd": wd},
-              {"params": exempt, "weight_decay": 0.0, "decoupled_wd": 0.0}]
+    # `l2` and `decoupled_wd` ride along in the param groups (and so in the optimizer's state_dict); the
+    # regularized group keeps the optimizer's own weight_decay, the exempt one has none.
+    groups = [{"params": regularized, "l2": l2, "decoupled_wd": wd},
+              {"params": exempt, "l2": 0.0, "decoupled_wd": 0.0, "weight_decay": 0.0}]
     kwargs = OmegaConf.to_container(opt_cfg, resolve=True)
     kwargs.pop("name")
-    return hydra.utils.instantiate(kwargs, [g for g in groups if g["params"]])
+    # Plain lists, not ListConfig, for list arguments (betas, Adafactor's eps): they land in the param groups,
+    # and checkpoints are loaded with weights_only, which refuses omegaconf types.
+    optimizer = hydra.utils.instantiate({**kwargs, "_convert_": "all"}, [g for g in groups if g["params"]])
+    optimizer.register_step_pre_hook(add_coupled_l2)
+    return optimizer
+
+
+@torch.no_grad()
+def add_coupled_l2(optimizer: torch.optim.Optimizer, args, kwargs) -> None:
+    """grad += l2 * theta, in place, just before every optimizer.step(): what torch's coupled weight_decay does,
+    for every optimizer alike (AdamW's and Adafactor's weight_decay is a decoupled decay, not this)."""
+    for group in optimizer.param_groups:
+        # A checkpoint from before this hook has no "l2": its groups carry the L2 as torch's weight_decay.
+        if group.get("l2"):
+            params = [p for p in group["params"] if p.grad is not None]
+            torch._foreach_add_([p.grad for p in params], params, alpha=group["l2"])
 
 
 @torch.no_grad()

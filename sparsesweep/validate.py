@@ -128,12 +128,14 @@ RULES = {
     "dataset.workers": _integer(0), "dataset.loader.workers": _integer(0),
     "dataset.loader.prefetch_factor": _integer(1),
 
-    "optimizer.lr": POSITIVE, "optimizer.eps": POSITIVE, "optimizer.momentum": NONNEGATIVE,
+    "optimizer.lr": POSITIVE, "optimizer.momentum": NONNEGATIVE,
+    "optimizer.eps": Rule(lambda v: all(e is None or (_is_number(e) and e > 0) for e in (v if isinstance(v, list)
+                                                                                          else [v])),
+                          "> 0 (Adafactor: a list of null or > 0)"),
     "optimizer.betas": Rule(lambda v: len(v) == 2 and all(0 <= b < 1 for b in v), "two numbers in [0, 1)"),
     "optimizer.rho": UNIT, "optimizer.alpha": UNIT,
-    # torch.optim takes it from the parameter groups, which the regularizer fills: set here, it would be ignored.
-    "optimizer.weight_decay": Rule(lambda v: False, "unset (the regularizer sets it)",
-                                   fix=": use regularizer=l2 regularizer.l2={value}", replaces_type=True),
+    # An optimizer's own (decoupled) decay, where its file sets one (AdamW, Adafactor); see _check_together.
+    "optimizer.weight_decay": NONNEGATIVE,
 
     "regularizer.l2": COEFFICIENT, "regularizer.wd": COEFFICIENT,
 
@@ -227,6 +229,12 @@ def _check_together(config: dict) -> None:
         raise ConfigError(f"schedule.base_epochs={schedule['base_epochs']} schedule.decay_epochs="
                           f"{schedule['decay_epochs']}: must have a positive sum, e.g. schedule.base_epochs="
                           f"{defaults['base_epochs']} schedule.decay_epochs={defaults['decay_epochs']}")
+    optimizer = config["optimizer"]
+    if "weight_decay" in optimizer and "weight_decay" not in _file_defaults("optimizer", optimizer["name"]):
+        # There torch's weight_decay is coupled L2, which the regularizer already adds: it would count twice.
+        value = show(optimizer["weight_decay"])
+        raise ConfigError(f"optimizer.weight_decay={value}: must be unset (the regularizer sets it): use "
+                          f"regularizer=l2 regularizer.l2={value}")
     model = config["model"]
     if "widths" in model and "pool_after" in model:
         convs = len(model["widths"])

@@ -1,15 +1,21 @@
 """The regularizers and the schedule against closed forms, with the loss gradient held at zero so that
-only the regularizer moves the parameters."""
+only the regularizer moves the parameters; L2 against torch's coupled weight_decay, bit for bit, and
+checkpoints of every optimizer, under random gradients. Every `optimizer` option is covered."""
+import io
 import math
 
+import hydra.utils
 import pytest
 import torch
 from omegaconf import OmegaConf
 from torch import nn
 
+from conftest import CONF
 from sparsesweep.optim import apply_decoupled_weight_decay, build_lr_scheduler, build_optimizer, plan_schedule
 
-OPTIMIZERS = ["sgd", "adam", "adadelta", "adagrad", "amsgrad", "adamax", "rmsprop"]
+OPTIMIZERS = sorted(path.stem for path in (CONF / "optimizer").glob("*.yaml"))
+# Whose own `weight_decay` is a decoupled decay theta *= 1 - lr * weight_decay (for the others it is coupled L2).
+OWN_DECOUPLED_DECAY = ["adamw", "adafactor"]
 
 
 def optimizer_cfg(make_config, name, **changes):
@@ -50,12 +56,15 @@ def constant_schedule(optimizer, total=10_000):
     return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=[total], gamma=0.1)
 
 
+@pytest.mark.parametrize("name", ["adam", "amsgrad", "adamw"])
 @pytest.mark.parametrize("l2", [1e-5, 1e-4, 1e-2])
-def test_adam_l2_moves_by_lr_per_step_whatever_the_coefficient(make_config, l2):
-    # Adam normalizes the L2 gradient l2*theta by its own magnitude: the step is ~lr, sign-like.
+def test_adam_l2_moves_by_lr_per_step_whatever_the_coefficient(make_config, name, l2):
+    # Adam normalizes the L2 gradient l2*theta by its own magnitude: the step is ~lr, sign-like. For AdamW too
+    # (its own decay off): regularizer=l2 goes through the normalization, not into AdamW's decoupled decay.
     lr = 1e-3
     model = scalar_model(0.5)
-    optimizer = build_optimizer(optimizer_cfg(make_config, "adam", lr=lr), regularizer("l2", l2), model)
+    changes = {"lr": lr, "weight_decay": 0.0} if name == "adamw" else {"lr": lr}
+    optimizer = build_optimizer(optimizer_cfg(make_config, name, **changes), regularizer("l2", l2), model)
     trajectory = step_with_zero_loss_gradient(model, optimizer, constant_schedule(optimizer), 20)
     steps = torch.diff(torch.stack([torch.tensor([[0.5]])] + trajectory).flatten())
     assert torch.allclose(steps, torch.full_like(steps, -lr), rtol=0.02)
@@ -65,13 +74,16 @@ def test_adam_l2_moves_by_lr_per_step_whatever_the_coefficient(make_config, l2):
 def test_weight_decay_follows_the_lr_schedule_not_the_lr(make_config, name):
     wd, theta0, steps, decay_step = 1e-2, 2.0, 12, 5
     model = scalar_model(theta0)
-    optimizer = build_optimizer(optimizer_cfg(make_config, name), regularizer("wd", wd), model)
+    cfg = optimizer_cfg(make_config, name)
+    own = cfg.get("weight_decay", 0.0)  # AdamW's own decay acts as well: theta *= 1 - lr_t * own
+    optimizer = build_optimizer(cfg, regularizer("wd", wd), model)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=[decay_step], gamma=0.1)
     trajectory = step_with_zero_loss_gradient(model, optimizer, scheduler, steps)
     # theta_t = theta_0 * prod(1 - wd * lr_t / lr_0): lr_t / lr_0 is 1 before the decay step, 0.1 after.
     expected, theta = [], theta0
     for t in range(steps):
-        theta *= 1 - wd * (1.0 if t < decay_step else 0.1)
+        schedule = 1.0 if t < decay_step else 0.1
+        theta *= (1 - wd * schedule) * (1 - cfg.lr * schedule * own)
         expected.append(theta)
     assert torch.allclose(torch.stack(trajectory).flatten(), torch.tensor(expected), rtol=1e-6)
 
@@ -94,11 +106,127 @@ def test_sgd_l2_goes_through_momentum(make_config):
 
 
 @pytest.mark.parametrize("name", OPTIMIZERS)
-def test_no_regularizer_leaves_parameters_alone(make_config, name):
+def test_no_regularizer_leaves_parameters_alone_but_for_an_optimizers_own_decay(make_config, name):
     model = scalar_model(1.5)
-    optimizer = build_optimizer(optimizer_cfg(make_config, name), regularizer("none"), model)
+    cfg = optimizer_cfg(make_config, name)
+    own = cfg.get("weight_decay", 0.0)
+    optimizer = build_optimizer(cfg, regularizer("none"), model)
     trajectory = step_with_zero_loss_gradient(model, optimizer, constant_schedule(optimizer), 5)
-    assert all(float(t) == 1.5 for t in trajectory)
+    if own:  # AdamW: theta_t = theta_0 (1 - lr weight_decay)^t
+        assert [float(t) for t in trajectory] == pytest.approx([1.5 * (1 - cfg.lr * own) ** t for t in range(1, 6)],
+                                                               rel=1e-6)
+    else:
+        assert all(float(t) == 1.5 for t in trajectory)
+
+
+def torch_optimizer(cfg, model, **changes):
+    """The config's torch optimizer, plainly over the model's parameters, with `changes` to its arguments."""
+    kwargs = OmegaConf.to_container(cfg, resolve=True)
+    kwargs.pop("name")
+    return hydra.utils.instantiate({**kwargs, **changes}, model.parameters())
+
+
+def step_both_with_random_gradients(ours, theirs, models, steps=30):
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(steps):
+        for mine, reference in zip(*(m.parameters() for m in models)):
+            mine.grad = torch.randn(mine.shape, generator=generator)
+            reference.grad = mine.grad.clone()
+        ours.step()
+        theirs.step()
+    return all(torch.equal(a, b) for a, b in zip(*(m.parameters() for m in models)))
+
+
+def twin_linears():
+    model, reference = nn.Linear(4, 3), nn.Linear(4, 3)
+    reference.load_state_dict(model.state_dict())
+    return model, reference
+
+
+@pytest.mark.parametrize("name", [o for o in OPTIMIZERS if o not in OWN_DECOUPLED_DECAY])
+def test_l2_is_torchs_coupled_weight_decay_bit_for_bit(make_config, name):
+    # regularizer=l2 adds l2 * theta to the gradient itself, for every optimizer alike; where torch's own
+    # weight_decay is that coupled L2 the two agree exactly, under a real (random) loss gradient.
+    l2, cfg = 1e-3, optimizer_cfg(make_config, name)
+    model, reference = twin_linears()
+    optimizer = build_optimizer(cfg, regularizer("l2", l2), model)
+    assert step_both_with_random_gradients(optimizer, torch_optimizer(cfg, reference, weight_decay=l2),
+                                           (model, reference))
+
+
+def test_adamw_l2_goes_through_the_normalization_and_its_own_decay_stays_decoupled(make_config):
+    l2 = 1e-3
+    # Its own decay off, AdamW + regularizer=l2 is exactly Adam (same betas) with torch's coupled L2 ...
+    model, reference = twin_linears()
+    optimizer = build_optimizer(optimizer_cfg(make_config, "adamw", weight_decay=0.0), regularizer("l2", l2), model)
+    adam = torch_optimizer(optimizer_cfg(make_config, "adam", betas=[0.9, 0.999]), reference, weight_decay=l2)
+    assert step_both_with_random_gradients(optimizer, adam, (model, reference))
+    # ... and with it (1e-2), torch's AdamW on the loss gradient + l2 * theta: both regularizers act.
+    model, reference = twin_linears()
+    optimizer = build_optimizer(optimizer_cfg(make_config, "adamw"), regularizer("l2", l2), model)
+    adamw = torch_optimizer(optimizer_cfg(make_config, "adamw"), reference)
+
+    @torch.no_grad()
+    def add_l2_to_the_gradient(*_):
+        for p in reference.parameters():
+            p.grad.add_(p, alpha=l2)
+    adamw.register_step_pre_hook(add_l2_to_the_gradient)
+    assert adamw.defaults["weight_decay"] == 1e-2
+    assert step_both_with_random_gradients(optimizer, adamw, (model, reference))
+
+
+@pytest.mark.parametrize("l2", [1e-5, 1e-2])
+def test_adafactor_l2_is_a_normalized_gradient_not_its_own_decay(make_config, l2):
+    # Adafactor's first step is theta -= lr * RMS(theta) * g / sqrt(g^2): with g = l2 * theta that is
+    # theta * (1 - lr), whatever l2. Had L2 gone into Adafactor's own weight_decay it would be theta * (1 - lr * l2).
+    cfg = optimizer_cfg(make_config, "adafactor")
+    model = scalar_model(0.5)
+    optimizer = build_optimizer(cfg, regularizer("l2", l2), model)
+    first = step_with_zero_loss_gradient(model, optimizer, constant_schedule(optimizer), 1)[0]
+    assert float(first) == pytest.approx(0.5 * (1 - cfg.lr), rel=1e-6)
+
+
+def test_an_optimizers_own_decay_spares_the_exempt_group(make_config):
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2))
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    cfg = optimizer_cfg(make_config, "adamw")
+    optimizer = build_optimizer(cfg, regularizer("l2", 0.0, exclude=True), model)
+    step_with_zero_loss_gradient(model[0], optimizer, constant_schedule(optimizer), 1)
+    after = dict(model.named_parameters())
+    assert all(torch.equal(after[n], before[n]) for n in ("0.bias", "1.weight", "1.bias"))
+    assert torch.allclose(after["0.weight"], before["0.weight"] * (1 - cfg.lr * cfg.weight_decay), rtol=1e-6)
+
+
+def reload(optimizer, model, make):
+    """A new optimizer from make(model) with `optimizer`'s state, through torch.save and a weights_only load (as the
+    trainer's checkpoints)."""
+    buffer = io.BytesIO()
+    torch.save(optimizer.state_dict(), buffer)
+    buffer.seek(0)
+    resumed = make(model)
+    resumed.load_state_dict(torch.load(buffer, weights_only=True))
+    return resumed
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_an_optimizer_resumes_from_a_weights_only_checkpoint(make_config, name):
+    cfg = optimizer_cfg(make_config, name)
+    model, reference = twin_linears()
+    make = lambda m: build_optimizer(cfg, regularizer("l2", 1e-3), m)  # noqa: E731
+    optimizer, uninterrupted = make(model), make(reference)
+    assert step_both_with_random_gradients(optimizer, uninterrupted, (model, reference), steps=3)
+    assert step_both_with_random_gradients(reload(optimizer, model, make), uninterrupted, (model, reference))
+
+
+def test_a_checkpoint_from_before_the_l2_hook_resumes_with_the_same_l2(make_config):
+    # Such checkpoints hold the L2 coefficient as torch's (coupled) weight_decay and no "l2" key.
+    cfg, l2 = optimizer_cfg(make_config, "adam"), 1e-3
+    model, reference = twin_linears()
+    make = lambda m: build_optimizer(cfg, regularizer("l2", l2), m)  # noqa: E731
+    optimizer, uninterrupted = make(model), make(reference)
+    for group in optimizer.param_groups:
+        group["weight_decay"] = group.pop("l2")
+    assert step_both_with_random_gradients(reload(optimizer, model, make), uninterrupted, (model, reference))
 
 
 @pytest.mark.parametrize("kind", ["l2", "wd"])
