@@ -15,6 +15,23 @@ def _fmt(value: float, digits: int) -> str:
     return MISSING if value is None or math.isnan(value) else f"{value:.{digits}f}"
 
 
+def mean_std_n(mean: float, std: float, n: int, digits: int) -> str:
+    """A cell as the tables show it: `mean ±std (n)`, the std only from two runs up."""
+    text = _fmt(mean, digits)
+    if n > 1:
+        text += f" ±{_fmt(std, digits)}"
+    if n:
+        text += f" ({n})"
+    return text
+
+
+def pipe_table(frame: pd.DataFrame) -> str:
+    """A frame with one header row as a markdown table."""
+    lines = ["| " + " | ".join(map(str, row)) + " |" for row in [list(frame.columns), *frame.values.tolist()]]
+    lines.insert(1, "|" + "---|" * len(frame.columns))
+    return "\n".join(lines)
+
+
 def _digits(metric: str) -> int:
     return 2 if "loss" in metric or "top" in metric else 1
 
@@ -29,11 +46,7 @@ def cells(spec: TableSpec, table: pd.DataFrame, show_paper: bool, bold) -> pd.Da
         ours = []
         for position, (mean, std, n) in enumerate(zip(table[(group, metric, "mean")], table[(group, metric, "std")],
                                                       table[(group, metric, "n")])):
-            text = _fmt(mean, d)
-            if n > 1:
-                text += f" ±{_fmt(std, d)}"
-            if n:
-                text += f" ({n})"
+            text = mean_std_n(mean, std, n, d)
             if metric == error_metric and position in marks.get(group, ()):
                 text = bold(text)
             ours.append(text)
@@ -70,9 +83,7 @@ def render(spec: TableSpec, table: pd.DataFrame, fmt: str = "terminal", show_pap
         return flat.to_csv()
     if fmt == "markdown":
         body = flat_columns(cells(spec, table, show_paper, lambda s: f"**{s}**"))
-        lines = ["| " + " | ".join(map(str, row)) + " |" for row in [list(body.columns), *body.values.tolist()]]
-        lines.insert(1, "|" + "---|" * len(body.columns))
-        return f"**{spec.title}**\n\n" + "\n".join(lines) + f"\n\n{legend(spec, show_paper, 'bold')}\n"
+        return f"**{spec.title}**\n\n" + pipe_table(body) + f"\n\n{legend(spec, show_paper, 'bold')}\n"
     if fmt == "latex":
         body = flat_columns(cells(spec, table, show_paper, lambda s: f"\\textbf{{{s}}}"))
         rows = [" & ".join(map(str, row)) + r" \\" for row in body.values.tolist()]
