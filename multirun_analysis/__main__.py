@@ -8,6 +8,9 @@
                                                             TABLE: table1 ... table7, difficulty; --where
                                                             replaces the table's run filter, e.g.
                                                             --where coefficient=2e-3 batch_size=20
+  python -m multirun_analysis claims SWEEP_DIR... [--format terminal|markdown|csv]
+                                                            each of the paper's claims the runs speak to:
+                                                            holds / contradicted / inconclusive / no runs
   python -m multirun_analysis runs SWEEP_DIR... --out FILE  every run, every metric (.csv or .parquet)
   python -m multirun_analysis plots SWEEP_DIR... --out DIR  the figures, PNG and PDF
   python -m multirun_analysis report SWEEP_DIR... --out FILE.html
@@ -22,11 +25,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from multirun_analysis import render, tables
+from multirun_analysis import claims, render, tables
 from multirun_analysis.load import load_runs
 from multirun_analysis.status import sweep_status
 
-COMMANDS = ("status", "runs", "plots", "report", *tables.TABLES)
+COMMANDS = ("status", "runs", "plots", "report", "claims", *tables.TABLES)
 SUMMARY_COLUMNS = {
     "overrides": "overrides", "status": "status", "test_error": "test err %",
     "sparsity_by_gamma_pct": "sparsity γ<1e-3 %", "sparsity_by_activation_pct": "sparsity act<1e-12 %",
@@ -94,6 +97,13 @@ def table(name: str, paths, fmt: str, out: Path | None, show_paper: bool, where:
     return 0
 
 
+def check_claims(paths, fmt: str) -> int:
+    skipped = Counter()
+    print(claims.format_verdicts(claims.check(load_runs(paths, skipped, completed_only=True)), fmt))
+    report_skipped(skipped)
+    return 0
+
+
 def runs(paths, out: Path) -> int:
     skipped = Counter()
     frame = load_runs(paths, skipped)
@@ -130,6 +140,8 @@ def main(argv=None) -> int:
         parser.add_argument("--no-paper", dest="show_paper", action="store_false", help="hide the paper's values")
         parser.add_argument("--where", nargs="+", default=[], metavar="KEY=VALUE",
                             help="change the table's run filter (run columns, e.g. coefficient=2e-3)")
+    if command == "claims":
+        parser.add_argument("--format", choices=claims.FORMATS, default="terminal")
     if command in tables.TABLES or command in ("runs", "plots", "report"):
         parser.add_argument("--out", type=Path, required=command in ("runs", "plots", "report"),
                             help="file (runs, report) or directory (tables: every format; plots)")
@@ -145,6 +157,8 @@ def main(argv=None) -> int:
         return runs(args.paths, args.out)
     if command == "plots":
         return figures(args.paths, args.out)
+    if command == "claims":
+        return check_claims(args.paths, args.format)
     if command == "report":
         from multirun_analysis import report
 

@@ -15,6 +15,16 @@ def _fmt(value: float, digits: int) -> str:
     return MISSING if value is None or math.isnan(value) else f"{value:.{digits}f}"
 
 
+def mean_std_n(mean: float, std: float, n: int, digits: int) -> str:
+    """A cell as the tables show it: `mean ±std (n)`, the std only from two runs up."""
+    text = _fmt(mean, digits)
+    if n > 1:
+        text += f" ±{_fmt(std, digits)}"
+    if n:
+        text += f" ({n})"
+    return text
+
+
 def _digits(metric: str) -> int:
     return 2 if "loss" in metric or "top" in metric else 1
 
@@ -29,11 +39,7 @@ def cells(spec: TableSpec, table: pd.DataFrame, show_paper: bool, bold) -> pd.Da
         ours = []
         for position, (mean, std, n) in enumerate(zip(table[(group, metric, "mean")], table[(group, metric, "std")],
                                                       table[(group, metric, "n")])):
-            text = _fmt(mean, d)
-            if n > 1:
-                text += f" ±{_fmt(std, d)}"
-            if n:
-                text += f" ({n})"
+            text = mean_std_n(mean, std, n, d)
             if metric == error_metric and position in marks.get(group, ()):
                 text = bold(text)
             ours.append(text)
