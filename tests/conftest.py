@@ -31,6 +31,16 @@ def cli(module, *args, cwd, timeout=300):
     return done.returncode, done.stdout + done.stderr
 
 
+def wait_for(condition, timeout=180):
+    """Polls `condition` until it holds; fails the test after `timeout` seconds."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
 def read_results(sweep_dir):
     """{job overrides (without +experiment) as one string: results.json} for every run under sweep_dir."""
     import json

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import CONF, ROOT, SMOKE, cli, read_results
+from conftest import CONF, ROOT, SMOKE, cli, read_results, wait_for
 from sparsesweep import interrupts, rundir, train
 
 TIMINGS = {"time_s", "wall_time_s", "measure_time_s"}
@@ -151,12 +151,6 @@ def start(*args, cwd, **kwargs):
     return subprocess.Popen([sys.executable, "-m", "sparsesweep", *args], cwd=cwd, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **kwargs)
 
-
-def wait_for(condition, timeout=120):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
 
 
 def test_a_second_trainer_on_a_locked_directory_does_not_train_it(tmp_path):

@@ -4,12 +4,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 
-from conftest import ROOT, SMOKE, cli, read_results
-from multirun_analysis.status import sweep_status
+from conftest import ROOT, SMOKE, cli, read_results, wait_for
 from sparsesweep import train
 
 TIMINGS = {"time_s", "wall_time_s", "measure_time_s", "overrides"}
@@ -32,12 +30,6 @@ def process_group_alive(pgid: int) -> bool:
         return False
     return True
 
-
-def wait_for(condition, timeout=180):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.1)
 
 
 def test_table1_lists_every_cell_of_the_paper_three_times(tmp_path):
