@@ -70,13 +70,10 @@ def record_failure(out_dir: Path, cfg, overrides, message: str) -> str:
         run_id = rundir.run_identity(cfg)
     except OmegaConfBaseException:  # a value that does not even resolve
         run_id = None
-    if rundir.may_record_failure(out_dir, run_id):
-        try:
-            rundir.write_atomic(out_dir / rundir.RESULTS, rundir.json_bytes(
-                {"schema": rundir.RESULTS_SCHEMA, "status": "failed", "run_id": run_id, "overrides": overrides,
-                 "error": line}))
-        except OSError as error:
-            log.error("could not record the failure either: %s", error)
+    try:
+        rundir.record_failure(out_dir, overrides, line, run_id)
+    except OSError as error:
+        log.error("could not record the failure either: %s", error)
     return f"failed: {line}"
 
 

@@ -97,11 +97,14 @@ def recorded_run(run_dir: Path) -> dict:
                                              if k in ("run_id", "overrides", "config")}
 
 
+def has_checkpoint(run_dir: Path) -> bool:
+    return (run_dir / CHECKPOINT).exists() or (run_dir / PREVIOUS_CHECKPOINT).exists()
+
+
 def holds_run_state(run_dir: Path) -> bool:
     """Whether the directory holds something of a run that must not be lost: finished results or a
     checkpoint (a failed stub or a run that never reached its first checkpoint holds nothing)."""
-    return (read_json(run_dir / RESULTS).get("status") in FINISHED or (run_dir / CHECKPOINT).exists()
-            or (run_dir / PREVIOUS_CHECKPOINT).exists())
+    return read_json(run_dir / RESULTS).get("status") in FINISHED or has_checkpoint(run_dir)
 
 
 def foreign_run(run_dir: Path, run_id: str) -> dict:
@@ -120,6 +123,18 @@ def may_record_failure(run_dir: Path, run_id: str | None) -> bool:
         return False
     recorded = recorded_run(run_dir).get("run_id")
     return not (holds_run_state(run_dir) and (run_id is None or recorded not in (None, run_id)))
+
+
+def record_failure(run_dir: Path, overrides, error: str, run_id: str | None = None) -> bool:
+    """Writes a `failed` results.json (schema, status, overrides, error; run_id when known) where
+    may_record_failure allows; returns whether it did."""
+    if not may_record_failure(run_dir, run_id):
+        return False
+    run_dir.mkdir(parents=True, exist_ok=True)
+    stub = {"schema": RESULTS_SCHEMA, "status": "failed", **({"run_id": run_id} if run_id else {}),
+            "overrides": list(overrides), "error": error}
+    write_atomic(run_dir / RESULTS, json_bytes(stub))
+    return True
 
 
 class RunDirBusy(ConfigError):

@@ -144,7 +144,7 @@ class GridSweeper(BasicSweeper):
             planned.kind, planned.foreign = "conflict", foreign
         elif results.get("status") in rundir.FINISHED and results.get("run_id") == planned.run_id:
             planned.kind = "skipped"
-        elif (job_dir / rundir.CHECKPOINT).exists() or (job_dir / rundir.PREVIOUS_CHECKPOINT).exists():
+        elif rundir.has_checkpoint(job_dir):
             planned.kind = "resumed"
         elif results.get("status") == "failed":
             planned.kind = "failed"
@@ -239,8 +239,5 @@ def move_aside(job_dir: Path, sweep_dir: Path, run_id: str) -> Path:
 
 def record_invalid(run: PlannedRun) -> None:
     """A `failed` results.json with the reason, for `status` (never over results that must be kept)."""
-    if run.job_dir is None or not rundir.may_record_failure(run.job_dir, None):
-        return
-    run.job_dir.mkdir(parents=True, exist_ok=True)
-    rundir.write_atomic(run.job_dir / rundir.RESULTS, rundir.json_bytes(
-        {"schema": rundir.RESULTS_SCHEMA, "status": "failed", "overrides": run.overrides, "error": run.reason}))
+    if run.job_dir is not None:
+        rundir.record_failure(run.job_dir, run.overrides, run.reason)
