@@ -24,7 +24,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 
-from sparsesweep.data import batches, load_dataset  # noqa: E402
+from sparsesweep.batches import FolderFeed  # noqa: E402
+from sparsesweep.datasets import load_dataset  # noqa: E402
 
 
 def write_fake_imagenet(root: Path, images: int, classes: int = 10) -> None:
@@ -46,14 +47,13 @@ def images_per_second(root: Path, workers: int, batch_size: int, count: int, dev
         cfg = compose(config_name="config", overrides=["dataset=imagenet", f"dataset.root={root}",
                                                        f"dataset.loader.workers={workers}"])
     data = load_dataset(cfg.dataset)
-    stream = batches(data, data.train, batch_size, device, shuffle_seed=0, augment=True)
-    next(stream)  # worker start-up is paid once per run (persistent workers), not per epoch
+    feed = FolderFeed(data, batch_size, device)  # the trainer's: random-resized crops and flips, normalized
+    feed.draw(0)
+    feed.next_batch()  # worker start-up is paid once per run (persistent workers), not per epoch
     start = time.perf_counter()
     done = 0
-    for x, _ in stream:
-        done += len(x)
-        if done >= count * batch_size:
-            break
+    while done < count * batch_size:
+        done += len(feed.next_batch()[0])
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return done / (time.perf_counter() - start)

@@ -2,7 +2,7 @@
 
     python benchmarks/overhead.py [--steps N] [--threads T] [--warmup W] [--repeats R] [hydra overrides...]
 
-1. Per training step: `sparsesweep.train.run` vs a minimal hand-written loop on the same model (same
+1. Per training step: `sparsesweep.pack.train` (one run) vs a minimal hand-written loop on the same model (same
    config and seed, so the same init), data, batch size, optimizer and regularizer (target <= 1.03).
 2. The sparsity pass: `sparsesweep.measure.measure` over the training set vs one plain eval-mode
    forward pass over it at the same batch size (target <= 1.3).
@@ -29,8 +29,9 @@ import torch.nn.functional as F  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 from omegaconf import open_dict  # noqa: E402
 
-from sparsesweep import train  # noqa: E402
-from sparsesweep.data import batches, load_dataset  # noqa: E402
+from sparsesweep import pack, run  # noqa: E402
+from sparsesweep.batches import batches  # noqa: E402
+from sparsesweep.datasets import load_dataset  # noqa: E402
 from sparsesweep.measure import measure  # noqa: E402
 from sparsesweep.models import build_model  # noqa: E402
 from sparsesweep.optim import build_optimizer  # noqa: E402
@@ -57,9 +58,9 @@ def benchmark_config(overrides: list[str], warmup: int, steps: int, threads: int
 
 
 def baseline_stepper(cfg, data):
-    """The hand-written loop, one step per call: same model init, optimizer and batch size as train.run,
+    """The hand-written loop, one step per call: same model init, optimizer and batch size as sparsesweep's,
     data pre-normalized and shuffled once, batches sliced."""
-    # As train.run does: the same initial weights, memory format and (if performance.compile) compiled forward.
+    # As sparsesweep does: the same initial weights, memory format and (if performance.compile) compiled forward.
     memory_format = torch.channels_last if cfg.performance.channels_last else torch.contiguous_format
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, data.channels, data.num_classes).to(memory_format=memory_format)
@@ -86,36 +87,26 @@ def baseline_stepper(cfg, data):
 
 
 def paired_step_times(cfg, data, warmup: int, steps: int) -> tuple[list[float], list[float]]:
-    """Seconds of each timed step of the real train.run and of the baseline, one baseline step right after
-    each sparsesweep step. Wrappers on the train module's names find the end of each sparsesweep step:
-    the training batch stream resuming, and for the last step the first evaluate call. Loading,
-    evaluation, checkpoints and the final measurement stay outside the timings."""
-    baseline_step, evaluate = baseline_stepper(cfg, data), train.evaluate
-    ours, base, our_start = [], [], None
+    """Seconds of each timed step of a real sparsesweep run and of the baseline, one baseline step right
+    after each sparsesweep step. A sparsesweep step is timed from the end of the baseline step before it to
+    the end of its Run.train_step, so the pack loop's own work between steps counts; loading, evaluation,
+    checkpoints and the final measurement fall outside (one epoch of exactly warmup + steps steps)."""
+    baseline_step, train_step = baseline_stepper(cfg, data), run.Run.train_step
+    ours, base, our_start, done = [], [], None, 0
 
-    def after_our_step(done: int) -> None:
-        nonlocal our_start
+    def interleaved_train_step(self) -> None:
+        nonlocal our_start, done
+        train_step(self)
         our_end = time.perf_counter()
         baseline_step()
+        done += 1
         if done > warmup:
             ours.append(our_end - our_start)
             base.append(time.perf_counter() - our_end)
         our_start = time.perf_counter()
 
-    def interleaved_batches(*args, **kwargs):
-        for done, batch in enumerate(batches(*args, **kwargs), start=1):
-            yield batch
-            if kwargs.get("shuffle_seed") is not None:  # the training stream, not evaluation's
-                after_our_step(done)
-
-    def evaluate_after_last_step(*args, **kwargs):
-        if len(ours) == steps - 1:  # the first call: the last step, which the loop breaks after, just ended
-            after_our_step(warmup + steps)
-        return evaluate(*args, **kwargs)
-
-    with tempfile.TemporaryDirectory() as out_dir, \
-            mock.patch.multiple(train, batches=interleaved_batches, evaluate=evaluate_after_last_step):
-        train.run(cfg, Path(out_dir))  # a fresh directory each time: no checkpoint to resume from
+    with tempfile.TemporaryDirectory() as out_dir, mock.patch.object(run.Run, "train_step", interleaved_train_step):
+        pack.train(cfg, Path(out_dir))  # a fresh directory each time: no checkpoint to resume from
     return ours, base
 
 

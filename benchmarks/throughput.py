@@ -3,14 +3,13 @@ channel, so that it runs offline; augmented like CIFAR), in optimizer steps per 
 
   (a) a plain PyTorch loop: torchvision transforms per sample (random crop + flip + normalize) and a
       DataLoader, the way most training scripts are written;
-  (b) sparsesweep's default loop (train.run: data on the device when it is a GPU, batched augmentation);
-  (c) the same with torch.compile;
-  (d) K = 1, 2, 4, 8 sparsesweep runs at once (separate processes, as the local launcher packs them):
-      aggregate steps/s;
-and the implied wall time of the paper's Table 1 (174 runs x 406,250 steps) on one GPU and on 8.
+  (b) one sparsesweep run (a pack of one: data on the device, on a GPU its step replayed as a CUDA graph);
+  (c) packs of K = 2, 4, 8, 16 runs in one process (mixed Adam / SGD / AdaMax, their own seeds): aggregate;
+  (d) the old way to share a device: K separate processes, each one eager run (cuda_graph=off): aggregate;
+and the implied wall time of the paper's Table 1 (174 runs x 406,250 steps) on one device and on 8.
 
     python benchmarks/throughput.py                  # GPU if there is one, full width
-    python benchmarks/throughput.py --cpu-small      # CPU, quarter width at 16x16 (a quick check that it runs)
+    python benchmarks/throughput.py --cpu-small      # CPU, quarter width at 16x16 (a quick check that it runs; CI)
 """
 import argparse
 import json
@@ -85,29 +84,37 @@ def synchronize(device):
         torch.cuda.synchronize(device)
 
 
-def sparsesweep_steps_per_s(args, extra=()) -> float:
-    """(b)/(c): two train.run calls on the same data that differ only in their number of steps; the
-    difference in time and steps is the loop's rate, free of set-up, compilation, evaluation, checkpoint
-    and the final measurement, which both calls pay alike."""
-    from sparsesweep import train
+OPTIMIZERS = ("adam", "sgd", "adamax")
+
+
+def sparsesweep_steps_per_s(args, k: int = 1, extra=()) -> float:
+    """(b)/(c): a pack of k runs, trained twice on the same data with different numbers of steps; the
+    difference in time and steps is the loop's aggregate rate, free of set-up, capture, evaluation,
+    checkpoints and the final measurement, which both calls pay alike."""
+    from sparsesweep import pack
 
     images = 40 * (args.warmup + args.steps)
 
     def timed(steps):
-        cfg = config(args, [f"dataset.train_size={images}", "dataset.test_size=40", "schedule.base_epochs=1",
-                            f"schedule.iterations_at_batch_size={images // steps}", *extra])
+        configs = [config(args, [f"dataset.train_size={images}", "dataset.test_size=40", "schedule.base_epochs=1",
+                                 f"schedule.iterations_at_batch_size={images // steps}", f"seed={i}",
+                                 f"optimizer={OPTIMIZERS[i % len(OPTIMIZERS)]}", *extra]) for i in range(k)]
         with tempfile.TemporaryDirectory() as out:
             start = time.perf_counter()
-            done = train.run(cfg, Path(out))["iterations"]
-            return time.perf_counter() - start, done
+            outcomes = pack.train_runs([pack.RunSpec(cfg, Path(out) / str(i)) for i, cfg in enumerate(configs)])
+            elapsed = time.perf_counter() - start
+        errors = [error for _, error in outcomes if error is not None]
+        if errors:
+            raise errors[0]
+        return elapsed, sum(results["iterations"] for results, _ in outcomes)
 
-    timed(args.warmup)  # first call: one-time costs (lazy imports, kernel selection, compilation caches)
+    timed(args.warmup)  # first call: one-time costs (lazy imports, kernel selection)
     (short_time, short_steps), (long_time, long_steps) = timed(args.warmup), timed(args.warmup + args.steps)
     return (long_steps - short_steps) / (long_time - short_time)
 
 
-def packed_steps_per_s(args, k: int) -> float:
-    """(d): k processes each running (b) at once; the aggregate of their rates."""
+def processes_steps_per_s(args, k: int) -> float:
+    """(d): k processes each running one eager run at once; the aggregate of their rates."""
     command = [sys.executable, __file__, "--single", "--device", args.device, "--width", str(args.width),
                "--resolution", str(args.resolution), "--steps", str(args.steps), "--warmup", str(args.warmup)]
     env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // k))}
@@ -124,30 +131,34 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=500)
     parser.add_argument("--warmup", type=int, default=50)
     parser.add_argument("--workers", type=int, default=4, help="DataLoader workers of the plain loop")
-    parser.add_argument("--packed", default="1,2,4,8")
+    parser.add_argument("--packs", default="2,4,8,16", help="(c): pack sizes")
+    parser.add_argument("--processes", default="8", help="(d): process counts")
     parser.add_argument("--single", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.cpu_small:
-        args.device, args.width, args.resolution, args.steps, args.warmup, args.workers = "cpu", 0.25, 16, 60, 10, 0
-        args.packed = "1,2"
+        args.device, args.width, args.resolution, args.steps, args.warmup, args.workers = "cpu", 0.25, 16, 40, 10, 0
+        args.packs, args.processes = "2,4", "2"
     if args.single:
-        print(json.dumps({"steps_per_s": sparsesweep_steps_per_s(args)}))
+        print(json.dumps({"steps_per_s": sparsesweep_steps_per_s(args, 1, ["performance.cuda_graph=off"])}))
         return
     name = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU ({os.cpu_count()} cores)"
-    print(f"BasicNet width x{args.width}, {args.resolution}x{args.resolution}, batch 40, on {name}")
+    print(f"BasicNet width x{args.width}, {args.resolution}x{args.resolution}, batch 40, on {name}, torch "
+          f"{torch.__version__}")
     plain = plain_dataloader_steps_per_s(args)
-    default = sparsesweep_steps_per_s(args)
-    compiled = sparsesweep_steps_per_s(args, ["performance.compile=true"])
-    print(f"(a) plain DataLoader loop     {plain:8.1f} steps/s")
-    print(f"(b) sparsesweep default       {default:8.1f} steps/s   {default / plain:5.2f}x (a)")
-    print(f"(c) sparsesweep + compile     {compiled:8.1f} steps/s   {compiled / plain:5.2f}x (a)")
-    best = {}
-    for k in map(int, args.packed.split(",")):
-        best[k] = packed_steps_per_s(args, k)
-        print(f"(d) {k} runs at once, total    {best[k]:8.1f} steps/s   {best[k] / best[1]:5.2f}x one run")
-    rate = max(best.values())
-    print(f"Table 1 ({TABLE1_STEPS:,} steps) at {rate:.0f} steps/s: {TABLE1_STEPS / rate / 3600:.1f} h on one "
-          f"device, {TABLE1_STEPS / rate / 3600 / 8:.1f} h on 8")
+    one = sparsesweep_steps_per_s(args)
+    print(f"(a) plain DataLoader loop       {plain:8.1f} steps/s")
+    print(f"(b) one run (pack of 1)         {one:8.1f} steps/s   {one / plain:5.2f}x (a)")
+    rates = {1: one}
+    for k in map(int, args.packs.split(",")):
+        rates[k] = sparsesweep_steps_per_s(args, k)
+        print(f"(c) pack of {k:2d}, aggregate      {rates[k]:8.1f} steps/s   {rates[k] / one:5.2f}x (b)")
+    for k in map(int, args.processes.split(",")):
+        rate = processes_steps_per_s(args, k)
+        print(f"(d) {k:2d} processes, aggregate    {rate:8.1f} steps/s   {rate / one:5.2f}x (b)")
+    best_k = max(rates, key=rates.get)
+    rate = rates[best_k]
+    print(f"Table 1 ({TABLE1_STEPS:,} steps) in packs of {best_k} at {rate:.0f} steps/s: "
+          f"{TABLE1_STEPS / rate / 3600:.1f} h on one device, {TABLE1_STEPS / rate / 3600 / 8:.1f} h on 8")
 
 
 if __name__ == "__main__":

@@ -74,6 +74,7 @@ RUN_IRRELEVANT = ("device", "threads", "progress_interval_s", "checkpoint_interv
                   "dataset.root", "dataset.system_root", "dataset.download",
                   "dataset.workers", "dataset.loader", "prune",
                   "performance.data_on_device", "performance.channels_last", "performance.compile",
+                  "performance.cuda_graph",
                   "logger")
 # The seed is what a cell pools; the coefficient is the run's `coefficient`, whichever regularizer.
 NOT_SETTINGS = ("seed", "regularizer.l2", "regularizer.wd")

@@ -9,10 +9,18 @@ Selectivity of a feature: the fraction of training images whose max |activation|
 """
 from __future__ import annotations
 
+import contextlib
 import copy
+import logging
+import time
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+from sparsesweep.batches import batches
+
+log = logging.getLogger(__name__)
 
 
 def inactive_by_gamma(model, threshold: float) -> dict[str, torch.Tensor]:
@@ -118,3 +126,58 @@ def zeroed_copy(model, inactive: dict[str, torch.Tensor]):
         feature.bn.weight[mask] = 0.0
         feature.bn.bias[mask] = 0.0
     return zeroed
+
+
+@torch.no_grad()
+def evaluate(model, data, split, batch_size: int, device) -> tuple[float, float, float]:
+    """(mean cross-entropy, top-1 error %, top-5 error %) in eval mode. With fewer than 5 classes the
+    top-5 error is 0."""
+    was_training = model.training
+    model.eval()
+    loss_sum = torch.zeros((), device=device)
+    wrong = torch.zeros(2, device=device, dtype=torch.long)
+    for x, y in batches(data, split, batch_size, device):
+        logits = model(x)
+        loss_sum += F.cross_entropy(logits, y, reduction="sum")
+        top5 = logits.topk(min(5, logits.shape[1]), dim=1).indices
+        wrong[0] += (top5[:, 0] != y).sum()
+        wrong[1] += (top5 != y[:, None]).all(1).sum()
+    model.train(was_training)
+    top1, top5 = (100.0 * wrong / len(split)).tolist()
+    return loss_sum.item() / len(split), top1, top5
+
+
+def gamma_sparsity_pct(model, threshold: float) -> float:
+    inactive = inactive_by_gamma(model, threshold)
+    return 100.0 * sum(int(m.sum()) for m in inactive.values()) / sum(m.numel() for m in inactive.values())
+
+
+def bn_snapshot(model) -> dict[str, torch.Tensor]:
+    return {f"{b.name}_{kind}": getattr(b.bn, attr).detach().cpu().clone()
+            for b in model.features for kind, attr in (("gamma", "weight"), ("beta", "bias"))}
+
+
+@contextlib.contextmanager
+def full_fp32():
+    """The sparsity criteria (activations < 1e-12, |gamma| < 1e-3) are measured in full fp32: no TF32."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def final_measurements(model, data, cfg, device) -> tuple[dict, dict]:
+    """The end-of-run pass over the whole training set in full fp32 (sparsity, selectivity) and the zeroing
+    check: the test error with the features inactive by gamma set to exactly 0. Returns the results.json
+    fields and features.npz's arrays."""
+    start = time.monotonic()
+    with full_fp32():
+        measured, per_feature = measure(model, batches(data, data.train, cfg.eval_batch_size, device), cfg.measure)
+        zeroed = zeroed_copy(model, inactive_by_gamma(model, cfg.measure.gamma_threshold))
+        _, measured["zeroed_test_error"], measured["zeroed_test_top5_error"] = evaluate(
+            zeroed, data, data.test, cfg.eval_batch_size, device)
+    measured["measure_time_s"] = time.monotonic() - start
+    arrays = {f"{layer}_{key}": value.numpy() for layer, values in per_feature.items() for key, value in values.items()}
+    return measured, arrays

@@ -13,6 +13,7 @@
 """
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass
 
@@ -29,9 +30,10 @@ def coefficient(reg_cfg) -> float:
     return float(reg_cfg.get(reg_cfg.name, 0.0)) if reg_cfg.name != "none" else 0.0
 
 
-def build_optimizer(opt_cfg, reg_cfg, model: nn.Module) -> torch.optim.Optimizer:
+def build_optimizer(opt_cfg, reg_cfg, model: nn.Module, capturable: bool = False) -> torch.optim.Optimizer:
     """The optimizer named by opt_cfg (its `_target_` and hyperparameters) over two parameter groups:
-    regularized, and exempt (BN gamma/beta and biases, only with regularizer.exclude_bn_and_bias)."""
+    regularized, and exempt (BN gamma/beta and biases, only with regularizer.exclude_bn_and_bias).
+    capturable: its step may be captured in a CUDA graph (the Adam family's `capturable`, where it has one)."""
     strength = coefficient(reg_cfg)
     exempt_1d = reg_cfg.get("exclude_bn_and_bias", False)
     regularized = [p for p in model.parameters() if not (exempt_1d and p.ndim == 1)]
@@ -46,7 +48,11 @@ def build_optimizer(opt_cfg, reg_cfg, model: nn.Module) -> torch.optim.Optimizer
     kwargs.pop("name")
     # Plain lists, not ListConfig, for list arguments (betas, Adafactor's eps): they land in the param groups,
     # and checkpoints are loaded with weights_only, which refuses omegaconf types.
+    if capturable and "capturable" in inspect.signature(hydra.utils.get_class(kwargs["_target_"])).parameters:
+        kwargs["capturable"] = True
     optimizer = hydra.utils.instantiate({**kwargs, "_convert_": "all"}, [g for g in groups if g["params"]])
+    for group in optimizer.param_groups:
+        group["initial_lr"] = group["lr"]
     optimizer.register_step_pre_hook(add_coupled_l2)
     return optimizer
 
@@ -62,12 +68,22 @@ def add_coupled_l2(optimizer: torch.optim.Optimizer, args, kwargs) -> None:
             torch._foreach_add_([p.grad for p in params], params, alpha=group["l2"])
 
 
-@torch.no_grad()
-def apply_decoupled_weight_decay(optimizer: torch.optim.Optimizer) -> None:
-    """Call right after optimizer.step(), before the LR scheduler steps: uses that step's lr."""
-    for group in optimizer.param_groups:
-        if group["decoupled_wd"]:
-            factor = 1.0 - group["decoupled_wd"] * group["lr"] / group["initial_lr"]
+class DecoupledDecay:
+    """WD: theta <- theta * (1 - wd * lr_t / lr_0) right after every optimizer step. The factor is a device
+    tensor, set whenever the LR changes (set_lr), so the step itself reads nothing from the host."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, device: torch.device):
+        self.groups = [g for g in optimizer.param_groups if g["decoupled_wd"]]
+        self.factors = [torch.ones((), device=device) for _ in self.groups]
+        self.update()
+
+    def update(self) -> None:
+        for group, factor in zip(self.groups, self.factors):
+            factor.fill_(1.0 - group["decoupled_wd"] * group["lr"] / group["initial_lr"])
+
+    @torch.no_grad()
+    def apply(self) -> None:
+        for group, factor in zip(self.groups, self.factors):
             torch._foreach_mul_(group["params"], factor)
 
 
@@ -97,7 +113,13 @@ def plan_schedule(sched_cfg, train_size: int, batch_size: int) -> Plan:
                 sched_cfg.base_epochs * reference_steps)
 
 
-def build_lr_scheduler(optimizer, plan: Plan, sched_cfg):
-    """Stepped once per optimizer step."""
-    return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=[plan.decay_step],
-                                                gamma=sched_cfg.decay_factor)
+def set_lr(optimizer: torch.optim.Optimizer, plan: Plan, sched_cfg, step: int) -> bool:
+    """Sets every group's LR for the optimizer step that follows `step` steps (the step schedule: the
+    initial LR, x decay_factor from plan.decay_step on); True when that changed it."""
+    factor = sched_cfg.decay_factor if step >= plan.decay_step else 1.0
+    changed = False
+    for group in optimizer.param_groups:
+        lr = group["initial_lr"] * factor
+        changed |= lr != group["lr"]
+        group["lr"] = lr
+    return changed

@@ -53,7 +53,9 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 from torch.utils.flop_counter import FlopCounterMode
 
-from sparsesweep import rundir, train
+from sparsesweep import rundir
+from sparsesweep.assemble import load_run, pick_device
+from sparsesweep.measure import evaluate, full_fp32
 from sparsesweep.errors import ConfigError
 
 PRUNE_SCHEMA = 1
@@ -236,7 +238,7 @@ def prune_run(run_dir: Path, threshold: float = DEFAULT_THRESHOLD, *, device: st
     """Prunes a finished run's final model (reloaded from run_dir) with prune_trained; returns the prune.json
     content. device: as the trainer's `device` setting; None uses the run's own. data_root: where the run's
     dataset is, if not at its recorded dataset.root."""
-    cfg, data, model = train.load_run(Path(run_dir), device, data_root)
+    cfg, data, model = load_run(Path(run_dir), device, data_root)
     return prune_trained(Path(run_dir), cfg, data, model, threshold, batch_size=batch_size, repeats=repeats,
                          save_model=save_model)
 
@@ -252,9 +254,9 @@ def prune_trained(run_dir: Path, cfg, data, model: nn.Module, threshold: float =
     device = next(model.parameters()).device
     input_shape = (data.channels, data.resolution, data.resolution)
     pruned, report = prune_model(model, torch.zeros(1, *input_shape, device=device), threshold)
-    with train.full_fp32():
-        _, error_before, top5_before = train.evaluate(model, data, data.test, cfg, device)
-        _, error_after, top5_after = train.evaluate(pruned, data, data.test, cfg, device)
+    with full_fp32():
+        _, error_before, top5_before = evaluate(model, data, data.test, cfg.eval_batch_size, device)
+        _, error_after, top5_after = evaluate(pruned, data, data.test, cfg.eval_batch_size, device)
         measured = compare(model, pruned, input_shape, batch_size=batch_size, repeats=repeats)
     result = {"schema": PRUNE_SCHEMA, "run_id": rundir.run_identity(cfg), "threshold": threshold,
               "features": report.features(), **measured,
@@ -330,7 +332,7 @@ def main(argv=None) -> int:
         if not path.is_dir():
             parser.error(f"{path}: no such directory")
     try:
-        train.pick_device(args.device)
+        pick_device(args.device)
     except ConfigError:
         parser.error(f"--device {args.device}: PyTorch sees no CUDA GPU: use --device cpu or auto")
     except RuntimeError as error:

@@ -8,7 +8,7 @@ Files (all written atomically with the user's umask: a temp file in the same dir
   metrics.jsonl    one JSON object per epoch
   bn_history.npz   BN gamma/beta of every feature at every epoch: arrays `C1_gamma` (epochs+1, C), ...
   features.npz     final per-feature arrays: `C1_max_activation`, `C1_selectivity`, `C1_gamma`, `C1_beta`
-  checkpoint.pt    model/optimizer/scheduler state at the last epoch end, periodic save or stop signal;
+  checkpoint.pt    model/optimizer state and progress at the last epoch end, periodic save or stop signal;
   checkpoint.prev.pt  the one before it, the fallback when the latest is unreadable
   prune.json       after pruning (sparsesweep.prune): features, params, FLOPs, latency, errors before/after
 """
@@ -46,6 +46,7 @@ RUN_IRRELEVANT = ("device", "threads", "progress_interval_s", "checkpoint_interv
                   "dataset.root", "dataset.system_root", "dataset.download",
                   "dataset.workers", "dataset.loader", "prune",
                   "performance.data_on_device", "performance.channels_last", "performance.compile",
+                  "performance.cuda_graph",
                   "logger")
 
 
@@ -235,7 +236,7 @@ def read_checkpoint(path: Path, run_id: str, device) -> dict:
     return state
 
 
-CHECKPOINT_KEYS = {"run_id", "model", "optimizer", "scheduler", "epoch", "step"}
+CHECKPOINT_KEYS = {"run_id", "model", "optimizer", "epoch", "step"}
 
 
 def _read_checkpoint(path: Path, device) -> dict:

@@ -7,7 +7,7 @@ The paper explains why L2 and WD differ under adaptive optimizers this way: a we
 gradient (the weights of a selective feature) is shrunk by coupled L2 much faster under Adam than by WD, or by
 L2 under SGD, even at a smaller coefficient. Here every setting (optimizer x regularizer x coefficient) is a set
 of `parameters` weights starting at |theta| = 1, trained by the optimizer and regularizer exactly as the trainer
-builds them (the `optimizer` config group's options, optim.build_optimizer, optim.apply_decoupled_weight_decay)
+builds them (the `optimizer` config group's options, optim.build_optimizer, optim.DecoupledDecay)
 at a constant LR. The loss gradient is pure noise, the same draws for every setting: with probability p per step
 and weight +-magnitude (random sign), else 0. It favours no value of theta, so what shrinks theta is the
 regularizer as the optimizer passes it on; the noise only feeds the optimizer's gradient statistics (and jitters
@@ -37,7 +37,7 @@ from torch import nn  # noqa: E402
 
 from multirun_analysis.plots import save  # noqa: E402
 from multirun_analysis.render import markdown_table  # noqa: E402
-from sparsesweep.optim import apply_decoupled_weight_decay, build_optimizer  # noqa: E402
+from sparsesweep.optim import DecoupledDecay, build_optimizer  # noqa: E402
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 THRESHOLD = 1e-3  # the paper's gamma criterion: a weight below it counts as dead
@@ -99,11 +99,9 @@ def simulate(optimizer_configs: dict, coefficients, p: float, magnitude: float, 
                 weight = nn.Parameter(torch.ones(parameters))
                 reg_cfg = OmegaConf.create({"name": kind, kind: coefficient, "exclude_bn_and_bias": False})
                 optimizer = build_optimizer(opt_cfg, reg_cfg, nn.ParameterList([weight]))
-                # A constant LR: lr_t / lr_0 = 1 in WD's factor; the scheduler records initial_lr, which WD reads.
-                torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
                 settings.append(Setting(name, kind, coefficient))
                 weights.append(weight)
-                optimizers.append(optimizer)
+                optimizers.append((optimizer, DecoupledDecay(optimizer, weight.device)))  # a constant LR: lr_t/lr_0 = 1
     generator = torch.Generator().manual_seed(seed)
     curves = torch.empty(len(settings), steps + 1)
     curves[:, 0] = 1.0
@@ -113,10 +111,10 @@ def simulate(optimizer_configs: dict, coefficients, p: float, magnitude: float, 
         noise = torch.where(fires, magnitude * signs, 0.0)
         # One copy per setting: the L2 pre-hook adds l2 * theta to each .grad in place.
         grads = noise.expand(len(settings), parameters).clone()
-        for weight, optimizer, grad in zip(weights, optimizers, grads):
+        for weight, (optimizer, decay), grad in zip(weights, optimizers, grads):
             weight.grad = grad
             optimizer.step()
-            apply_decoupled_weight_decay(optimizer)
+            decay.apply()
         curves[:, step] = torch.stack([w.detach() for w in weights]).abs().median(dim=1).values
     lrs = {name: float(cfg.lr) for name, cfg in optimizer_configs.items()}
     return Result(settings, curves, p, magnitude, parameters, lrs)

@@ -10,13 +10,16 @@ CONF = ROOT / "conf"
 SMOKE = ["+experiment=smoke"]
 
 
+def compose_config(overrides=()):
+    """The composed, unresolved config, as `python -m sparsesweep OVERRIDES` would see it."""
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides))
+
+
 @pytest.fixture
 def make_config():
-    """make_config(overrides) -> the composed, unresolved config, as `python -m sparsesweep` would see it."""
-    def make(overrides=()):
-        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-            return compose(config_name="config", overrides=list(overrides))
-    return make
+    """make_config(overrides) -> compose_config(overrides)."""
+    return compose_config
 
 
 def cli(module, *args, cwd, timeout=300):
@@ -29,6 +32,40 @@ def cli(module, *args, cwd, timeout=300):
     done = subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True, text=True,
                           timeout=timeout)
     return done.returncode, done.stdout + done.stderr
+
+
+TIMINGS = {"time_s", "wall_time_s", "measure_time_s", "elapsed"}  # what may differ between equal trainings
+
+
+def without_timings(value):
+    if isinstance(value, dict):
+        return {k: without_timings(v) for k, v in value.items() if k not in TIMINGS}
+    if isinstance(value, list):
+        return [without_timings(v) for v in value]
+    return value
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    """metrics.jsonl without timings."""
+    import json
+
+    return [without_timings(json.loads(line)) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def run_state(run_dir: Path) -> dict:
+    """What two trainings of the same run must agree on bit for bit: results.json and metrics.jsonl without
+    timings, every array of bn_history.npz and of features.npz (those a run has)."""
+    import json
+
+    import numpy as np
+
+    state = {"results": without_timings(json.loads((run_dir / "results.json").read_text())),
+             "metrics": read_metrics(run_dir) if (run_dir / "metrics.jsonl").exists() else []}
+    for name in ("bn_history.npz", "features.npz"):
+        if (run_dir / name).exists():
+            arrays = np.load(run_dir / name)
+            state[name] = {k: arrays[k].tobytes() for k in arrays.files}
+    return state
 
 
 def wait_for(condition, timeout=180):

@@ -18,6 +18,7 @@ from multirun_analysis.load import load_runs
 
 HOLDS, CONTRADICTED, INCONCLUSIVE, NO_RUNS = claims.HOLDS, claims.CONTRADICTED, claims.INCONCLUSIVE, claims.NO_RUNS
 NUMBERS = [claim.number for claim in claims.CLAIMS]
+TODAYS = ("adamw", "nadam", "radam", "adafactor")  # the optimizers after the paper's
 
 
 @pytest.fixture(scope="module")
@@ -329,3 +330,23 @@ def test_claim_10b_narrower_network_less_sparse(runs, wide, narrow, verdict):
     runs.add("adam", sparsity=narrow)  # the smoke width, 0.125
     (row,) = runs.rows("10b")
     assert (row["cell_a"], row["cell_b"], row["verdict"]) == ("width ×0.25", "width ×0.125", verdict)
+
+
+def test_todays_optimizers_train_in_a_smoke_sweep_and_are_extra_rows_of_claims_and_tables(tmp_path):
+    sweep = tmp_path / "sweep"
+    code, output = cli("sparsesweep", "-m", *SMOKE, "optimizer=sgd,adamw,nadam,radam,adafactor",
+                       f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert code == 0 and "All 5 jobs ended: completed 5" in output, output
+    code, output = cli("multirun_analysis", "claims", str(sweep), "--format", "csv", cwd=tmp_path)
+    assert code == 0, output
+    against_sgd = {(row["cell_a"], row["cell_b"]) for row in parse_csv(output) if row["claim"] == "1"}
+    assert against_sgd == {(name, "sgd") for name in TODAYS}
+    # Table 1 is of CIFAR: the same results, relabelled as CIFAR-10 runs, are its rows beyond the paper's.
+    for number, path in enumerate(sorted(sweep.glob("*/results.json"))):
+        results = json.loads(path.read_text())
+        (tmp_path / "as_cifar" / str(number)).mkdir(parents=True)
+        (tmp_path / "as_cifar" / str(number) / "results.json").write_text(json.dumps({**results, "dataset": "cifar10"}))
+    code, table = cli("multirun_analysis", "table1", str(tmp_path / "as_cifar"), "--format", "csv", cwd=tmp_path)
+    assert code == 0, table
+    listed = {row.get("optimizer") for row in parse_csv(table)}
+    assert set(TODAYS) <= listed, table

@@ -6,8 +6,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from sparsesweep import train
-from sparsesweep.data import CROP_PADDING, batches, crop_and_flip, load_dataset
+from sparsesweep import assemble, pack
+from sparsesweep.batches import CROP_PADDING, EpochFeed, FolderFeed, augmentation_draws, batches, crop_and_flip
+from sparsesweep.datasets import load_dataset
 from sparsesweep.errors import ConfigError
 
 from conftest import CLASS_GRAY, SMOKE, make_imagenet, make_tiny_imagenet
@@ -39,7 +40,7 @@ def test_a_short_run_on_fashion_mnist_learns(make_config, require_fashion_mnist,
     cfg = make_config(["dataset=fashion_mnist", "+experiment=smoke", "dataset.resolution=14",
                        "dataset.train_limit=4000", "dataset.test_limit=1000", "schedule.base_epochs=2",
                        "schedule.decay_epochs=0", "model.width_multiplier=0.25"])
-    results = train.run(cfg, tmp_path)
+    results = pack.train(cfg, tmp_path)
     epochs = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert results["status"] == "completed" and results["iterations"] == 200
     assert epochs[1]["train_error"] < epochs[0]["train_error"]
@@ -57,7 +58,7 @@ def test_missing_cifar_names_the_root_and_the_download_flag(make_config, tmp_pat
 def test_crop_and_flip_takes_a_padded_crop_per_image():
     image = torch.arange(1, 37, dtype=torch.uint8).view(1, 1, 6, 6)
     batch = image.repeat(400, 1, 1, 1)
-    out = crop_and_flip(batch, torch.Generator().manual_seed(0))
+    out = crop_and_flip(batch, *augmentation_draws(400, torch.Generator().manual_seed(0)))
     padded = torch.nn.functional.pad(image, (CROP_PADDING,) * 4)[0, 0]
     candidates = {}
     for dy in range(2 * CROP_PADDING + 1):
@@ -72,21 +73,44 @@ def test_crop_and_flip_takes_a_padded_crop_per_image():
         drawn.add(matches[0])
     assert len(drawn) > 100  # per-image draws, not one crop for the whole batch
     assert {flip for _, _, flip in drawn} == {False, True}
-    assert torch.equal(out, crop_and_flip(batch, torch.Generator().manual_seed(0)))
+    assert torch.equal(out, crop_and_flip(batch, *augmentation_draws(400, torch.Generator().manual_seed(0))))
 
 
 def test_training_batches_cover_a_fresh_permutation_each_epoch(make_config):
     data = load_dataset(make_config(["dataset=shapes_clean", "dataset.train_size=100",
                                      "dataset.test_size=10", "dataset.resolution=8"]).dataset)
     data.train.labels = torch.arange(100)  # label = index, to see which images come out
-    epochs = []
+    feed, epochs = EpochFeed(data, 30, torch.device("cpu")), []
     for seed in (0, 1):
-        ys = torch.cat([y for _, y in batches(data, data.train, 30, torch.device("cpu"), shuffle_seed=seed)])
+        feed.draw(seed)
+        ys = torch.cat([feed.next_batch()[1] for _ in range(feed.steps)])
         assert len(ys) == 90 and len(set(ys.tolist())) == 90  # 3 full batches, no repeats, last 10 dropped
         epochs.append(ys)
     assert not torch.equal(epochs[0], epochs[1])
     x, _ = next(batches(data, data.train, 100, torch.device("cpu")))
     assert x.dtype == torch.float32 and abs(float(x.mean())) < 1e-4 and float(x.std()) == pytest.approx(1, abs=1e-3)
+
+
+def test_an_epoch_is_drawn_up_front_and_a_resumed_epoch_redraws_it(make_config):
+    # The feed's step reads only device buffers: its position advances on the device, and draw(seed, done)
+    # gives the batches (images, crops and flips) that follow `done` batches of the same epoch.
+    data = load_dataset(make_config(["dataset=shapes_clean", "dataset.train_size=100", "dataset.test_size=10",
+                                     "dataset.resolution=8", "dataset.augment=true"]).dataset)
+    whole, resumed = EpochFeed(data, 20, torch.device("cpu")), EpochFeed(data, 20, torch.device("cpu"))
+    whole.draw(7)
+    epoch = [whole.next_batch() for _ in range(whole.steps)]
+    assert int(whole.position) == 5
+    resumed.draw(7, done=3)
+    for x, y in epoch[3:]:
+        again_x, again_y = resumed.next_batch()
+        assert torch.equal(again_x, x) and torch.equal(again_y, y)
+    # The draws are the per-batch stream of (seed, epoch): a permutation, then each batch's crops and flips.
+    generator = torch.Generator().manual_seed(7)
+    order = torch.randperm(100, generator=generator)
+    first_draws = augmentation_draws(20, generator)
+    assert torch.equal(whole.order[0], order[:20]) and torch.equal(whole.offsets[0], first_draws[0])
+    expected = crop_and_flip(data.train.images[order[:20]], *first_draws)
+    assert torch.equal(epoch[0][0], EpochFeed(data, 20, torch.device("cpu")).normalized(expected))
 
 
 def labels_from_pixels(x: torch.Tensor, data) -> torch.Tensor:
@@ -120,16 +144,21 @@ def test_imagenet_folders_give_cropped_normalized_batches_with_the_right_labels(
     data = load_dataset(imagenet_config(make_config, tmp_path).dataset)
     assert (len(data.train), len(data.test), data.num_classes, data.resolution) == (18, 6, 3, 32)
     cpu = torch.device("cpu")
-    x, y = next(batches(data, data.train, 18, cpu, shuffle_seed=3, augment=True))
+
+    def epoch(batch_size, seed, done=0):
+        feed = FolderFeed(data, batch_size, cpu)
+        feed.draw(seed, done)
+        return [feed.next_batch() for _ in range(feed.steps - done)]
+
+    x, y = epoch(18, 3)[0]
     assert x.shape == (18, 3, 32, 32) and x.dtype == torch.float32
     assert torch.equal(labels_from_pixels(x, data), y)
-    again = next(batches(data, data.train, 18, cpu, shuffle_seed=3, augment=True))[1]
-    other = next(batches(data, data.train, 18, cpu, shuffle_seed=4, augment=True))[1]
+    again, other = epoch(18, 3)[0][1], epoch(18, 4)[0][1]
     assert torch.equal(y, again) and not torch.equal(y, other)  # the permutation follows the seed
-    assert [len(y) for _, y in batches(data, data.train, 8, cpu, shuffle_seed=0, augment=True)] == [8, 8]
-    epoch = torch.cat([y for _, y in batches(data, data.train, 6, cpu, shuffle_seed=5, augment=True)])
-    resumed = torch.cat([y for _, y in batches(data, data.train, 6, cpu, shuffle_seed=5, augment=True, skip=2)])
-    assert len(epoch) == 18 and torch.equal(resumed, epoch[12:])  # a resumed epoch skips the batches done
+    assert [len(y) for _, y in epoch(8, 0)] == [8, 8]
+    whole = torch.cat([y for _, y in epoch(6, 5)])
+    resumed = torch.cat([y for _, y in epoch(6, 5, done=2)])
+    assert len(whole) == 18 and torch.equal(resumed, whole[12:])  # a resumed epoch skips the batches done
     evaluation = list(batches(data, data.test, 4, cpu))
     assert [len(y) for _, y in evaluation] == [4, 2]  # every test image, in order
     assert torch.cat([y for _, y in evaluation]).tolist() == [0, 0, 1, 1, 2, 2]
@@ -152,9 +181,9 @@ def test_a_run_on_image_folders_reports_top1_and_top5(make_config, tmp_path, wor
     make_imagenet(tmp_path / "data", per_class=8)
     cfg = imagenet_config(make_config, tmp_path / "data", *SMOKE, f"dataset.loader.workers={workers}",
                           "batch_size=8", "schedule.iterations_at_batch_size=null")
-    results = train.run(cfg, tmp_path / "run")
+    results = pack.train(cfg, tmp_path / "run")
     assert results["status"] == "completed" and results["iterations"] == 3 * 3  # 24 images // 8, 3 epochs
     # 3 classes: the top-5 always holds the label
     assert results["test_top5_error"] == 0.0 and 0 <= results["test_error"] <= 100
     assert results["sparsity"]["by_gamma"]["features"] == sum(
-        len(f.bn.weight) for f in train.load_run(tmp_path / "run", "cpu")[2].features)
+        len(f.bn.weight) for f in assemble.load_run(tmp_path / "run", "cpu")[2].features)

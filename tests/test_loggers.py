@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from conftest import CONF, SMOKE, cli
-from sparsesweep import rundir, train
+from sparsesweep import pack, rundir
 from sparsesweep.errors import ConfigError
 
 # TensorBoard tag -> metrics.jsonl key: what every epoch logs besides the sparsity of each layer.
@@ -166,11 +166,11 @@ def test_mlflow_file_store_run_has_the_config_as_params_and_each_epoch(logged_ru
 
 def test_a_resumed_run_logs_each_epoch_once(tmp_path, make_config):
     cfg = make_config(SMOKE + ["logger=[tensorboard,csv]"])
-    train.run(cfg, tmp_path)
+    pack.train(cfg, tmp_path)
     # As if killed during epoch 3: the latest checkpoint and the results are gone, epoch 2's checkpoint is left.
     (tmp_path / rundir.RESULTS).unlink()
     (tmp_path / rundir.CHECKPOINT).unlink()
-    train.run(cfg, tmp_path)
+    pack.train(cfg, tmp_path)
     assert len(list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))) == 2
     events = tensorboard_events(tmp_path / "tensorboard")
     assert [e.step for e in events.Scalars("test/error_pct")] == [1, 2, 3]
@@ -184,6 +184,6 @@ def test_a_missing_logger_package_stops_the_run_before_it_starts_with_the_pip_li
                                                                                      monkeypatch):
     monkeypatch.setitem(sys.modules, logger, None)  # what `import <logger>` sees when it is not installed
     with pytest.raises(ConfigError) as error:
-        train.run(make_config(SMOKE + [f"logger={logger}"]), tmp_path / "run")
+        pack.train(make_config(SMOKE + [f"logger={logger}"]), tmp_path / "run")
     assert str(error.value) == f"logger={logger} needs the {logger} package: pip install {logger}"
     assert not (tmp_path / "run").exists()

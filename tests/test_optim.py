@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from conftest import CONF
-from sparsesweep.optim import apply_decoupled_weight_decay, build_lr_scheduler, build_optimizer, plan_schedule
+from sparsesweep.optim import DecoupledDecay, Plan, build_optimizer, plan_schedule, set_lr
 
 OPTIMIZERS = sorted(path.stem for path in (CONF / "optimizer").glob("*.yaml"))
 # Whose own `weight_decay` is a decoupled decay theta *= 1 - lr * weight_decay (for the others it is coupled L2).
@@ -32,15 +32,19 @@ def regularizer(name, value=None, exclude=False):
     return OmegaConf.create(cfg)
 
 
-def step_with_zero_loss_gradient(model, optimizer, scheduler, steps):
-    """Each step: zero loss gradient (so only L2 / WD act), optimizer step, WD, schedule."""
+def step_with_zero_loss_gradient(model, optimizer, steps, decay_step=10_000):
+    """Each step: zero loss gradient (so only L2 / WD act), optimizer step, WD; the LR x0.1 from decay_step on."""
+    plan, schedule = Plan(steps_per_epoch=1, total_steps=steps, decay_step=decay_step), OmegaConf.create(
+        {"decay_factor": 0.1})
+    decay = DecoupledDecay(optimizer, torch.device("cpu"))
     trajectory = []
-    for _ in range(steps):
+    for step in range(steps):
+        if set_lr(optimizer, plan, schedule, step):
+            decay.update()
         for p in model.parameters():
             p.grad = torch.zeros_like(p)
         optimizer.step()
-        apply_decoupled_weight_decay(optimizer)
-        scheduler.step()
+        decay.apply()
         trajectory.append(model.weight.detach().clone())
     return trajectory
 
@@ -52,10 +56,6 @@ def scalar_model(value):
     return model
 
 
-def constant_schedule(optimizer, total=10_000):
-    return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=[total], gamma=0.1)
-
-
 @pytest.mark.parametrize("name", ["adam", "amsgrad", "adamw"])
 @pytest.mark.parametrize("l2", [1e-5, 1e-4, 1e-2])
 def test_adam_l2_moves_by_lr_per_step_whatever_the_coefficient(make_config, name, l2):
@@ -65,7 +65,7 @@ def test_adam_l2_moves_by_lr_per_step_whatever_the_coefficient(make_config, name
     model = scalar_model(0.5)
     changes = {"lr": lr, "weight_decay": 0.0} if name == "adamw" else {"lr": lr}
     optimizer = build_optimizer(optimizer_cfg(make_config, name, **changes), regularizer("l2", l2), model)
-    trajectory = step_with_zero_loss_gradient(model, optimizer, constant_schedule(optimizer), 20)
+    trajectory = step_with_zero_loss_gradient(model, optimizer, 20)
     steps = torch.diff(torch.stack([torch.tensor([[0.5]])] + trajectory).flatten())
     assert torch.allclose(steps, torch.full_like(steps, -lr), rtol=0.02)
 
@@ -77,8 +77,7 @@ def test_weight_decay_follows_the_lr_schedule_not_the_lr(make_config, name):
     cfg = optimizer_cfg(make_config, name)
     own = cfg.get("weight_decay", 0.0)  # AdamW's own decay acts as well: theta *= 1 - lr_t * own
     optimizer = build_optimizer(cfg, regularizer("wd", wd), model)
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=[decay_step], gamma=0.1)
-    trajectory = step_with_zero_loss_gradient(model, optimizer, scheduler, steps)
+    trajectory = step_with_zero_loss_gradient(model, optimizer, steps, decay_step)
     # theta_t = theta_0 * prod(1 - wd * lr_t / lr_0): lr_t / lr_0 is 1 before the decay step, 0.1 after.
     expected, theta = [], theta0
     for t in range(steps):
@@ -93,7 +92,7 @@ def test_sgd_l2_goes_through_momentum(make_config):
     model = scalar_model(theta0)
     optimizer = build_optimizer(optimizer_cfg(make_config, "sgd", lr=lr, momentum=momentum),
                                 regularizer("l2", l2), model)
-    trajectory = step_with_zero_loss_gradient(model, optimizer, constant_schedule(optimizer), steps)
+    trajectory = step_with_zero_loss_gradient(model, optimizer, steps)
     # Heavy ball on the L2 gradient alone: buf <- momentum * buf + l2 * theta; theta <- theta - lr * buf.
     expected, theta, buf = [], theta0, None
     for _ in range(steps):
@@ -111,7 +110,7 @@ def test_no_regularizer_leaves_parameters_alone_but_for_an_optimizers_own_decay(
     cfg = optimizer_cfg(make_config, name)
     own = cfg.get("weight_decay", 0.0)
     optimizer = build_optimizer(cfg, regularizer("none"), model)
-    trajectory = step_with_zero_loss_gradient(model, optimizer, constant_schedule(optimizer), 5)
+    trajectory = step_with_zero_loss_gradient(model, optimizer, 5)
     if own:  # AdamW: theta_t = theta_0 (1 - lr weight_decay)^t
         assert [float(t) for t in trajectory] == pytest.approx([1.5 * (1 - cfg.lr * own) ** t for t in range(1, 6)],
                                                                rel=1e-6)
@@ -182,7 +181,7 @@ def test_adafactor_l2_is_a_normalized_gradient_not_its_own_decay(make_config, l2
     cfg = optimizer_cfg(make_config, "adafactor")
     model = scalar_model(0.5)
     optimizer = build_optimizer(cfg, regularizer("l2", l2), model)
-    first = step_with_zero_loss_gradient(model, optimizer, constant_schedule(optimizer), 1)[0]
+    first = step_with_zero_loss_gradient(model, optimizer, 1)[0]
     assert float(first) == pytest.approx(0.5 * (1 - cfg.lr), rel=1e-6)
 
 
@@ -191,7 +190,7 @@ def test_an_optimizers_own_decay_spares_the_exempt_group(make_config):
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     cfg = optimizer_cfg(make_config, "adamw")
     optimizer = build_optimizer(cfg, regularizer("l2", 0.0, exclude=True), model)
-    step_with_zero_loss_gradient(model[0], optimizer, constant_schedule(optimizer), 1)
+    step_with_zero_loss_gradient(model[0], optimizer, 1)
     after = dict(model.named_parameters())
     assert all(torch.equal(after[n], before[n]) for n in ("0.bias", "1.weight", "1.bias"))
     assert torch.allclose(after["0.weight"], before["0.weight"] * (1 - cfg.lr * cfg.weight_decay), rtol=1e-6)
@@ -234,12 +233,11 @@ def test_exclude_bn_and_bias_exempts_one_dimensional_parameters(make_config, kin
     model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2))
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     optimizer = build_optimizer(optimizer_cfg(make_config, "sgd"), regularizer(kind, 0.1, exclude=True), model)
-    scheduler = constant_schedule(optimizer)
+    decay = DecoupledDecay(optimizer, torch.device("cpu"))
     for p in model.parameters():
         p.grad = torch.zeros_like(p)
     optimizer.step()
-    apply_decoupled_weight_decay(optimizer)
-    scheduler.step()
+    decay.apply()
     after = dict(model.named_parameters())
     assert torch.equal(after["1.weight"], before["1.weight"]) and torch.equal(after["1.bias"], before["1.bias"])
     assert torch.equal(after["0.bias"], before["0.bias"])
@@ -251,12 +249,11 @@ def test_step_schedule_drops_the_lr_at_the_planned_step(make_config):
     plan = plan_schedule(sched, train_size=100, batch_size=40)  # 2 steps per epoch, last 20 images unused
     assert (plan.steps_per_epoch, plan.total_steps, plan.decay_step, plan.epochs) == (2, 10, 6, 5)
     optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1)
-    scheduler = build_lr_scheduler(optimizer, plan, sched)
+    optimizer.param_groups[0]["initial_lr"] = 0.1
     lrs = []
-    for _ in range(plan.total_steps):
+    for step in range(plan.total_steps):
+        set_lr(optimizer, plan, sched, step)
         lrs.append(optimizer.param_groups[0]["lr"])
-        optimizer.step()
-        scheduler.step()
     assert lrs == pytest.approx([0.1] * 6 + [0.01] * 4)
 
 
@@ -276,6 +273,6 @@ def test_adam_l2_decays_an_unused_weight_much_faster_than_wd(make_config):
     for kind in ("l2", "wd"):
         model = scalar_model(1.0)
         optimizer = build_optimizer(optimizer_cfg(make_config, "adam"), regularizer(kind, 1e-4), model)
-        finals[kind] = float(step_with_zero_loss_gradient(model, optimizer, constant_schedule(optimizer), 500)[-1])
+        finals[kind] = float(step_with_zero_loss_gradient(model, optimizer, 500)[-1])
     assert finals["l2"] == pytest.approx(1.0 - 500 * 1e-3, abs=0.05)  # v lags as theta shrinks
     assert finals["wd"] == pytest.approx(math.pow(1 - 1e-4, 500), rel=1e-4)  # fp32 products

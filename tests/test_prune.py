@@ -12,8 +12,8 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from conftest import CONF, SMOKE
-from sparsesweep import train
-from sparsesweep.measure import inactive_by_gamma, zeroed_copy
+from sparsesweep import assemble, pack
+from sparsesweep.measure import evaluate, inactive_by_gamma, zeroed_copy
 from sparsesweep.models import BasicNet, FeatureBlock, build_model
 from sparsesweep.prune import count_flops, count_parameters, main, prune_model, prune_run
 
@@ -246,7 +246,7 @@ def finished_run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("sweep") / "run"
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose(config_name="config", overrides=SMOKE)
-    results = train.run(cfg, run_dir, SMOKE)
+    results = pack.train(cfg, run_dir, SMOKE)
     features = np.load(run_dir / "features.npz")
     gammas = np.sort(np.abs(np.concatenate([features[f"C{i}_gamma"] for i in range(1, 8)])))
     return run_dir, results, float(gammas[4] + gammas[5]) / 2
@@ -270,11 +270,11 @@ def test_prune_run_writes_prune_json_with_the_errors_of_both_models(finished_run
     assert on_disk["max_abs_output_change"] > 0  # those 5 features were alive
 
     assert on_disk["test_error"]["before"] == results["test_error"]
-    cfg, data, model = train.load_run(run_dir, "cpu")
+    cfg, data, model = assemble.load_run(run_dir, "cpu")
     pruned = torch.load(run_dir / "pruned_model.pt", weights_only=False)
-    _, error, top5 = train.evaluate(pruned, data, data.test, cfg, torch.device("cpu"))
+    _, error, top5 = evaluate(pruned, data, data.test, cfg.eval_batch_size, torch.device("cpu"))
     assert (on_disk["test_error"]["after"], on_disk["test_top5_error"]["after"]) == (error, top5)
-    assert on_disk["test_top5_error"]["before"] == train.evaluate(model, data, data.test, cfg, torch.device("cpu"))[2]
+    assert on_disk["test_top5_error"]["before"] == evaluate(model, data, data.test, cfg.eval_batch_size, torch.device("cpu"))[2]
 
 
 def test_cli_prunes_every_completed_run_and_reports_the_bad_ones(finished_run, tmp_path, capsys):
@@ -310,7 +310,7 @@ def test_a_run_with_prune_after_training_writes_prune_json(tmp_path):
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose(config_name="config", overrides=[*SMOKE, "prune.after_training=true", "prune.threshold=1.0",
                                                        "prune.latency_batch_size=2", "prune.latency_repeats=1"])
-    results = train.run(cfg, tmp_path)
+    results = pack.train(cfg, tmp_path)
     on_disk = json.loads((tmp_path / "prune.json").read_text())
     assert on_disk["threshold"] == 1.0 and on_disk["latency_ms"]["cpu"]["batch_size"] == 2
     assert on_disk["test_error"]["before"] == results["test_error"]

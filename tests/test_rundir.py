@@ -12,22 +12,10 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from conftest import CONF, ROOT, SMOKE, cli, read_results, wait_for
-from sparsesweep import interrupts, rundir, train
-
-TIMINGS = {"time_s", "wall_time_s", "measure_time_s"}
-
-
-def without_timings(obj):
-    if isinstance(obj, dict):
-        return {k: without_timings(v) for k, v in obj.items() if k not in TIMINGS}
-    if isinstance(obj, list):
-        return [without_timings(v) for v in obj]
-    return obj
-
+from conftest import CONF, ROOT, SMOKE, cli, read_results, run_state, wait_for
+from sparsesweep import interrupts, pack, rundir, run
 
 def run_files(run_dir: Path) -> dict[str, bytes]:
     """Every file of a run directory but the job log (which every launch appends to), by relative path."""
@@ -35,39 +23,28 @@ def run_files(run_dir: Path) -> dict[str, bytes]:
             if p.is_file() and p.name != "sparsesweep.log"}
 
 
-def same_training(a: Path, b: Path) -> None:
-    """Two run directories hold the same results, metrics and BN history (timings aside)."""
-    assert without_timings(json.loads((a / "results.json").read_text())) == \
-        without_timings(json.loads((b / "results.json").read_text()))
-    assert [without_timings(json.loads(line)) for line in (a / "metrics.jsonl").read_text().splitlines()] == \
-        [without_timings(json.loads(line)) for line in (b / "metrics.jsonl").read_text().splitlines()]
-    history_a, history_b = np.load(a / "bn_history.npz"), np.load(b / "bn_history.npz")
-    assert history_a.files == history_b.files
-    assert all(np.array_equal(history_a[k], history_b[k]) for k in history_a.files)
-
-
 def signal_at_step(monkeypatch, step: int, signum: int) -> None:
     """Delivers `signum` to this process during training step `step` (1-based), as kill would."""
-    real, calls = train.apply_decoupled_weight_decay, []
+    real, calls = run.Run.train_step, []
 
-    def step_then_signal(optimizer):
-        real(optimizer)
+    def step_then_signal(self):
+        real(self)
         calls.append(None)
         if len(calls) == step:
             os.kill(os.getpid(), signum)
 
-    monkeypatch.setattr(train, "apply_decoupled_weight_decay", step_then_signal)
+    monkeypatch.setattr(run.Run, "train_step", step_then_signal)
 
 
 # ---- one directory, one run ---------------------------------------------------------------------------------
 
 def test_a_directory_holding_another_configs_run_is_refused_and_left_untouched(make_config, tmp_path):
-    train.run(make_config(SMOKE + ["seed=1"]), tmp_path)
+    pack.train(make_config(SMOKE + ["seed=1"]), tmp_path)
     before = run_files(tmp_path)
-    with pytest.raises(train.RunDirConflict, match=r"holds run \w+ of another config \(seed: 1 -> 2\)"):
-        train.run(make_config(SMOKE + ["seed=2"]), tmp_path)
+    with pytest.raises(run.RunDirConflict, match=r"holds run \w+ of another config \(seed: 1 -> 2\)"):
+        pack.train(make_config(SMOKE + ["seed=2"]), tmp_path)
     assert run_files(tmp_path) == before
-    assert train.run(make_config(SMOKE + ["seed=1"]), tmp_path) == json.loads(before["results.json"])  # done
+    assert pack.train(make_config(SMOKE + ["seed=1"]), tmp_path) == json.loads(before["results.json"])  # done
 
 
 def test_a_single_run_into_another_runs_directory_is_one_line_exit_2(tmp_path):
@@ -120,8 +97,8 @@ def test_grid_points_of_one_identity_run_once(tmp_path):
 
 
 def test_prune_refuses_weights_of_another_run(make_config, tmp_path):
-    train.run(make_config(SMOKE + ["seed=1"]), tmp_path / "a")
-    train.run(make_config(SMOKE + ["seed=2"]), tmp_path / "b")
+    pack.train(make_config(SMOKE + ["seed=1"]), tmp_path / "a")
+    pack.train(make_config(SMOKE + ["seed=2"]), tmp_path / "b")
     shutil.copy(tmp_path / "b" / "checkpoint.pt", tmp_path / "a" / "checkpoint.pt")
     code, output = cli("sparsesweep.prune", str(tmp_path / "a"), "--repeats", "1", cwd=tmp_path)
     assert code == 1 and "belongs to run" in output and not (tmp_path / "a" / "prune.json").exists(), output
@@ -132,7 +109,7 @@ def test_prune_refuses_weights_of_another_run(make_config, tmp_path):
 
 
 def test_a_failure_is_never_recorded_over_results_to_keep(make_config, tmp_path):
-    train.run(make_config(SMOKE + ["seed=1"]), tmp_path)
+    pack.train(make_config(SMOKE + ["seed=1"]), tmp_path)
     run_id = json.loads((tmp_path / "results.json").read_text())["run_id"]
     assert not rundir.may_record_failure(tmp_path, run_id)  # completed: kept
     assert not rundir.may_record_failure(tmp_path, None)
@@ -162,7 +139,7 @@ def test_a_second_trainer_on_a_locked_directory_does_not_train_it(tmp_path):
     finally:
         os.kill(first.pid, signal.SIGCONT)
     assert code == 2 and f"is being trained by pid {first.pid}" in output, output
-    assert first.wait(timeout=300) == 0
+    assert first.wait(timeout=300) == 0, first.stdout.read()
     log = (tmp_path / "sparsesweep.log").read_text()
     assert log.count("epoch 1/41 ") == 1 and log.count("epoch 41/41 ") == 1  # one trainer, every epoch once
     assert rundir.lock_holder(tmp_path) is None
@@ -189,16 +166,16 @@ def test_two_identical_launchers_train_every_run_once(tmp_path):
 def test_sigterm_saves_the_current_step_and_the_resumed_run_ends_like_an_uninterrupted_one(make_config, tmp_path,
                                                                                            monkeypatch):
     cfg = make_config(SMOKE + ["seed=7", "dataset.augment=true", "optimizer=sgd"])  # 20 steps an epoch
-    train.run(cfg, tmp_path / "straight")
+    pack.train(cfg, tmp_path / "straight")
     signal_at_step(monkeypatch, 25, signal.SIGTERM)
     with pytest.raises(interrupts.Interrupted, match="SIGTERM"):
-        train.run(cfg, tmp_path / "resumed")
+        pack.train(cfg, tmp_path / "resumed")
     monkeypatch.undo()
     state = rundir.load_checkpoint(tmp_path / "resumed", rundir.run_identity(cfg), "cpu")[1]
     assert (state["epoch"], state["step"]) == (1, 25)  # mid-epoch: the step the signal came in
     assert rundir.lock_holder(tmp_path / "resumed") is None
-    train.run(cfg, tmp_path / "resumed")
-    same_training(tmp_path / "straight", tmp_path / "resumed")
+    pack.train(cfg, tmp_path / "resumed")
+    assert run_state(tmp_path / "straight") == run_state(tmp_path / "resumed")
 
 
 def test_the_preemption_signal_saves_the_step_then_hands_over_to_submitit(make_config, tmp_path, monkeypatch):
@@ -215,7 +192,7 @@ def test_the_preemption_signal_saves_the_step_then_hands_over_to_submitit(make_c
     try:
         signal_at_step(monkeypatch, 33, signal.SIGUSR2)
         with pytest.raises(SystemExit):
-            train.run(cfg, tmp_path)
+            pack.train(cfg, tmp_path)
     finally:
         signal.signal(signal.SIGUSR2, previous)
     assert handed_over == [("SIGUSR2", 33)]
@@ -227,11 +204,11 @@ def test_the_preemption_signal_saves_the_step_then_hands_over_to_submitit(make_c
 def test_a_corrupt_checkpoint_falls_back_to_the_previous_one_with_a_named_message(make_config, tmp_path,
                                                                                 monkeypatch, caplog, damage):
     cfg = make_config(SMOKE + ["seed=3", "optimizer=sgd"])
-    train.run(cfg, tmp_path / "straight")
+    pack.train(cfg, tmp_path / "straight")
     run_dir = tmp_path / "damaged"
     signal_at_step(monkeypatch, 25, signal.SIGTERM)  # latest: step 25; previous: the end of epoch 1 (step 20)
     with pytest.raises(interrupts.Interrupted):
-        train.run(cfg, run_dir)
+        pack.train(cfg, run_dir)
     monkeypatch.undo()
     latest, previous = run_dir / "checkpoint.pt", run_dir / "checkpoint.prev.pt"
     content = latest.read_bytes()
@@ -240,8 +217,8 @@ def test_a_corrupt_checkpoint_falls_back_to_the_previous_one_with_a_named_messag
         previous.write_bytes(b"")
     caplog.clear()
     with caplog.at_level(logging.INFO):
-        train.run(cfg, run_dir)
-    same_training(tmp_path / "straight", run_dir)
+        pack.train(cfg, run_dir)
+    assert run_state(tmp_path / "straight") == run_state(run_dir)
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     if damage == "both":
         assert len(warnings) == 2 and "starting afresh" in warnings[1] and "checkpoint.prev.pt" in warnings[1]

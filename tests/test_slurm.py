@@ -43,13 +43,15 @@ def sweep_env(cluster) -> dict:
     return {**cluster.env, "PYTHONPATH": str(ROOT)}
 
 
-def test_the_card_smoke_sweep_runs_on_a_real_slurm(slurm_cluster, tmp_path):  # noqa: F811
+def test_the_card_smoke_sweep_runs_on_a_real_slurm_in_packs(slurm_cluster, tmp_path):  # noqa: F811
     sweep = tmp_path / "sweep"
     done = subprocess.run([sys.executable, "-m", "sparsesweep", "-m", "optimizer=adam,sgd,adamax",
-                           "regularizer.l2=1e-4,1e-5", *SMOKE, *ON_THE_NODE, f"hydra.sweep.dir={sweep}"],
+                           "regularizer.l2=1e-4,1e-5", *SMOKE, *ON_THE_NODE, f"hydra.sweep.dir={sweep}",
+                           "hydra.launcher.pack_size=4"],
                           cwd=tmp_path, env=sweep_env(slurm_cluster), capture_output=True, text=True, timeout=300)
     output = done.stdout + done.stderr
     assert done.returncode == 0, output
+    assert "6 runs in 2 packs (2, 4 runs each)" in output and "2 tasks for 6 runs" in output, output
     assert "All 6 jobs ended: completed 6" in output, output
     runs = sorted((r["status"], r["optimizer"], r["coefficient"]) for r in read_results(sweep).values())
     grid = [("completed", optimizer, l2) for optimizer in ("adam", "sgd", "adamax") for l2 in (1e-4, 1e-5)]

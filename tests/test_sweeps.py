@@ -8,7 +8,7 @@ from collections import Counter
 from pathlib import Path
 
 from conftest import ROOT, SMOKE, cli, read_results, wait_for
-from sparsesweep import train
+from sparsesweep import pack
 
 TIMINGS = {"time_s", "wall_time_s", "measure_time_s", "overrides"}
 
@@ -73,7 +73,7 @@ def test_a_killed_sweep_relaunched_finishes_without_redoing_completed_runs(tmp_p
     runs = read_results(sweep)
     assert len(runs) == 4
     for overrides, results in runs.items():
-        uninterrupted = train.run(make_config(SMOKE + overrides.split()), tmp_path / overrides.replace(" ", "_"))
+        uninterrupted = pack.train(make_config(SMOKE + overrides.split()), tmp_path / overrides.replace(" ", "_"))
         assert comparable(results) == comparable(uninterrupted)
 
 
@@ -94,7 +94,7 @@ def test_a_preempted_job_is_requeued_and_resumes_from_its_checkpoint(tmp_path, m
     (results,) = read_results(sweep).values()
     log = next(sweep.rglob("sparsesweep.log")).read_text()
     assert "resuming from" in log
-    uninterrupted = train.run(make_config(SMOKE + overrides), tmp_path / "uninterrupted")
+    uninterrupted = pack.train(make_config(SMOKE + overrides), tmp_path / "uninterrupted")
     assert comparable(results) == comparable(uninterrupted)
 
 
@@ -115,10 +115,11 @@ def test_the_slurm_launcher_submits_one_array_with_the_configured_resources(tmp_
          "hydra.launcher.wait=false", "hydra.launcher.setup=[module load cuda]"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "Submitted SLURM array 4242: 3 jobs" in done.stdout + done.stderr
+    # With GPUs, pack_size=auto packs the 3 runs (which may share a pack) over the 2 tasks allowed at once.
+    assert "Submitted SLURM array 4242: 2 tasks for 3 runs" in done.stdout + done.stderr
     lines = script.read_text().splitlines()
     for expected in ("#SBATCH --partition=gpu", "#SBATCH --account=lab", "#SBATCH --qos=high", "#SBATCH --time=90",
-                     "#SBATCH --gres=gpu:1", "#SBATCH --array=0-2%2", "#SBATCH --signal=USR2@120", "module load cuda"):
+                     "#SBATCH --gres=gpu:1", "#SBATCH --array=0-1%2", "#SBATCH --signal=USR2@120", "module load cuda"):
         assert expected in lines, expected
 
 
@@ -126,7 +127,8 @@ def test_local_launcher_gives_each_job_one_gpu_and_queues_the_rest(tmp_path):
     # On this CPU-only machine the jobs cannot use the GPUs, but they see which one they were given.
     sweep = tmp_path / "sweep"
     code, output = cli("sparsesweep", "-m", *SMOKE, "seed=1,2,3,4,5", f"hydra.sweep.dir={sweep}",
-                       "hydra.launcher.gpus=[0,1]", "hydra.launcher.runs_per_gpu=1", cwd=tmp_path)
+                       "hydra.launcher.gpus=[0,1]", "hydra.launcher.runs_per_gpu=1", "hydra.launcher.pack_size=1",
+                       cwd=tmp_path)
     assert code == 0, output
     assert "at most 2 at once on GPUs [0, 1], 1 per GPU" in output
     spans = {0: [], 1: []}

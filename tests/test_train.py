@@ -4,25 +4,12 @@ import json
 import numpy as np
 import pytest
 
-from conftest import SMOKE, cli, read_results
-from sparsesweep import train
+from conftest import SMOKE, cli, read_metrics, read_results, without_timings
+from sparsesweep import pack, run
 from sparsesweep.errors import ConfigError
 
-TIMINGS = {"time_s", "wall_time_s", "measure_time_s"}
-
-
-def without_timings(obj):
-    if isinstance(obj, dict):
-        return {k: without_timings(v) for k, v in obj.items() if k not in TIMINGS}
-    return obj
-
-
-def read_metrics(run_dir):
-    return [without_timings(json.loads(line)) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-
-
 def test_a_run_writes_the_documented_files(make_config, tmp_path):
-    results = train.run(make_config(SMOKE), tmp_path, ["+experiment=smoke"])
+    results = pack.train(make_config(SMOKE), tmp_path, ["+experiment=smoke"])
     on_disk = json.loads((tmp_path / "results.json").read_text())
     assert on_disk == json.loads(json.dumps(results))
     assert on_disk["schema"] == 1 and on_disk["status"] == "completed"
@@ -55,34 +42,35 @@ class Interrupted(Exception):
 
 
 @pytest.mark.parametrize("crash_in, crash_call, overrides", [
-    ("evaluate", 2, []), ("save_checkpoint", 2, []), ("save_checkpoint", 25, ["checkpoint_interval_min=0"])],
+    ("evaluate", 2, []), ("_checkpoint", 2, []), ("_checkpoint", 25, ["checkpoint_interval_min=0"])],
     ids=["kill-mid-epoch", "after-epoch-checkpoint", "after-checkpoint-within-epoch"])
 def test_interrupted_then_resumed_run_ends_exactly_like_an_uninterrupted_one(make_config, tmp_path, monkeypatch,
                                                                              crash_in, crash_call, overrides):
     # Augmentation on, so the per-epoch RNG is exercised too. Crashing in `evaluate` of epoch 2 loses that
     # epoch's training (a kill mid-epoch); crashing after the 2nd checkpoint loses nothing. With checkpoints
-    # after every step (20 per epoch + 1 at its end), the 25th is taken at step 4 of epoch 2: the resumed run
-    # skips those 4 batches, with their random crops, and carries the epoch's running sums.
+    # after every step (after each of an epoch's 20 steps but its last, and at its end), the 25th is taken at step
+    # 5 of epoch 2: the resumed run skips those 5 batches, with their random crops, and carries the epoch's sums.
     cfg = make_config(SMOKE + ["seed=7", "dataset.augment=true", "optimizer=sgd", *overrides])
-    straight = train.run(cfg, tmp_path / "straight")
+    straight = pack.train(cfg, tmp_path / "straight")
 
-    real, calls = getattr(train, crash_in), []
+    where = run.Run if crash_in == "_checkpoint" else run
+    real, calls = getattr(where, crash_in), []
 
     def crash_on_call(*args, **kwargs):
         calls.append(kwargs.get("within_epoch"))
-        if crash_in == "save_checkpoint":
+        if crash_in == "_checkpoint":
             real(*args, **kwargs)
         if len(calls) == crash_call:
             raise Interrupted
         return real(*args, **kwargs) if crash_in == "evaluate" else None
 
-    monkeypatch.setattr(train, crash_in, crash_on_call)
+    monkeypatch.setattr(where, crash_in, crash_on_call)
     with pytest.raises(Interrupted):
-        train.run(cfg, tmp_path / "resumed")
+        pack.train(cfg, tmp_path / "resumed")
     if overrides:
-        assert calls[-1] is not None and calls[20] is None  # the crash came right after a within-epoch one
-    monkeypatch.setattr(train, crash_in, real)
-    resumed = train.run(cfg, tmp_path / "resumed")
+        assert calls[-1] is not None and calls[19] is None  # the crash came right after a within-epoch one
+    monkeypatch.setattr(where, crash_in, real)
+    resumed = pack.train(cfg, tmp_path / "resumed")
 
     assert without_timings(resumed) == without_timings(straight)
     assert read_metrics(tmp_path / "resumed") == read_metrics(tmp_path / "straight")
@@ -92,7 +80,7 @@ def test_interrupted_then_resumed_run_ends_exactly_like_an_uninterrupted_one(mak
 
 
 def test_nan_loss_stops_the_run_as_diverged(make_config, tmp_path):
-    results = train.run(make_config(SMOKE + ["optimizer=sgd", "optimizer.lr=1e30"]), tmp_path)
+    results = pack.train(make_config(SMOKE + ["optimizer=sgd", "optimizer.lr=1e30"]), tmp_path)
     assert results["status"] == "diverged"
     assert results["test_error"] is None and "sparsity" not in results
     assert json.loads((tmp_path / "results.json").read_text())["status"] == "diverged"
@@ -105,7 +93,7 @@ def test_nan_loss_stops_the_run_as_diverged(make_config, tmp_path):
 ])
 def test_bad_values_raise_config_errors(make_config, tmp_path, override, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
-        train.run(make_config(SMOKE + [override]), tmp_path)
+        pack.train(make_config(SMOKE + [override]), tmp_path)
 
 
 def test_a_diverged_and_a_failed_run_do_not_stop_a_sweep(tmp_path):

@@ -1,6 +1,6 @@
 """`hydra/launcher=local` (the default for -m) and `hydra/launcher=slurm`; see launchers.py."""
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import Any, List, Optional
 
 from hydra.core.config_store import ConfigStore
 from hydra_plugins.hydra_submitit_launcher.config import SlurmQueueConf
@@ -12,7 +12,11 @@ class LocalPoolConf:
     submitit_folder: str = "${hydra.sweep.dir}/.submitit/%j"  # submitit's pickles and the jobs' stdout/stderr
     # GPU ids to spread the runs over; null: every GPU PyTorch sees; []: CPU only.
     gpus: Optional[List[int]] = None
-    # Small runs packed on one GPU: at most len(gpus) * runs_per_gpu jobs run at once.
+    # Runs trained together in one process, stepped in lockstep (on a GPU, one CUDA graph per step): an int,
+    # or auto (on GPUs: enough to give every slot a pack, at most 8; on CPU: 1). Only runs that may share a
+    # pack (same model, data, batch size, schedule: sparsesweep.pack.pack_key) are packed together.
+    pack_size: Any = "auto"
+    # Processes per GPU: at most len(gpus) * runs_per_gpu packs run at once.
     runs_per_gpu: int = 1
     # Without GPUs: at most this many jobs at once; null: CPU cores // cpu_threads.
     cpu_parallel: Optional[int] = None
@@ -27,7 +31,9 @@ class LocalPoolConf:
 @dataclass
 class SlurmConf(SlurmQueueConf):
     _target_: str = "hydra_plugins.sparsesweep_launcher.launchers.SlurmArrayLauncher"
-    # One run per array task, one GPU each; set partition/account/qos for your cluster.
+    # One pack of runs per array task (pack_size as for the local launcher; auto: 8 with GPUs, else 1), one GPU
+    # each; set partition/account/qos for your cluster.
+    pack_size: Any = "auto"
     gpus_per_node: Optional[int] = 1
     cpus_per_task: Optional[int] = 8
     mem_gb: Optional[int] = 32

@@ -1,11 +1,9 @@
-"""Datasets -> in-memory uint8 tensors -> batches; ImageNet -> image folders -> DataLoader batches.
+"""Dataset sources: every dataset the experiments use, read into uint8 splits (or, for ImageNet, image folders).
 
 Every dataset of the paper's BasicNet experiments, and Tiny-ImageNet at 64x64, fits in memory as uint8
-(CIFAR-10: 150 MB, Tiny-ImageNet: 1.2 GB), so a split is one (N, C, H, W) uint8 tensor plus labels, and
-batching, the paper's augmentation and normalization are tensor operations on a whole batch. That keeps
-the per-step overhead far below a per-sample DataLoader's and works the same on CPU and GPU.
-ImageNet does not fit: its splits are image folders read by DataLoader workers that decode, crop and
-flip to uint8 tensors; normalization happens on the device, as for the in-memory splits.
+(CIFAR-10: 150 MB, Tiny-ImageNet: 1.2 GB), so a split is one (N, C, H, W) uint8 tensor plus labels; how
+they become training batches is batches.py. ImageNet does not fit: its splits are image folders that
+batches.py reads with DataLoader workers.
 """
 from __future__ import annotations
 
@@ -24,7 +22,6 @@ from sparsesweep._torchvision import import_torchvision
 from sparsesweep.errors import ConfigError
 from sparsesweep.shapes import render_shapes
 
-CROP_PADDING = 4
 # ImageNet's per-channel pixel statistics in [0, 255] units, the convention of torchvision's models.
 IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]) * 255
 IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225]) * 255
@@ -56,55 +53,10 @@ class FolderSplit:
     resize: int  # evaluation: resize the short side to this, then center-crop `resolution`
     loader: dict  # the dataset's `loader` config: workers, pin_memory, persistent_workers, prefetch_factor
     channels: int = 3
-    _loaders: dict = field(default_factory=dict, repr=False)
+    loaders: dict = field(default_factory=dict, repr=False)  # batches.folder_batches keeps its DataLoaders here
 
     def __len__(self) -> int:
         return len(self.folder)
-
-    def batches(self, batch_size: int, shuffle_seed: int | None, augment: bool, skip: int = 0):
-        """uint8 (x, y) batches. Training (a shuffle seed): a fresh permutation from the seed, random-resized
-        crop + flip when augment, no partial last batch, the first `skip` batches left out. One DataLoader
-        per kind is kept, so persistent workers survive across epochs; the permutation still follows the
-        seed (exact on resume; the crops are random per worker process)."""
-        key = (batch_size, shuffle_seed is not None, augment)
-        if key not in self._loaders:
-            self._loaders[key] = self._make_loader(batch_size, shuffle_seed is not None, augment)
-        loader = self._loaders[key]
-        loader.generator.manual_seed(0 if shuffle_seed is None else shuffle_seed)
-        if shuffle_seed is not None:
-            loader.sampler.start = skip * batch_size
-        return iter(loader)
-
-    def _make_loader(self, batch_size: int, shuffle: bool, augment: bool):
-        tv = import_torchvision()
-        t = tv.transforms
-        steps = ([t.RandomResizedCrop(self.resolution), t.RandomHorizontalFlip()] if augment else
-                 [t.Resize(self.resize), t.CenterCrop(self.resolution)])
-        view = copy.copy(self.folder)  # shares the scanned file list; training and evaluation differ in transform
-        view.transform = t.Compose([*steps, t.PILToTensor()])
-        # One generator, reseeded per epoch, draws both the permutation and the workers' base seed, which
-        # DataLoader would otherwise take from (and so perturb) the global RNG that dropout uses.
-        generator = torch.Generator()
-        sampler = _Permutation(len(view), generator) if shuffle else torch.utils.data.SequentialSampler(view)
-        workers = int(self.loader["workers"])
-        return torch.utils.data.DataLoader(
-            view, batch_size=batch_size, sampler=sampler, drop_last=shuffle, num_workers=workers, generator=generator,
-            pin_memory=bool(self.loader["pin_memory"]) and torch.cuda.is_available(),
-            persistent_workers=bool(self.loader["persistent_workers"]) and workers > 0,
-            prefetch_factor=self.loader["prefetch_factor"] if workers > 0 else None)
-
-
-class _Permutation(torch.utils.data.Sampler):
-    """A fresh permutation from `generator` per pass, from position `start` on."""
-
-    def __init__(self, size: int, generator: torch.Generator):
-        self.size, self.generator, self.start = size, generator, 0
-
-    def __iter__(self):
-        return iter(torch.randperm(self.size, generator=self.generator)[self.start:].tolist())
-
-    def __len__(self) -> int:
-        return self.size - self.start
 
 
 @dataclass
@@ -144,79 +96,6 @@ def load_dataset(cfg) -> Dataset:
     return Dataset(cfg.name, train, test, num_classes, bool(cfg.augment), mean=mean, std=std)
 
 
-def place(data: Dataset, device: torch.device, policy) -> Dataset:
-    """Keeps the uint8 splits on a CUDA device, so batching and augmentation happen there and no image
-    crosses the bus per step. policy: true, false, or "auto" (when they take under a quarter of the
-    device's free memory)."""
-    if device.type != "cuda" or policy is False or isinstance(data.train, FolderSplit):
-        return data
-    size = sum(s.images.numel() + 8 * len(s) for s in (data.train, data.test))
-    if policy == "auto" and size > torch.cuda.mem_get_info(device)[0] // 4:
-        return data
-    move = lambda s: Split(s.images.to(device), s.labels.to(device))  # noqa: E731
-    return Dataset(data.name, move(data.train), move(data.test), data.num_classes, data.augment,
-                   data.mean.to(device), data.std.to(device))
-
-
-def batches(data: Dataset, split: Split, batch_size: int, device: torch.device, *,
-            shuffle_seed: int | None = None, augment: bool = False, memory_format=torch.contiguous_format,
-            skip: int = 0):
-    """Yields normalized float (x, y) batches. With shuffle_seed: a fresh permutation drawn from that
-    seed (the trainer passes one per epoch, so a resumed run sees the same batches) and no partial last
-    batch, so every training step has exactly batch_size images; `skip` leaves out the first batches of
-    that sequence (an epoch resumed from a checkpoint taken within it)."""
-    mean = data.mean.to(device).view(1, -1, 1, 1)
-    std = data.std.to(device).view(1, -1, 1, 1)
-
-    def normalized(x: torch.Tensor) -> torch.Tensor:
-        return ((x.float() - mean) / std).contiguous(memory_format=memory_format)
-
-    if isinstance(split, FolderSplit):
-        for x, y in split.batches(batch_size, shuffle_seed, augment, skip):
-            yield normalized(x.to(device, non_blocking=True)), y.to(device, non_blocking=True)
-        return
-    if shuffle_seed is None:
-        if augment:
-            raise ValueError("augmentation draws from the shuffle generator: pass shuffle_seed")
-        order, stop = torch.arange(len(split)), len(split)
-    else:
-        generator = torch.Generator().manual_seed(shuffle_seed)
-        order = torch.randperm(len(split), generator=generator)
-        stop = len(split) - len(split) % batch_size
-    order = order.to(split.images.device)
-    for start in range(0, stop, batch_size):
-        if start < skip * batch_size:
-            if augment:  # the random draws of a skipped batch, so later batches get the same crops as before
-                augmentation_draws(batch_size, generator)
-            continue
-        index = order[start:start + batch_size]
-        x = split.images[index].to(device, non_blocking=True)
-        y = split.labels[index].to(device, non_blocking=True)
-        if augment:
-            x = crop_and_flip(x, generator)
-        yield normalized(x), y
-
-
-def crop_and_flip(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """The standard CIFAR augmentation, drawn independently per image: zero-pad by 4, take a random crop
-    of the original size, flip horizontally with probability 1/2. torchvision's transforms draw one
-    crop per call, so a per-image batched version is written here."""
-    n, _, h, w = images.shape
-    offsets, flips = (t.to(images.device) for t in augmentation_draws(n, generator))
-    padded = F.pad(images, (CROP_PADDING,) * 4)
-    rows = offsets[0, :, None] + torch.arange(h, device=images.device)
-    cols = offsets[1, :, None] + torch.arange(w, device=images.device)
-    cols = torch.where(flips[:, None], cols.flip(1), cols)
-    batch = torch.arange(n, device=images.device)[:, None, None]
-    return padded.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
-
-
-def augmentation_draws(n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """crop_and_flip's randomness for n images: (2, n) crop offsets, n flip flags."""
-    offsets = torch.randint(0, 2 * CROP_PADDING + 1, (2, n), generator=generator)
-    return offsets, torch.rand(n, generator=generator) < 0.5
-
-
 def _limit(split, limit: int | None):
     """The first `limit` images; of a class-sorted folder, every k-th, so all classes stay."""
     if not limit or limit >= len(split):
@@ -224,7 +103,7 @@ def _limit(split, limit: int | None):
     if isinstance(split, FolderSplit):
         folder = copy.copy(split.folder)
         folder.samples = folder.samples[::len(folder.samples) // limit][:limit]
-        return replace(split, folder=folder, _loaders={})
+        return replace(split, folder=folder, loaders={})
     return Split(split.images[:limit], split.labels[:limit])
 
 

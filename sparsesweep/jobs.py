@@ -1,0 +1,115 @@
+"""Hydra jobs -> runs: `python -m sparsesweep` trains its job as a pack of one; the launchers hand a pack of
+jobs to one process (train_jobs). What a job that did not train reports: None when it trained (or had
+already finished), else one line saying why, which the launcher prints (`running elsewhere: ...`,
+`failed: ...`); in a sweep a failure is recorded in the run's directory and never stops the other runs."""
+from __future__ import annotations
+
+import logging
+import sys
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from sparsesweep import pack, rundir
+from sparsesweep.errors import ConfigError
+from sparsesweep.interrupts import Interrupted
+
+log = logging.getLogger("sparsesweep")
+LOG_FILE = "sparsesweep.log"  # a run's log in its directory (hydra.job.name = sparsesweep)
+LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"  # Hydra's job log format
+
+
+@dataclass
+class Job:
+    cfg: object        # the job's config, without Hydra's node
+    hydra_cfg: object  # its `hydra` node (HydraConfig)
+    number: int = 0
+
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.hydra_cfg.runtime.output_dir)
+
+    @property
+    def overrides(self) -> list[str]:
+        return list(self.hydra_cfg.overrides.task)
+
+
+def train_jobs(jobs: list[Job], in_sweep: bool, own_logs: bool = False) -> list[str | None]:
+    """Trains the jobs as one pack; per job None or the line saying why it did not train. own_logs: give each
+    run its own log file in its directory (a pack's process; a lone job's log is Hydra's). Outside a sweep a
+    failure exits: 2 for a config or directory problem, 1 when files cannot be written."""
+    specs = [pack.RunSpec(job.cfg, job.out_dir, job.overrides, log=run_log(job) if own_logs else log)
+             for job in jobs]
+    for spec, job in zip(specs, jobs):
+        spec.on_open = lambda spec=spec, job=job: opened(spec, job, own_logs)
+    try:
+        outcomes = pack.train_runs(specs)
+    except Interrupted as stop:
+        log.warning("%s: its state is saved; the same command again resumes it", stop)
+        sys.exit(128 + stop.signum)
+    return [None if error is None else did_not_train(job, spec.log, error, in_sweep)
+            for job, spec, (_, error) in zip(jobs, specs, outcomes)]
+
+
+def did_not_train(job: Job, run_log: logging.Logger, error: BaseException, in_sweep: bool) -> str:
+    if isinstance(error, rundir.RunDirBusy):
+        run_log.warning("%s: not training it a second time", error)
+        if not in_sweep:
+            sys.exit(2)
+        return f"running elsewhere: {error}"
+    if isinstance(error, OSError):  # a full disk, a quota, a file-size limit: the run's files stay as they were
+        if not in_sweep:
+            run_log.error("could not write the run's files (%s): make room, then the same command again resumes it",
+                          error)
+            sys.exit(1)
+        return record_failure(job, run_log, f"could not write the run's files: {error}")
+    if not in_sweep:
+        if isinstance(error, ConfigError):
+            run_log.error("%s", error)
+            sys.exit(2)
+        raise error
+    # In a sweep one bad run must not stop the others: record it and go on.
+    message = str(error) if isinstance(error, ConfigError) else "".join(traceback.format_exception(error))
+    return record_failure(job, run_log, message)
+
+
+def opened(spec: pack.RunSpec, job: Job, own_log: bool) -> None:
+    """The directory is this run's: its log file (in a pack) and Hydra's record of the launch, `.hydra/`, as
+    Hydra writes it (conf sets hydra.output_subdir to null so that Hydra does not write it before the
+    trainer knows the directory is this run's)."""
+    if own_log:
+        handler = logging.FileHandler(job.out_dir / LOG_FILE)
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        spec.log.addHandler(handler)
+    record = job.out_dir / ".hydra"
+    record.mkdir(exist_ok=True)
+    for name, node in (("config.yaml", job.cfg), ("hydra.yaml", OmegaConf.create({"hydra": job.hydra_cfg})),
+                       ("overrides.yaml", job.hydra_cfg.overrides.task)):
+        rundir.write_atomic(record / name, OmegaConf.to_yaml(node).encode())
+
+
+def run_log(job: Job) -> logging.Logger:
+    """A pack member's logger: its lines go to its own log file (opened) and, named by its job number, to the
+    pack's console."""
+    logger = logging.getLogger(f"sparsesweep.job{job.number}")
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+    return logger
+
+
+def record_failure(job: Job, run_log: logging.Logger, message: str) -> str:
+    """A `failed` results.json with the message's last line, where that loses nothing; returns the line."""
+    run_log.error("run failed: %s", message)
+    line = message.strip().splitlines()[-1]
+    try:
+        run_id = rundir.run_identity(job.cfg)
+    except OmegaConfBaseException:  # a value that does not even resolve
+        run_id = None
+    try:
+        rundir.record_failure(job.out_dir, job.overrides, line, run_id)
+    except OSError as error:
+        run_log.error("could not record the failure either: %s", error)
+    return f"failed: {line}"

@@ -1,0 +1,228 @@
+"""The loop over a pack: K runs stepped in lockstep in one process until each has finished, diverged or
+failed. A single run (`python -m sparsesweep ...`) is a pack of one: there is one training loop.
+
+Between host events (an epoch's end, an LR change, a progress line, a periodic checkpoint, a stop signal)
+the loop only steps the pack: each run's train_step in turn, or on a GPU one replay of a CUDA graph holding
+every captured run's step (graphs.py). A run that leaves (finished, diverged, failed) leaves the others
+untouched: the rest are captured again and go on. Runs that share a dataset config share one copy of its
+data on the device.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from omegaconf import OmegaConf
+
+from sparsesweep import assemble, graphs, interrupts, validate
+from sparsesweep.errors import ConfigError
+from sparsesweep.run import DIVERGED, TRAINED, TRAINING, Run, open_directory
+
+log = logging.getLogger("sparsesweep")
+
+# What may differ between the runs of one pack: nothing here changes a shape, the data or the step count.
+PACK_FREE_KEYS = ("optimizer", "regularizer", "seed", "logger", "prune", "progress_interval_s",
+                  "checkpoint_interval_min")
+
+
+def pack_key(cfg) -> str:
+    """Runs with equal keys may share a pack: the same model and shape, dataset, batch size, schedule and
+    step count, measurement and performance settings."""
+    plain = OmegaConf.to_container(OmegaConf.masked_copy(cfg, [k for k in cfg if k not in PACK_FREE_KEYS + ("hydra",)]),
+                                   resolve=True)
+    return json.dumps(plain, sort_keys=True)
+
+
+@dataclass
+class RunSpec:
+    cfg: object
+    out_dir: Path
+    overrides: list = field(default_factory=list)
+    on_open: Callable[[], None] | None = None  # called once the directory is known to be this run's
+    log: logging.Logger = log
+
+
+def train(cfg, out_dir: Path, overrides=(), on_open=None) -> dict:
+    """One run, a pack of one: trains, measures and writes the run directory; returns the results.json content.
+    A directory holding another run's state is refused (run.RunDirConflict), one another process trains too
+    (rundir.RunDirBusy); one this run already finished is returned as it is."""
+    results, error = train_runs([RunSpec(cfg, Path(out_dir), list(overrides), on_open)])[0]
+    if error is not None:
+        raise error
+    return results
+
+
+def train_runs(specs: list[RunSpec]) -> list[tuple[dict | None, BaseException | None]]:
+    """Opens every spec's run and trains them all as one pack; per spec, (its results, None) or (None, the
+    error that stopped it, at opening or in training). A stop signal ends the whole pack with every run's
+    state saved (interrupts.Interrupted)."""
+    outcomes: list = [(None, None)] * len(specs)
+    with interrupts.StopSignals() as stops, contextlib.ExitStack() as pack_resources:
+        runs, datasets = {}, {}
+        for number, spec in enumerate(specs):
+            resources = pack_resources.enter_context(contextlib.ExitStack())
+            try:
+                validate.check_config(spec.cfg)
+                finished = open_directory(spec.cfg, Path(spec.out_dir), spec.overrides, spec.on_open, resources)
+                if finished:
+                    spec.log.info("run %s is already %s in %s: nothing to do", finished["run_id"], finished["status"],
+                                  spec.out_dir)
+                    outcomes[number] = (finished, None)
+                    resources.close()
+                    continue
+                runs[number] = open_run(spec, resources, datasets, first=not runs)
+            except interrupts.Interrupted:
+                raise
+            except Exception as error:  # noqa: BLE001 (one bad run never takes down a pack)
+                resources.close()
+                outcomes[number] = (None, error)
+        train_pack(list(runs.values()), stops)
+    for number, run in runs.items():
+        outcomes[number] = (run.results, run.error)
+    return outcomes
+
+
+def open_run(spec: RunSpec, resources, datasets: dict, first: bool) -> Run:
+    cfg = spec.cfg
+    device = assemble.pick_device(cfg.device)
+    if first:  # process-wide settings: equal for every run of a pack (pack_key)
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        if device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels once
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = bool(cfg.performance.tf32)
+    graph = graphs.setting(cfg)
+    if graph == "on" and device.type != "cuda":
+        raise ConfigError(f"performance.cuda_graph=on needs a CUDA device, not {device}: use performance.cuda_graph="
+                          f"auto (graphs where possible) or off")
+    key = json.dumps([OmegaConf.to_container(cfg.dataset, resolve=True), str(device), cfg.performance.data_on_device])
+    if key not in datasets:
+        datasets[key] = assemble.data_for(cfg, device)
+    return Run(cfg, Path(spec.out_dir), spec.overrides, datasets[key], device,
+               capturable=device.type == "cuda" and graph != "off", log=spec.log, resources=resources)
+
+
+def train_pack(runs: list[Run], stops: interrupts.StopSignals) -> None:
+    """Steps the runs until every one has finished (results written), diverged or failed."""
+    if not runs:
+        return
+    progress_s = min(run.cfg.progress_interval_s for run in runs)
+    checkpoint_s = 60 * min(run.cfg.checkpoint_interval_min for run in runs)
+    stepper = PackStepper(runs)
+    active = list(runs)
+    last_progress = last_checkpoint = time.monotonic()
+    stops.deferring = True  # from here a stop signal waits for the step's end and saves that step
+    while active:
+        training = [run for run in active if run.status == TRAINING]
+        steps = min((run.steps_to_boundary() for run in training), default=0)
+        taken = 0
+        while taken < steps:
+            everyone = stepper(training)
+            taken += 1
+            now = time.monotonic()
+            if not everyone or stops.pending or now - last_progress > progress_s or now - last_checkpoint > checkpoint_s:
+                break
+        training = [run for run in training if run.status == TRAINING]
+        for run in training:
+            if run.advanced(taken):
+                stepper.invalidate()  # the LR is baked into a captured step
+        for run in training:
+            guarded(run, run.end_epoch_if_due)
+        now = time.monotonic()
+        if now - last_progress > progress_s:
+            last_progress = now
+            for run in [run for run in active if run.status == TRAINING and run.done]:
+                guarded(run, run.check_progress)
+        for run in [run for run in active if run.status in (TRAINED, DIVERGED)]:
+            guarded(run, run.finish)
+        if stops.pending or now - last_checkpoint > checkpoint_s:
+            last_checkpoint = now
+            for run in [run for run in active if run.status == TRAINING and run.done]:  # done 0: its epoch's start,
+                guarded(run, run.save_within_epoch)                                 # which the last checkpoint holds
+            if stops.pending:
+                for run in [run for run in active if run.status == TRAINING]:
+                    run.log.warning("%s at epoch %d, step %d: checkpoint saved", interrupts.signal_name(stops.pending),
+                                    run.epoch + 1, run.step)
+                stops.act()
+        left = [run for run in active if run.status != TRAINING]
+        for run in (run for run in left if run.error is not None and len(runs) > 1):
+            run.log.info("run %s leaves its pack (%s: %s); the others go on", run.run_id, type(run.error).__name__,
+                         run.error)
+        if left:
+            active = [run for run in active if run.status == TRAINING]
+            stepper.invalidate()
+    stops.deferring = False  # every run's results are written: a stop from here loses nothing
+
+
+def guarded(run: Run, host_work: Callable[[], object]) -> None:
+    """A run's host work; an error in it fails that run alone."""
+    try:
+        host_work()
+    except interrupts.Interrupted:
+        raise
+    except Exception as error:  # noqa: BLE001 (one bad run never takes down its pack)
+        run.fail(error)
+
+
+class PackStepper:
+    """The pack's step: eager for the first WARMUP_STEPS, then (on a GPU, performance.cuda_graph auto|on) one
+    graph replay for the runs that capture plus eager steps for the rest. Rebuilt (captured again) whenever
+    invalidated: a run left, or an LR changed."""
+
+    def __init__(self, runs: list[Run]):
+        self.eager_only: set[int] = set()  # ids of runs that train eagerly for good (their log says why)
+        for run in runs:
+            reason = graphs.why_not_capturable(run)
+            if graphs.setting(run.cfg) == "off" or (reason and run.device.type != "cuda"):
+                self.eager_only.add(id(run))
+            elif reason:
+                self._eager_for_good(run, reason)
+        self.steps_taken, self.checked, self.step = 0, False, None
+
+    def invalidate(self) -> None:
+        self.step = None
+
+    def __call__(self, training: list[Run]) -> bool:
+        """One step of every training run; False when one of them failed in it."""
+        if self.step is None:
+            self.step = self._build(training)
+        everyone = self.step()
+        self.steps_taken += 1
+        if self.steps_taken == graphs.WARMUP_STEPS:
+            self.invalidate()  # warmed up: capture now
+        if not everyone:
+            self.invalidate()
+        return everyone
+
+    def _build(self, training: list[Run]):
+        candidates = [run for run in training if id(run) not in self.eager_only]
+        if not candidates or self.steps_taken < graphs.WARMUP_STEPS:
+            return graphs.EagerStep(training)
+        graph, refused = graphs.capture(candidates, lambda run, error: self._eager_for_good(
+            run, f"its step could not be captured ({type(error).__name__}: {(str(error).splitlines() or [''])[0]})"))
+        captured = [run for run in candidates if run not in refused]
+        if graph is not None and not self.checked:  # the pack's first capture: check it against eager steps
+            self.checked = True
+            problems = graphs.self_check(captured, graph, graphs.TOLERANCE[bool(captured[0].cfg.performance.tf32)])
+            if problems:
+                for run in captured:
+                    self._eager_for_good(run, f"the CUDA graph's self-check failed ({len(problems)} of "
+                                              f"{len(captured)} runs): {problems[0]}")
+                graph, captured = None, []
+            else:
+                for run in captured:
+                    run.log.info("steps captured in a CUDA graph (checked against %d eager steps)", graphs.CHECK_STEPS)
+        eager = [run for run in training if run not in captured]
+        parts = ([graph] if graph is not None else []) + ([graphs.EagerStep(eager)] if eager else [])
+        return lambda: all([part() for part in parts])
+
+    def _eager_for_good(self, run: Run, reason: str) -> None:
+        self.eager_only.add(id(run))
+        level = logging.WARNING if graphs.setting(run.cfg) == "on" else logging.INFO
+        run.log.log(level, "not captured in a CUDA graph: %s; it trains eagerly", reason)
