@@ -95,9 +95,12 @@ class WandB:
 
         self.wandb = wandb
         settings = cfg.logger.wandb
+        # reinit="create_new": the runs of a pack share a process, each with its own W&B run (by default a
+        # second wandb.init returns the first run, and the second run would log into it).
         self.run = wandb.init(project=settings.project, entity=settings.entity, mode=settings.mode,
                               dir=str(out_dir), name=out_dir.name, group=out_dir.parent.name,
-                              id=logger_run_id(cfg, out_dir), resume="allow", config=rundir.run_config(cfg))
+                              id=logger_run_id(cfg, out_dir), resume="allow", config=rundir.run_config(cfg),
+                              reinit="create_new")
 
     def log_epoch(self, epoch: int, scalars: dict, gammas: dict) -> None:
         histograms = {f"gamma/{layer}": self.wandb.Histogram(gamma.numpy()) for layer, gamma in gammas.items()}

@@ -187,3 +187,20 @@ def test_a_missing_logger_package_stops_the_run_before_it_starts_with_the_pip_li
         pack.train(make_config(SMOKE + [f"logger={logger}"]), tmp_path / "run")
     assert str(error.value) == f"logger={logger} needs the {logger} package: pip install {logger}"
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.skipif("wandb" not in OPTIONAL, reason="wandb is not installed (pip install wandb): W&B logger untested")
+def test_wandb_runs_of_one_pack_each_log_to_their_own_wandb_run(tmp_path):
+    sweep = tmp_path / "sweep"
+    code, output = cli("sparsesweep", "-m", *SMOKE, "optimizer=adam,sgd", "logger=wandb", "logger.wandb.mode=offline",
+                       "hydra.launcher.pack_size=2", "hydra.launcher.cpu_parallel=1", f"hydra.sweep.dir={sweep}",
+                       cwd=tmp_path)
+    assert code == 0 and "All 2 jobs ended: completed 2" in output, output
+    for run_dir in (p.parent for p in sweep.glob("*/results.json")):
+        (run_file,) = run_dir.glob("wandb/offline-run-*/run-*.wandb")
+        records = list(wandb_records(run_file))
+        (run,) = [r.run for r in records if r.WhichOneof("record_type") == "run"]
+        assert run.display_name == run_dir.name
+        assert [r.history.step.num for r in records if r.WhichOneof("record_type") == "history"] == [1, 2, 3]
+        (exit_record,) = [r.exit for r in records if r.WhichOneof("record_type") == "exit"]
+        assert exit_record.exit_code == 0
