@@ -43,15 +43,20 @@ def train_jobs(jobs: list[Job], in_sweep: bool, own_logs: bool = False) -> list[
     failure exits: 2 for a config or directory problem, 1 when files cannot be written."""
     specs = [pack.RunSpec(job.cfg, job.out_dir, job.overrides, log=run_log(job) if own_logs else log)
              for job in jobs]
-    for spec, job in zip(specs, jobs):
+    said: dict[int, str] = {}  # in a sweep: what each run that failed said, recorded as it failed
+    for number, (spec, job) in enumerate(zip(specs, jobs)):
         spec.on_open = lambda spec=spec, job=job: opened(spec, job, own_logs)
+        if in_sweep:  # its failed stub at once, not when the pack ends (a pack killed later would lose it)
+            spec.on_failure = lambda error, number=number, spec=spec, job=job: said.setdefault(
+                number, did_not_train(job, spec.log, error, in_sweep))
     try:
         outcomes = pack.train_runs(specs)
     except Interrupted as stop:
         log.warning("%s: its state is saved; the same command again resumes it", stop)
         sys.exit(128 + stop.signum)
-    return [None if error is None else did_not_train(job, spec.log, error, in_sweep)
-            for job, spec, (_, error) in zip(jobs, specs, outcomes)]
+    return [None if error is None else said[number] if number in said else did_not_train(job, spec.log, error,
+                                                                                          in_sweep)
+            for number, (job, spec, (_, error)) in enumerate(zip(jobs, specs, outcomes))]
 
 
 def did_not_train(job: Job, run_log: logging.Logger, error: BaseException, in_sweep: bool) -> str:

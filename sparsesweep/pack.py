@@ -46,6 +46,9 @@ class RunSpec:
     overrides: list = field(default_factory=list)
     on_open: Callable[[], None] | None = None  # called once the directory is known to be this run's
     log: logging.Logger = log
+    # called with the error as soon as the run fails (at opening or when it leaves its pack), while the
+    # others may train on for hours: its failure is on record then, not only once the whole pack has ended
+    on_failure: Callable[[BaseException], None] | None = None
 
 
 def train(cfg, out_dir: Path, overrides=(), on_open=None) -> dict:
@@ -82,7 +85,15 @@ def train_runs(specs: list[RunSpec]) -> list[tuple[dict | None, BaseException | 
             except Exception as error:  # noqa: BLE001 (one bad run never takes down a pack)
                 resources.close()
                 outcomes[number] = (None, error)
-        train_pack(list(runs.values()), stops)
+                if spec.on_failure:
+                    spec.on_failure(error)
+        callbacks = {id(run): specs[number].on_failure for number, run in runs.items()}
+
+        def failed(run: Run) -> None:
+            if callbacks[id(run)]:
+                callbacks[id(run)](run.error)
+
+        train_pack(list(runs.values()), stops, on_failure=failed)
     for number, run in runs.items():
         outcomes[number] = (run.results, run.error)
     return outcomes
@@ -108,8 +119,10 @@ def open_run(spec: RunSpec, resources, datasets: dict, first: bool) -> Run:
                capturable=device.type == "cuda" and graph != "off", log=spec.log, resources=resources)
 
 
-def train_pack(runs: list[Run], stops: interrupts.StopSignals) -> None:
-    """Steps the runs until every one has finished (results written), diverged or failed."""
+def train_pack(runs: list[Run], stops: interrupts.StopSignals,
+               on_failure: Callable[[Run], object] | None = None) -> None:
+    """Steps the runs until every one has finished (results written), diverged or failed; on_failure(run)
+    as a run leaves with an error."""
     if not runs:
         return
     progress_s = min(run.cfg.progress_interval_s for run in runs)
@@ -141,22 +154,27 @@ def train_pack(runs: list[Run], stops: interrupts.StopSignals) -> None:
                 guarded(run, run.check_progress)
         for run in [run for run in active if run.status in (TRAINED, DIVERGED)]:
             guarded(run, run.finish)
-        if stops.pending or now - last_checkpoint > checkpoint_s:
+        stopping = stops.pending  # a signal from here on waits for the next round, which saves its step
+        if stopping or now - last_checkpoint > checkpoint_s:
             last_checkpoint = now
             for run in [run for run in active if run.status == TRAINING and run.done]:  # done 0: its epoch's start,
                 guarded(run, run.save_within_epoch)                                 # which the last checkpoint holds
-            if stops.pending:
+            if stopping:
                 for run in [run for run in active if run.status == TRAINING]:
                     run.log.warning("%s at epoch %d, step %d: checkpoint saved", interrupts.signal_name(stops.pending),
                                     run.epoch + 1, run.step)
-                stops.act()
         left = [run for run in active if run.status != TRAINING]
-        for run in (run for run in left if run.error is not None and len(runs) > 1):
-            run.log.info("run %s leaves its pack (%s: %s); the others go on", run.run_id, type(run.error).__name__,
-                         run.error)
+        for run in (run for run in left if run.error is not None):
+            if len(runs) > 1:
+                run.log.info("run %s leaves its pack (%s: %s); the others go on", run.run_id,
+                             type(run.error).__name__, run.error)
+            if on_failure:
+                on_failure(run)
         if left:
             active = [run for run in active if run.status == TRAINING]
             stepper.invalidate()
+        if stopping:  # after the failures are on record
+            stops.act()
     stops.deferring = False  # every run's results are written: a stop from here loses nothing
 
 

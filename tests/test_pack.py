@@ -209,3 +209,22 @@ def test_on_a_gpu_the_graph_path_is_checked_and_agrees_with_eager_steps(make_con
     for (g, g_error), (e, e_error) in zip(graph, eager):
         assert g_error is None and e_error is None and g["status"] == e["status"] == "completed"
         assert abs(g["train_loss"] - e["train_loss"]) < 0.05 * abs(e["train_loss"])
+
+
+def test_a_run_that_fails_in_a_pack_is_on_record_at_once_and_stays_so_if_the_pack_is_killed_later(tmp_path):
+    # The csv logger's file cannot be written: that run fails at its first epoch's end, the other trains on.
+    grid = "hydra.sweeper.grid=[{optimizer:adam},{optimizer:sgd,logger:csv,logger.csv.file:nodir/x.csv}]"
+    common = [*SMOKE, "schedule.base_epochs=30", grid, "hydra.launcher.pack_size=2", "hydra.launcher.cpu_parallel=1",
+              f"hydra.sweep.dir={tmp_path / 'sweep'}"]
+    sweep = subprocess.Popen([sys.executable, "-m", "sparsesweep", "-m", *common], cwd=tmp_path,
+                             env={**os.environ, "PYTHONPATH": str(ROOT)}, text=True, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT)
+    trains = tmp_path / "sweep" / "+experiment=smoke,optimizer=adam,schedule.base_epochs=30"
+    failed = tmp_path / "sweep" / "+experiment=smoke,optimizer=sgd,schedule.base_epochs=30"
+    wait_for(lambda: rundir.read_json(failed / "results.json").get("status") == "failed", timeout=60)
+    holder = rundir.lock_holder(trains)
+    assert holder is not None and not (trains / "results.json").exists()  # the pack trains on
+    os.kill(int(holder.split()[1]), signal.SIGKILL)
+    sweep.communicate(timeout=120)
+    code, output = cli("sparsesweep", "-m", *common, "hydra.sweeper.dry_run=true", cwd=tmp_path)
+    assert code == 0 and "1 resumed, 0 new, 1 failed before (rerun)" in output, output
