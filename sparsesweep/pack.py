@@ -27,8 +27,9 @@ from sparsesweep.run import DIVERGED, TRAINED, TRAINING, Run, open_directory
 log = logging.getLogger("sparsesweep")
 
 # What may differ between the runs of one pack: nothing here changes a shape, the data or the step count.
-PACK_FREE_KEYS = ("optimizer", "regularizer", "seed", "logger", "prune", "progress_interval_s",
-                  "checkpoint_interval_min")
+# (Not progress_interval_s or checkpoint_interval_min: a pack checks and saves at its shortest interval, which
+# would change when a packed run's divergence is caught, and with it the `iterations` its results record.)
+PACK_FREE_KEYS = ("optimizer", "regularizer", "seed", "logger", "prune")
 
 
 def pack_key(cfg) -> str:

@@ -228,3 +228,11 @@ def test_a_run_that_fails_in_a_pack_is_on_record_at_once_and_stays_so_if_the_pac
     sweep.communicate(timeout=120)
     code, output = cli("sparsesweep", "-m", *common, "hydra.sweeper.dry_run=true", cwd=tmp_path)
     assert code == 0 and "1 resumed, 0 new, 1 failed before (rerun)" in output, output
+
+
+def test_runs_with_other_progress_or_checkpoint_intervals_do_not_share_a_pack(make_config):
+    # A pack checks progress (and so divergence) at its shortest interval: a diverging run packed with a run
+    # of progress_interval_s=0 would stop at step 2, alone at step 20, and record other iterations.
+    key = pack.pack_key(make_config(SMOKE))
+    for bound in (["progress_interval_s=0"], ["checkpoint_interval_min=0"]):
+        assert pack.pack_key(make_config(SMOKE + bound)) != key, bound
