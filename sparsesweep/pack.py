@@ -73,6 +73,10 @@ def train_runs(specs: list[RunSpec]) -> list[tuple[dict | None, BaseException | 
             resources = pack_resources.enter_context(contextlib.ExitStack())
             try:
                 validate.check_config(spec.cfg)
+                shared = next((n for n in range(number) if Path(specs[n].out_dir) == Path(spec.out_dir)), None)
+                if shared is not None:
+                    raise ConfigError(f"{spec.out_dir} is also the directory of run #{shared} of this pack: a "
+                                      f"directory holds one run; give each its own (hydra.sweep.subdir)")
                 finished = open_directory(spec.cfg, Path(spec.out_dir), spec.overrides, spec.on_open, resources)
                 if finished:
                     spec.log.info("run %s is already %s in %s: nothing to do", finished["run_id"], finished["status"],
@@ -109,10 +113,7 @@ def open_run(spec: RunSpec, resources, datasets: dict, first: bool) -> Run:
         if device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels once
             torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = bool(cfg.performance.tf32)
-    graph = graphs.setting(cfg)
-    if graph == "on" and device.type != "cuda":
-        raise ConfigError(f"performance.cuda_graph=on needs a CUDA device, not {device}: use performance.cuda_graph="
-                          f"auto (graphs where possible) or off")
+    graph = graphs.setting(cfg)  # `on` without a GPU is refused by validate.check_config
     key = json.dumps([OmegaConf.to_container(cfg.dataset, resolve=True), str(device), cfg.performance.data_on_device])
     if key not in datasets:
         datasets[key] = assemble.data_for(cfg, device)

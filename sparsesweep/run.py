@@ -282,7 +282,11 @@ class Run:
                           results["test_error"], results["zeroed_test_error"])
         rundir.write_atomic(self.out_dir / rundir.RESULTS, rundir.json_bytes(results))
         self.status, self.results = status, results
-        self.loggers.close(results)
+        try:
+            self.loggers.close(results)
+        except Exception as error:  # noqa: BLE001 (the run is complete and saved; only its mirror is short)
+            self.log.error("a logger failed to close (%s: %s): the run itself is complete (results.json)",
+                           type(error).__name__, error)
         if status == COMPLETED and cfg.prune.after_training:
             self._prune()
         self.resources.close()

@@ -42,6 +42,12 @@ def check_config(cfg) -> None:
     loggers.check_installed(cfg)
 
 
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def show(value) -> str:
     """A value as a command-line override writes it."""
     if isinstance(value, bool):
@@ -236,6 +242,10 @@ def _check_together(config: dict) -> None:
         value = show(optimizer["weight_decay"])
         raise ConfigError(f"optimizer.weight_decay={value}: must be unset (the regularizer sets it): use "
                           f"regularizer=l2 regularizer.l2={value}")
+    graph = config["performance"]["cuda_graph"]
+    if graph in ("on", True) and (config["device"] == "cpu" or (config["device"] == "auto" and not _has_cuda())):
+        raise ConfigError(f"performance.cuda_graph={show(graph)}: needs a CUDA device, and device={config['device']} "
+                          f"trains on the CPU: use performance.cuda_graph=auto (graphs where possible) or off")
     model = config["model"]
     if "widths" in model and "pool_after" in model:
         convs = len(model["widths"])

@@ -110,8 +110,8 @@ def test_the_launcher_packs_only_compatible_runs(tmp_path):
     assert "6 runs in 4 packs (1, 2 runs each)" in output and "All 6 jobs ended: completed 6" in output
     # A pack's process logs its members' lines as sparsesweep.job<number>; a pack of one is a plain Hydra job.
     packs = []
-    for err in sweep.glob(".submitit/*/*_log.err"):
-        members = {int(line.split("][sparsesweep.job")[1].split("]")[0]) for line in err.read_text().splitlines()
+    for out in sweep.glob(".submitit/*/*_log.out"):
+        members = {int(line.split("][sparsesweep.job")[1].split("]")[0]) for line in out.read_text().splitlines()
                    if "][sparsesweep.job" in line}
         if members:
             packs.append(members)
@@ -119,6 +119,15 @@ def test_the_launcher_packs_only_compatible_runs(tmp_path):
     batch_size = {n: next(o for o in overrides if o.startswith("batch_size=")) for n, overrides in enumerate(plan)}
     assert sorted(len(members) for members in packs) == [2, 2]
     assert all(len({batch_size[n] for n in members}) == 1 for members in packs)
+
+
+@pytest.mark.parametrize("value, shown", [("0", "0"), ("abc", "abc"), ("\"'3'\"", "'3'")])
+def test_a_bad_pack_size_is_one_line_before_the_sweep_is_planned(tmp_path, value, shown):
+    code, output = cli("sparsesweep", "-m", *SMOKE, f"hydra.sweep.dir={tmp_path / 'sweep'}",
+                       f"hydra.launcher.pack_size={value}", cwd=tmp_path)
+    assert code == 2 and output.strip().splitlines()[-1].endswith(
+        f"hydra.launcher.pack_size={shown}: must be a positive integer or auto, e.g. hydra.launcher.pack_size=8"), output
+    assert not (tmp_path / "sweep").exists()
 
 
 def test_a_pack_killed_mid_epoch_resumes_every_run_exactly(tmp_path):
@@ -192,8 +201,16 @@ def test_the_self_check_accepts_a_right_step_rejects_a_wrong_one_and_restores_th
 def test_cuda_graph_on_needs_a_gpu(make_config, tmp_path):
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
-    with pytest.raises(pack.ConfigError, match="performance.cuda_graph=on needs a CUDA device"):
+    with pytest.raises(pack.ConfigError, match="performance.cuda_graph=on: needs a CUDA device.* or off$"):
         pack.train(make_config(SMOKE + ["performance.cuda_graph=on", "device=cpu"]), tmp_path)
+    assert not any(tmp_path.iterdir())  # refused before the directory was touched
+
+
+def test_two_runs_of_one_pack_in_one_directory_are_refused_not_mistaken_for_a_busy_one(make_config, tmp_path):
+    outcomes = pack.train_runs([pack.RunSpec(make_config(SMOKE + MIXED[n]), tmp_path / "same")
+                                for n in ("adam-l2", "sgd-none")])
+    assert outcomes[0][1] is None and outcomes[0][0]["status"] == "completed"
+    assert isinstance(outcomes[1][1], pack.ConfigError) and "is also the directory of run #0" in str(outcomes[1][1])
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

@@ -85,7 +85,8 @@ class PackCall:
         Singleton.set_state(pack[0][4])
         setup_globals()
         if not logging.getLogger().handlers:
-            logging.basicConfig(level=logging.INFO, format=jobs.LOG_FORMAT)
+            # stdout: stderr keeps only what went wrong, the last line of which names a dead pack's cause
+            logging.basicConfig(level=logging.INFO, format=jobs.LOG_FORMAT, stream=sys.stdout)
         members, returns = [], []
         for overrides, _, number, _, _ in pack:
             config = self.launcher.hydra_context.config_loader.load_sweep_config(self.launcher.config, list(overrides))
@@ -113,6 +114,19 @@ class PackCall:
 
 
 class _QueueingLauncher(BaseSubmititLauncher):
+    def setup(self, **kwargs) -> None:
+        """Checks this launcher's own settings before the sweep is planned."""
+        super().setup(**kwargs)
+        size = self.params["pack_size"]
+        if size != "auto" and not (type(size) is int and size >= 1):
+            from sparsesweep.validate import show
+
+            # A quoted number ('3') is a string to Hydra: show the quotes, or the message would refuse 3.
+            shown = f"'{size}'" if isinstance(size, str) and size.strip().lstrip("-").isdigit() else show(size)
+            log.error("hydra.launcher.pack_size=%s: must be a positive integer or auto, e.g. hydra.launcher."
+                      "pack_size=8", shown)
+            sys.exit(2)
+
     def job_args(self, number: int, overrides) -> tuple:
         """The arguments of BaseSubmititLauncher.__call__ for job `number`."""
         log.info("\t#%d : %s", number, " ".join(filter_overrides(overrides)))
@@ -122,9 +136,6 @@ class _QueueingLauncher(BaseSubmititLauncher):
         """The jobs, numbered, grouped into packs of at most pack_size runs that may share one (pack_key)."""
         numbered = list(enumerate((list(o) for o in job_overrides), start=initial_job_idx))
         size = self.params["pack_size"]
-        if size != "auto" and not (isinstance(size, int) and not isinstance(size, bool) and size >= 1):
-            log.error("hydra.launcher.pack_size=%s: use a positive integer, or auto", size)
-            sys.exit(2)
         if size == 1 or (size == "auto" and not gpus):
             return [[job] for job in numbered]
         from sparsesweep.pack import pack_key
@@ -142,7 +153,7 @@ class _QueueingLauncher(BaseSubmititLauncher):
             packs += [group[i:i + k] for i in range(0, len(group), k)]
         packs.sort(key=lambda pack: pack[0][0])
         if any(len(pack) > 1 for pack in packs):
-            log.info("%d runs in %d packs (%s runs each)", len(numbered), len(packs),
+            log.info("%d runs in %d pack%s (%s runs each)", len(numbered), len(packs), "s" * (len(packs) > 1),
                      ", ".join(str(n) for n in sorted({len(pack) for pack in packs})))
         return packs
 
@@ -223,23 +234,22 @@ class LocalPoolLauncher(_QueueingLauncher):
                                 log.info("#%d ended (%d/%d): %s", number, len(returns), len(job_overrides),
                                          outcome(job_return)[1])
         except KeyboardInterrupt:
-            self.stop([job for _, job in running.values()], queued=sum(len(pack) for pack in queue),
-                      sweep_dir=sweep_dir)
+            self.stop([job for _, job in running.values()], runs=sum(len(pack) for pack, _ in running.values()),
+                      queued=sum(len(pack) for pack in queue), sweep_dir=sweep_dir)
         return self.report(returns)
 
     @staticmethod
-    def stop(jobs, queued: int, sweep_dir: Path) -> None:
+    def stop(jobs, runs: int, queued: int, sweep_dir: Path) -> None:
         """Ctrl-C or SIGTERM to the launcher: every running job saves its state at its current step and
         stops (SIGTERM, which submitit's local controller passes on); then the launcher exits."""
-        log.warning("Interrupted: stopping %d running jobs (each saves a checkpoint at its current step) ...",
-                    len(jobs))
+        log.warning("Interrupted: stopping %d running runs (each saves a checkpoint at its current step) ...", runs)
         for job in jobs:
             job._process.send_signal(signal.SIGTERM)  # the job's controller process
         deadline = time.monotonic() + STOP_TIMEOUT_S
         while any(not job.done() for job in jobs) and time.monotonic() < deadline:
             time.sleep(POLL_S)
-        log.warning("Sweep stopped: %d jobs stopped where they were, %d runs not started. To resume, run the same "
-                    "command again with hydra.sweep.dir=%s", len(jobs), queued, sweep_dir)
+        log.warning("Sweep stopped: %d runs stopped where they were, %d not started. To resume, run the same "
+                    "command again with hydra.sweep.dir=%s", runs, queued, sweep_dir)
         sys.exit(130)
 
     def submit(self, executor, gpu: int | None, body, args: tuple):
