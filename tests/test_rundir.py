@@ -124,9 +124,12 @@ LONG = ["schedule.base_epochs=40"]  # ~20 s at one thread: long enough to act on
 
 
 def start(*args, cwd, **kwargs):
+    """`python -m sparsesweep ARGS` in the background, with SIGINT as a terminal gives it (a shell's
+    background job, such as a CI step, would otherwise pass SIGINT on ignored)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.Popen([sys.executable, "-m", "sparsesweep", *args], cwd=cwd, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **kwargs)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL), **kwargs)
 
 
 
@@ -141,7 +144,7 @@ def test_a_second_trainer_on_a_locked_directory_does_not_train_it(tmp_path):
     assert code == 2 and f"is being trained by pid {first.pid}" in output, output
     assert first.wait(timeout=300) == 0, first.stdout.read()
     log = (tmp_path / "sparsesweep.log").read_text()
-    assert log.count("epoch 1/41 ") == 1 and log.count("epoch 41/41 ") == 1  # one trainer, every epoch once
+    assert log.count("epoch 1/41  lr") == 1 and log.count("epoch 41/41  lr") == 1  # one trainer, each epoch once
     assert rundir.lock_holder(tmp_path) is None
 
 
@@ -158,7 +161,7 @@ def test_two_identical_launchers_train_every_run_once(tmp_path):
     assert len(runs) == 2 and all(r["status"] == "completed" for r in runs.values())
     for log in sweep.rglob("sparsesweep.log"):
         text = log.read_text()
-        assert text.count("epoch 1/7 ") == 1 and text.count("epoch 7/7 ") == 1, text
+        assert text.count("epoch 1/7  lr") == 1 and text.count("epoch 7/7  lr") == 1, text  # epoch ends
 
 
 # ---- stop signals save the current step -----------------------------------------------------------------------
