@@ -59,17 +59,23 @@ def shuffle_seed(seed: int, epoch: int) -> int:
     return seed * 1_000_003 + epoch
 
 
-class EpochFeed:
-    """A run's training batches from an in-memory split: full batches only (the last partial one of each
-    permutation is dropped), so every step has exactly batch_size images. The buffers keep their addresses
-    from epoch to epoch (a captured graph reads them), and `next_batch` advances the device-side position."""
+class _Feed:
+    """A run's training batches: full batches only (the last partial one of each permutation is dropped), so
+    every step has exactly batch_size images; draw(seed, done) starts an epoch, next_batch() gives its next."""
+
+    def __init__(self, data: Dataset, batch_size: int, device: torch.device, memory_format=torch.contiguous_format):
+        self.split, self.augment, self.batch_size, self.device = data.train, data.augment, batch_size, device
+        self.steps = len(self.split) // batch_size
+        self.normalized = normalizer(data, device, memory_format)
+
+
+class EpochFeed(_Feed):
+    """From an in-memory split. The buffers keep their addresses from epoch to epoch (a captured graph reads
+    them), and `next_batch` advances the device-side position."""
     capturable = True
 
     def __init__(self, data: Dataset, batch_size: int, device: torch.device, memory_format=torch.contiguous_format):
-        self.split, self.augment, self.batch_size = data.train, data.augment, batch_size
-        self.steps = len(self.split) // batch_size
-        self.normalized = normalizer(data, device, memory_format)
-        self.device = device
+        super().__init__(data, batch_size, device, memory_format)
         where = self.split.images.device  # the indices live with the images; batches are moved to `device`
         self.order = torch.zeros(self.steps, batch_size, dtype=torch.long, device=where)
         self.offsets = torch.zeros(self.steps, 2, batch_size, dtype=torch.long, device=where)
@@ -98,15 +104,10 @@ class EpochFeed:
         return self.normalized(x.to(self.device, non_blocking=True)), y.to(self.device, non_blocking=True)
 
 
-class FolderFeed:
-    """A run's training batches from an image folder, read by DataLoader workers."""
+class FolderFeed(_Feed):
+    """From an image folder, read by DataLoader workers."""
     capturable = False
-
-    def __init__(self, data: Dataset, batch_size: int, device: torch.device, memory_format=torch.contiguous_format):
-        self.split, self.augment, self.batch_size, self.device = data.train, data.augment, batch_size, device
-        self.steps = len(self.split) // batch_size
-        self.normalized = normalizer(data, device, memory_format)
-        self.iterator = iter(())
+    iterator = iter(())
 
     def draw(self, seed: int, done: int = 0) -> None:
         self.iterator = folder_batches(self.split, self.batch_size, seed, self.augment, skip=done)

@@ -54,8 +54,8 @@ def train_jobs(jobs: list[Job], in_sweep: bool, own_logs: bool = False) -> list[
     except Interrupted as stop:
         log.warning("%s: its state is saved; the same command again resumes it", stop)
         sys.exit(128 + stop.signum)
-    return [None if error is None else said[number] if number in said else did_not_train(job, spec.log, error,
-                                                                                          in_sweep)
+    # In a sweep every failure was said as it happened; outside one, did_not_train exits or raises.
+    return [None if error is None else said.get(number) or did_not_train(job, spec.log, error, in_sweep)
             for number, (job, spec, (_, error)) in enumerate(zip(jobs, specs, outcomes))]
 
 

@@ -134,12 +134,12 @@ class Run:
         self.loss_sum += loss.detach()
         self.wrong += (logits.detach().argmax(1) != y).sum()
 
-    @contextlib.contextmanager
     def own_rng(self):
-        """Within: the global RNG is this run's stream (for dropout), else untouched."""
-        if not self.stochastic:
-            yield
-            return
+        """A context within which the global RNG is this run's stream (dropout); nothing to swap otherwise."""
+        return self._swapped_rng() if self.stochastic else contextlib.nullcontext()
+
+    @contextlib.contextmanager
+    def _swapped_rng(self):
         saved = torch.get_rng_state()
         torch.set_rng_state(self.rng)
         if self.cuda_rng is not None:
