@@ -27,9 +27,10 @@ ON_THE_NODE = ["hydra/launcher=slurm", "hydra.launcher.gpus_per_node=0", "hydra.
 # requeued attempt, started a second or two after a check, gets it at the next one, 26-27 s in.
 TIMED_OUT_EVERY_ATTEMPT = ["hydra.launcher.timeout_min=1", "hydra.launcher.signal_delay_s=15",
                            "hydra.launcher.max_num_timeout=20"]
-# One epoch of 7,000 steps of the smoke model at batch 8: 45-110 s on one thread here (65-150 steps/s,
-# with the uninterrupted run and whatever else shares the CPUs): longer than an attempt trains (<= 40 s).
-TRAIN_SIZE, BATCH_SIZE = 56_000, 8
+# One epoch of 12,000 steps of the smoke model at batch 8: 65-185 s on one thread here (65-185 steps/s,
+# with the uninterrupted run and whatever else shares the CPUs; 7,000 steps once finished within a single
+# attempt on an idle machine): far longer than an attempt trains (<= 40 s).
+TRAIN_SIZE, BATCH_SIZE = 96_000, 8
 STEPS_PER_EPOCH = TRAIN_SIZE // BATCH_SIZE
 LONG_RUN = [*SMOKE, f"dataset.train_size={TRAIN_SIZE}", f"batch_size={BATCH_SIZE}",
             "schedule.iterations_at_batch_size=null", "schedule.base_epochs=1", "schedule.decay_epochs=0"]
