@@ -8,10 +8,12 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
 from conftest import ROOT, SMOKE, cli, read_results
+from sparsesweep.rundir import lock_holder
 from slurm_cluster import slurm_cluster  # noqa: F401  (the fixture)
 from test_sweeps import comparable
 
@@ -27,16 +29,19 @@ ON_THE_NODE = ["hydra/launcher=slurm", "hydra.launcher.gpus_per_node=0", "hydra.
 # requeued attempt, started a second or two after a check, gets it at the next one, 26-27 s in.
 TIMED_OUT_EVERY_ATTEMPT = ["hydra.launcher.timeout_min=1", "hydra.launcher.signal_delay_s=15",
                            "hydra.launcher.max_num_timeout=20"]
-# One epoch of 12,000 steps of the smoke model at batch 8: 65-185 s on one thread here (65-185 steps/s,
-# with the uninterrupted run and whatever else shares the CPUs; 7,000 steps once finished within a single
-# attempt on an idle machine): far longer than an attempt trains (<= 40 s).
-TRAIN_SIZE, BATCH_SIZE = 96_000, 8
+# One epoch of 3,000 steps of the smoke model at batch 8 (16-100 s on one thread here). So that no machine,
+# however fast, finishes it within one attempt, the test holds the first attempt to pass a third of it, and the
+# first to pass two thirds, stopped (SIGSTOP) until SLURM's timeout signal is pending: the run is timed out at
+# least twice, and a slow machine that times out before a mark simply takes more attempts.
+TRAIN_SIZE, BATCH_SIZE = 24_000, 8
 STEPS_PER_EPOCH = TRAIN_SIZE // BATCH_SIZE
-LONG_RUN = [*SMOKE, f"dataset.train_size={TRAIN_SIZE}", f"batch_size={BATCH_SIZE}",
+HOLD_MARKS = (STEPS_PER_EPOCH // 3, 2 * STEPS_PER_EPOCH // 3)
+LONG_RUN = [*SMOKE, f"dataset.train_size={TRAIN_SIZE}", f"batch_size={BATCH_SIZE}", "progress_interval_s=1",
             "schedule.iterations_at_batch_size=null", "schedule.base_epochs=1", "schedule.decay_epochs=0"]
 
 RUN_STARTS = re.compile(r"\[INFO\] - run [0-9a-f]{16}: ")
 RESUMES = re.compile(r"\[INFO\] - resuming from .*: epoch \d+, step (\d+)$")
+PROGRESS = re.compile(r"\[INFO\] - epoch 1/1  step (\d+)/")
 
 
 def sweep_env(cluster) -> dict:
@@ -80,6 +85,34 @@ def assert_every_attempt_went_further(starts: list[int]):
                               f"the timeout signal did not checkpoint the step it had reached (starts: {starts})")
 
 
+def steps_this_attempt(log: str) -> int:
+    """The last step the run's current attempt logged progress at (0: none yet)."""
+    attempt = log[max(match.end() for match in RUN_STARTS.finditer(log)):] if RUN_STARTS.search(log) else ""
+    return max((int(step) for step in PROGRESS.findall(attempt)), default=0)
+
+
+def pending(pid: int, signum: int) -> bool:
+    """Whether signum waits, undelivered, for process pid (its thread's or its process's pending set)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    return any(int(mask, 16) >> (signum - 1) & 1 for mask in re.findall(r"^(?:SigPnd|ShdPnd):\s*(\w+)$", status, re.M))
+
+
+def hold_until_signalled(pid: int, signum: int, timeout_s: float):
+    """Stops process pid until signum is pending for it (or timeout_s), then lets it go on to handle it."""
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while not pending(pid, signum) and time.monotonic() < deadline:
+            time.sleep(0.2)
+    except FileNotFoundError:  # it was killed meanwhile
+        return
+    finally:
+        try:
+            os.kill(pid, signal.SIGCONT)
+        except ProcessLookupError:
+            pass
+
+
 def release_if_held(cluster, job_id: str):
     """SLURM holds a requeued job about two minutes (BeginTime): start it again at once."""
     held = cluster.command("squeue", "-h", "-j", job_id, "-t", "PENDING", "-o", "%r", check=False)
@@ -99,7 +132,7 @@ def test_a_timed_out_slurm_run_is_requeued_and_advances_at_every_attempt(slurm_c
     uninterrupted = subprocess.Popen([sys.executable, "-m", "sparsesweep", *LONG_RUN,
                                       f"hydra.run.dir={uninterrupted_dir}"], cwd=tmp_path, env=env,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    job_id = None
+    job_id, marks, held_attempts = None, list(HOLD_MARKS), set()
     try:
         deadline = time.monotonic() + 420
         while launcher.poll() is None:
@@ -108,13 +141,21 @@ def test_a_timed_out_slurm_run_is_requeued_and_advances_at_every_attempt(slurm_c
             job_id = job_folders[0] if job_folders else None
             if job_id:
                 release_if_held(slurm_cluster, job_id)
-            log = next(sweep.glob("*/sparsesweep.log"), None)
-            assert_every_attempt_went_further(attempt_start_steps(log.read_text()) if log else [])  # fail early
-            time.sleep(0.5)
+            log_file = next(sweep.glob("*/sparsesweep.log"), None)
+            log = log_file.read_text() if log_file else ""
+            starts = attempt_start_steps(log)
+            assert_every_attempt_went_further(starts)  # fail early
+            holder = re.fullmatch(r"pid (\d+) on .*", (lock_holder(log_file.parent) if log_file else None) or "")
+            if marks and holder and len(starts) not in held_attempts and steps_this_attempt(log) >= marks[0]:
+                # USR2 comes 15-45 s into an attempt; the limit's SIGTERM 15 s later.
+                hold_until_signalled(int(holder[1]), signal.SIGUSR2, timeout_s=60)
+                held_attempts.add(len(starts))
+                marks.pop(0)
+            time.sleep(0.2)
         output = launcher_log.read_text()
         assert launcher.returncode == 0 and "All 1 jobs ended: completed 1" in output, output
         starts = attempt_start_steps(next(sweep.glob("*/sparsesweep.log")).read_text())
-        assert len(starts) >= 2, f"never requeued: attempts started from steps {starts}"
+        assert len(starts) >= 3, f"requeued fewer than twice: attempts started from steps {starts}"
         assert_every_attempt_went_further(starts)
         assert any(step % STEPS_PER_EPOCH for step in starts), f"no attempt resumed within an epoch: {starts}"
         assert uninterrupted.wait(timeout=300) == 0
