@@ -14,5 +14,8 @@ quickstart: install-cpu
 	$(PYTHON) -m sparsesweep +experiment=quickstart hydra.sweep.dir=multirun/quickstart
 	$(PYTHON) -m multirun_analysis multirun/quickstart
 
+# The test modules are spread over TEST_WORKERS processes (pytest-xdist; a module's fixtures are built once,
+# in one of them): CI's machine has 2 cores. The tests that compare runs bitwise hold their thread count fixed.
+TEST_WORKERS ?= 2
 test:
-	$(PYTHON) -m pytest -q
+	$(PYTHON) -m pytest -q -n $(TEST_WORKERS) --dist loadscope
