@@ -69,13 +69,14 @@ def run_state(run_dir: Path) -> dict:
 
 
 def wait_for(condition, timeout=180):
-    """Polls `condition` until it holds; fails the test after `timeout` seconds."""
+    """Polls `condition` until it holds, and returns what it returned; fails the test after `timeout` seconds."""
     import time
 
     deadline = time.monotonic() + timeout
-    while not condition():
+    while not (held := condition()):
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.05)
+    return held
 
 
 def read_results(sweep_dir):

@@ -1,14 +1,15 @@
 """Sweeps for real: the table grids, killing and relaunching, preemption and requeue, SLURM scripts."""
 import csv
 import os
+import shutil
 import signal
 import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
 
-from conftest import ROOT, SMOKE, cli, read_results, wait_for
-from sparsesweep import pack
+from conftest import CONF, ROOT, SMOKE, cli, read_results, wait_for
+from sparsesweep import pack, rundir
 
 TIMINGS = {"time_s", "wall_time_s", "measure_time_s", "overrides"}
 
@@ -140,6 +141,34 @@ def test_local_launcher_gives_each_job_one_gpu_and_queues_the_rest(tmp_path):
     for gpu_spans in spans.values():  # one job at a time per GPU
         gpu_spans.sort()
         assert all(end <= next_start for (_, end), (next_start, _) in zip(gpu_spans, gpu_spans[1:]))
+
+
+def test_a_job_that_starts_after_conf_was_edited_trains_the_config_the_sweep_was_launched_with(tmp_path):
+    conf, sweep = tmp_path / "conf", tmp_path / "sweep"
+    shutil.copytree(CONF, conf)
+    # One run at a time, 200 steps each: the second starts once the first has ended.
+    args = ["--config-path", str(conf), "-m", *SMOKE, "seed=0,1", "dataset.train_size=4000",
+            "schedule.iterations_at_batch_size=null", "schedule.base_epochs=2", "schedule.decay_epochs=0",
+            "hydra.launcher.cpu_parallel=1", f"hydra.sweep.dir={sweep}"]
+    launcher = start_sweep(*args, cwd=tmp_path)
+    try:
+        first = wait_for(lambda: next((d for d in sweep.glob("*seed=0*") if rundir.lock_holder(d)), None))
+        pid = int(rundir.lock_holder(first).split()[1])
+        os.kill(pid, signal.SIGSTOP)  # so that the second cannot have started before the edit
+        adam = conf / "optimizer" / "adam.yaml"
+        adam.write_text(adam.read_text().replace("lr: 1.0e-3", "lr: 5.0e-4"))
+        os.kill(pid, signal.SIGCONT)
+        assert launcher.wait(timeout=180) == 0
+    finally:
+        if launcher.poll() is None:
+            os.killpg(launcher.pid, signal.SIGKILL)
+    run_dirs = [results.parent for results in sweep.glob(f"*/{rundir.RESULTS}")]
+    assert len(run_dirs) == 2 and all(r["status"] == "completed" for r in read_results(sweep).values())
+    for run_dir in run_dirs:
+        assert "  lr: 0.001\n" in (run_dir / ".hydra" / "config.yaml").read_text(), run_dir
+    # The edit is real: relaunched, the sweep composes lr 5e-4, finds both runs trained with 1e-3, and stops.
+    code, output = cli("sparsesweep", *args, cwd=tmp_path)
+    assert code == 2 and "optimizer.lr" in output, output
 
 
 def test_a_job_whose_process_dies_is_reported_and_the_others_finish(tmp_path):

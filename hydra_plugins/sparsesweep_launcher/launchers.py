@@ -1,6 +1,9 @@
-"""Launchers built on hydra-submitit-launcher's job body (`__call__`: compose the job's config and run it
-in its directory; `checkpoint`: on preemption or timeout, requeue the same call, which resumes from the
-run's checkpoint). What they change is how jobs are grouped, started and waited for:
+"""Launchers built on hydra-submitit-launcher's job body (`__call__`: run the job in its directory;
+`checkpoint`: on preemption or timeout, requeue the same call, which resumes from the run's checkpoint).
+What they change is what a job is handed, and how jobs are grouped, started and waited for:
+
+- Every job's config is composed when the sweep is launched and handed to the job, which trains exactly
+  that: a job that starts hours later (queued, requeued) is not changed by an edit to conf/ meanwhile.
 
 - Packs (`pack_size`): jobs that may share a pack (sparsesweep.pack.pack_key) are trained several to a
   process, in lockstep (PackCall, which requeues itself like a single job; each run resumes from its own
@@ -33,11 +36,11 @@ from typing import Sequence
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.singleton import Singleton
-from hydra.core.utils import JobReturn, JobStatus, filter_overrides, setup_globals
+from hydra.core.utils import JobReturn, JobStatus, filter_overrides, run_job, setup_globals
 from hydra.errors import HydraException
 from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import BaseSubmititLauncher
-from omegaconf import OmegaConf, open_dict, read_write
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from omegaconf.errors import OmegaConfBaseException
 
 from sparsesweep import interrupts, rundir
@@ -70,7 +73,7 @@ def outcome(job_return: JobReturn) -> tuple[str, str]:
 
 
 class PackCall:
-    """The job body of a pack: several Hydra jobs composed as BaseSubmititLauncher.__call__ composes one, then
+    """The job body of a pack: several Hydra jobs set up as _QueueingLauncher.__call__ sets up one, then
     trained together in this process (sparsesweep.jobs.train_jobs, each run logging to its own directory);
     returns their JobReturns. On preemption or timeout it requeues itself, and each run resumes from its own
     checkpoint."""
@@ -88,8 +91,8 @@ class PackCall:
             # stdout: stderr keeps only what went wrong, the last line of which names a dead pack's cause
             logging.basicConfig(level=logging.INFO, format=jobs.LOG_FORMAT, stream=sys.stdout)
         members, returns = [], []
-        for overrides, _, number, _, _ in pack:
-            config = self.launcher.hydra_context.config_loader.load_sweep_config(self.launcher.config, list(overrides))
+        for overrides, _, number, _, _, planned in pack:
+            config = self.launcher.job_config(overrides, planned)
             with open_dict(config.hydra.job):
                 config.hydra.job.id = submitit.JobEnvironment().job_id
                 config.hydra.job.num = number
@@ -127,26 +130,58 @@ class _QueueingLauncher(BaseSubmititLauncher):
                       "pack_size=8", shown)
             sys.exit(2)
 
-    def job_args(self, number: int, overrides) -> tuple:
-        """The arguments of BaseSubmititLauncher.__call__ for job `number`."""
-        log.info("\t#%d : %s", number, " ".join(filter_overrides(overrides)))
-        return list(overrides), "hydra.sweep.dir", number, f"job_id_for_{number}", Singleton.get_state()
+    def __call__(self, sweep_overrides: list[str], job_dir_key: str, job_num: int, job_id: str,
+                 singleton_state: dict, planned: DictConfig | None = None) -> JobReturn:
+        """BaseSubmititLauncher's job body, on the job's planned config (see job_config)."""
+        import submitit
 
-    def packs(self, job_overrides, initial_job_idx: int, slots: int, gpus: bool) -> list[list[tuple[int, list]]]:
-        """The jobs, numbered, grouped into packs of at most pack_size runs that may share one (pack_key)."""
-        numbered = list(enumerate((list(o) for o in job_overrides), start=initial_job_idx))
+        Singleton.set_state(singleton_state)
+        setup_globals()
+        config = self.job_config(sweep_overrides, planned)
+        with open_dict(config.hydra.job):
+            config.hydra.job.id = submitit.JobEnvironment().job_id
+            config.hydra.job.num = job_num
+        return run_job(hydra_context=self.hydra_context, task_function=self.task_function, config=config,
+                       job_dir_key=job_dir_key, job_subdir_key="hydra.sweep.subdir")
+
+    def job_config(self, overrides: list[str], planned: DictConfig | None) -> DictConfig:
+        """A copy of the config composed at launch (planned: a requeued job is handed it again, as it was);
+        one that did not compose then is composed here, in its own job, which fails saying why."""
+        if planned is not None:
+            return copy.deepcopy(planned)
+        return self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+
+    def plan(self, job_overrides, initial_job_idx: int) -> list[tuple[int, list, DictConfig | None]]:
+        """Every job numbered, with its config composed now (None: it does not compose)."""
+        jobs = []
+        for number, overrides in enumerate((list(o) for o in job_overrides), start=initial_job_idx):
+            try:
+                config = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
+            except (HydraException, OmegaConfBaseException, ValueError):
+                config = None
+            jobs.append((number, overrides, config))
+        return jobs
+
+    def job_args(self, number: int, overrides: list, planned: DictConfig | None) -> tuple:
+        """The arguments of __call__ for job `number`."""
+        log.info("\t#%d : %s", number, " ".join(filter_overrides(overrides)))
+        return overrides, "hydra.sweep.dir", number, f"job_id_for_{number}", Singleton.get_state(), planned
+
+    def packs(self, job_overrides, initial_job_idx: int, slots: int, gpus: bool) -> list[list[tuple]]:
+        """The planned jobs grouped into packs of at most pack_size runs that may share one (pack_key)."""
+        numbered = self.plan(job_overrides, initial_job_idx)
         size = self.params["pack_size"]
         if size == 1 or (size == "auto" and not gpus):
             return [[job] for job in numbered]
         from sparsesweep.pack import pack_key
 
         groups: dict[str, list] = {}
-        for number, overrides in numbered:
-            try:
-                key = pack_key(self.hydra_context.config_loader.load_sweep_config(self.config, overrides))
-            except (HydraException, OmegaConfBaseException, ValueError):  # it fails in its own job, saying why
-                key = f"#{number}"
-            groups.setdefault(key, []).append((number, overrides))
+        for number, overrides, config in numbered:
+            key = f"#{number}"  # alone: a config that does not compose or resolve fails in its own job, saying why
+            if config is not None:
+                with contextlib.suppress(OmegaConfBaseException, ValueError):
+                    key = pack_key(config)
+            groups.setdefault(key, []).append((number, overrides, config))
         packs = []
         for group in groups.values():
             k = size if size != "auto" else min(AUTO_PACK_GPU, math.ceil(len(group) / slots))
@@ -157,14 +192,14 @@ class _QueueingLauncher(BaseSubmititLauncher):
                      ", ".join(str(n) for n in sorted({len(pack) for pack in packs})))
         return packs
 
-    def body(self, pack: list[tuple[int, list]]) -> tuple:
+    def body(self, pack: list[tuple]) -> tuple:
         """(callable, its arguments) of one pack's job: a plain Hydra job for a pack of one."""
-        args = [self.job_args(number, overrides) for number, overrides in pack]
+        args = [self.job_args(*job) for job in pack]
         return (self, args[0]) if len(pack) == 1 else (PackCall(self), (args,))
 
     @staticmethod
-    def collect(pack: list[tuple[int, list]], job) -> dict[int, JobReturn]:
-        numbers = [number for number, _ in pack]
+    def collect(pack: list[tuple], job) -> dict[int, JobReturn]:
+        numbers = [number for number, _, _ in pack]
         try:
             result = job.results()[0]
             return dict(zip(numbers, result if isinstance(result, list) else [result]))
