@@ -4,7 +4,7 @@ under 1 ms of arithmetic at BasicNet's size).
 
 What makes a step capturable (run.Run.train_step is written for it): its inputs live in fixed device buffers
 that the host refills between replays (batches.EpochFeed, the WD factor), gradients keep their addresses
-(zero_grad(set_to_none=False)), the optimizer's step count lives on the device (the Adam family's
+(a run that may be captured zeroes them in place), the optimizer's step count lives on the device (the Adam family's
 `capturable`), and nothing reads a value back to the host. The LR is a float baked into the graph: a change
 means capturing again (pack.py does, once or twice per run).
 

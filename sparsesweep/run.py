@@ -67,7 +67,7 @@ class Run:
     def __init__(self, cfg, out_dir: Path, overrides, data: Dataset, device: torch.device, capturable: bool,
                  log: logging.Logger, resources: contextlib.ExitStack):
         self.cfg, self.out_dir, self.overrides, self.data, self.device = cfg, Path(out_dir), list(overrides), data, device
-        self.log, self.resources = log, resources
+        self.log, self.resources, self.capturable = log, resources, capturable
         self.run_id = rundir.run_identity(cfg)
         self.model = assemble.model_for(cfg, data, device)
         # Dropout (VGG's ImageNet head) draws from the global RNG: each run keeps its own stream of it, which
@@ -126,7 +126,9 @@ class Run:
         x, y = self.feed.next_batch()
         logits = self.forward(x)
         loss = F.cross_entropy(logits, y)
-        self.optimizer.zero_grad(set_to_none=False)  # gradients keep their addresses (a captured graph's)
+        # A captured graph replays on the gradients' addresses, so a run that may be captured keeps them
+        # (zeroed); otherwise dropping them is cheaper (backward writes them instead of adding to zeros).
+        self.optimizer.zero_grad(set_to_none=not self.capturable)
         loss.backward()
         self.optimizer.step()
         self.decay.apply()
