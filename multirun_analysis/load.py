@@ -18,7 +18,7 @@ CRITERIA = ("by_activation", "by_gamma", "by_activation_alt", "by_gamma_alt")
 # on a sweep of failed runs only, whose stubs carry none of them, and on no runs at all.
 COLUMNS = ("run_dir", "status", "run_id", "overrides", "model", "dataset", "optimizer", "regularizer",
            "coefficient", "batch_size", "seed", "test_error", "test_top5_error", "test_loss", "train_loss",
-           "train_error", "zeroed_test_error", "iterations", "wall_time_s",
+           "train_error", "zeroed_test_error", "iterations", "wall_time_s", "device_time_s",
            *(f"sparsity_{key}_pct" for key in CRITERIA), "negative_slope", "background")
 
 

@@ -31,7 +31,8 @@ FINISHED = ("completed", "diverged", "failed")
 # Columns of the run table after run and status: run column -> (header, number format).
 RUN_COLUMNS = {"test_error": ("test err %", "{:.2f}"), "sparsity_by_gamma_pct": ("sparsity γ<1e-3 %", "{:.1f}"),
                "sparsity_by_activation_pct": ("sparsity act<1e-12 %", "{:.1f}"),
-               "iterations": ("steps", "{:.0f}"), "wall_time_s": ("time s", "{:.1f}")}
+               "iterations": ("steps", "{:.0f}"), "wall_time_s": ("time s", "{:.1f}"),
+               "device_time_s": ("device s", "{:.1f}")}  # in a pack of n: about 1/n of time s
 # The trainer's start line ends with the device it trains on: "... 75522 parameters, cuda:0".
 DEVICE_LINE = re.compile(r" parameters, (\S+)$", re.MULTILINE)
 
@@ -102,9 +103,11 @@ def sweep_header(sweep_dir: Path, entries: list[dict]) -> dict:
         setting, used = device_setting(entry["dir"]), device_used(entry["dir"])
         if setting or used:
             devices[f"device={setting or '?'} → {used or 'none logged'}"] += 1
-        wall_time = entry["metrics"].get("wall_time_s")
-        if wall_time is not None and not pd.isna(wall_time):
-            run_time["GPU" if (used or "").startswith("cuda") else "CPU"] += wall_time
+        seconds = entry["metrics"].get("device_time_s")
+        if seconds is None or pd.isna(seconds):  # a run from before device_time_s, when runs trained alone
+            seconds = entry["metrics"].get("wall_time_s")
+        if seconds is not None and not pd.isna(seconds):
+            run_time["GPU" if (used or "").startswith("cuda") else "CPU"] += seconds
     results = [entry["dir"] / RESULTS for entry in entries if entry["dir"]]
     launches = [sweep_dir / "multirun.yaml", sweep_dir / PLAN]
     plan = read_json_or_empty(sweep_dir / PLAN)

@@ -136,13 +136,15 @@ def train_pack(runs: list[Run], stops: interrupts.StopSignals,
     while active:
         training = [run for run in active if run.status == TRAINING]
         steps = min((run.steps_to_boundary() for run in training), default=0)
-        taken = 0
+        taken, started = 0, time.monotonic()
         while taken < steps:
             everyone = stepper(training)
             taken += 1
             now = time.monotonic()
             if not everyone or stops.pending or now - last_progress > progress_s or now - last_checkpoint > checkpoint_s:
                 break
+        for run in training:
+            run.share_s += (time.monotonic() - started) / len(training)
         training = [run for run in training if run.status == TRAINING]
         for run in training:
             if run.advanced(taken):
@@ -181,13 +183,16 @@ def train_pack(runs: list[Run], stops: interrupts.StopSignals,
 
 
 def guarded(run: Run, host_work: Callable[[], object]) -> None:
-    """A run's host work; an error in it fails that run alone."""
+    """A run's host work, charged to its share of the time; an error in it fails that run alone."""
+    started = time.monotonic()
     try:
         host_work()
     except interrupts.Interrupted:
         raise
     except Exception as error:  # noqa: BLE001 (one bad run never takes down its pack)
         run.fail(error)
+    finally:
+        run.share_s += time.monotonic() - started
 
 
 class PackStepper:

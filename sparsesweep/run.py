@@ -83,6 +83,9 @@ class Run:
         self.loss_sum = torch.zeros((), device=device)
         self.wrong = torch.zeros((), device=device, dtype=torch.long)
         self.epoch, self.step, self.elapsed = 0, 0, 0.0
+        # Its share of its process's time (pack.train_pack charges it): 1/n of each step n runs took together,
+        # all of its own host work. A sweep's shares add up to the time its processes trained.
+        self.share_s = 0.0
         self.metrics, self.bn_history = [], [bn_snapshot(self.model)]
         self.status, self.error, self.results = TRAINING, None, None
         within_epoch = self._resume()
@@ -111,6 +114,7 @@ class Run:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.epoch, self.step, self.elapsed = state["epoch"], state["step"], state["elapsed"]
+        self.share_s = state.get("share_s", state["elapsed"])  # a checkpoint from before shares: a solo run's
         self.metrics, self.bn_history = state["metrics"], state["bn_history"]
         if self.stochastic:
             self.rng = state["rng"].cpu()
@@ -242,7 +246,8 @@ class Run:
         step - epoch * steps_per_epoch batches are done."""
         rundir.save_checkpoint(self.out_dir, {
             "run_id": self.run_id, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-            "epoch": self.epoch, "step": self.step, "elapsed": self.elapsed, "metrics": self.metrics,
+            "epoch": self.epoch, "step": self.step, "elapsed": self.elapsed, "share_s": self.share_s,
+            "metrics": self.metrics,
             "bn_history": self.bn_history, "within_epoch": within_epoch, "rng": self.rng, "cuda_rng": self.cuda_rng})
 
     def fail(self, error: BaseException) -> None:
@@ -256,7 +261,7 @@ class Run:
     def finish(self) -> dict:
         """Measures a trained run, writes results.json (a diverged run's too), closes the run; returns the
         results."""
-        cfg = self.cfg
+        cfg, started = self.cfg, time.monotonic()
         status = COMPLETED if self.status == TRAINED else self.status
         results = {"schema": rundir.RESULTS_SCHEMA, "status": status, "run_id": self.run_id,
                    "config": OmegaConf.to_container(cfg, resolve=True), "overrides": self.overrides,
@@ -282,6 +287,7 @@ class Run:
             self.log.info("per %s by gamma: %s", unit, "  ".join(f"{k} {v:.0f}%" for k, v in shares.items()))
             self.log.info("test error %.2f%%; with the features inactive by gamma zeroed %.2f%%",
                           results["test_error"], results["zeroed_test_error"])
+        results["device_time_s"] = self.share_s + time.monotonic() - started
         rundir.write_atomic(self.out_dir / rundir.RESULTS, rundir.json_bytes(results))
         self.status, self.results = status, results
         try:

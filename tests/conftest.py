@@ -34,7 +34,7 @@ def cli(module, *args, cwd, timeout=300):
     return done.returncode, done.stdout + done.stderr
 
 
-TIMINGS = {"time_s", "wall_time_s", "measure_time_s", "elapsed"}  # what may differ between equal trainings
+TIMINGS = {"time_s", "wall_time_s", "measure_time_s", "device_time_s", "elapsed", "share_s"}  # what may differ between equal trainings
 
 
 def without_timings(value):

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -31,11 +32,16 @@ def solo(tmp_path_factory):
 
 def test_a_mixed_pack_gives_every_run_exactly_its_solo_results(make_config, tmp_path, solo):
     specs = [pack.RunSpec(make_config(AUGMENTED + overrides), tmp_path / name) for name, overrides in MIXED.items()]
+    started = time.monotonic()
     outcomes = pack.train_runs(specs)
+    took = time.monotonic() - started
     assert [error for _, error in outcomes] == [None] * len(MIXED)
     assert {results["status"] for results, _ in outcomes} == {"completed"}
     for name in MIXED:
         assert run_state(tmp_path / name) == run_state(solo / name), name
+    # Each run is charged disjoint parts of the pack's time (a share of each step, its own host work).
+    shares = [results["device_time_s"] for results, _ in outcomes]
+    assert all(share > 0 for share in shares) and sum(shares) <= took
 
 
 def test_a_run_that_diverges_in_a_pack_is_recorded_and_the_others_go_on_untouched(make_config, tmp_path, solo):

@@ -2,6 +2,7 @@
 the CLI and opened in headless Chromium (Debian's chromium + chromium-driver, driven by Selenium): every section,
 table and figure is there, the failed and diverged runs show their reasons, sorting and filtering work, and
 the browser logs no error. A report of an unfinished sweep says what has not finished."""
+import json
 import re
 import shutil
 from pathlib import Path
@@ -164,3 +165,19 @@ def test_a_report_of_an_unfinished_sweep_shows_what_has_finished_and_says_what_h
     row = re.search(r'<tr data-state="missing">(.*?)</tr>', page, re.S).group(1)
     assert "+experiment=smoke batch_size=20" in row and "<a " not in row  # listed, nothing to link to
     assert "From the 3 completed run(s)" in page
+
+
+def test_the_run_time_counts_each_runs_share_of_its_process_and_the_wall_time_of_older_runs(sweep, tmp_path):
+    edited = tmp_path / "sweep"
+    shutil.copytree(sweep, edited)
+    for results_file in edited.glob("*/results.json"):
+        results = json.loads(results_file.read_text())
+        if results["status"] == "completed":  # e.g. four runs of one pack: each 1/4 of the pack's hour
+            results.update(wall_time_s=3600.0, device_time_s=900.0)
+        elif results["status"] == "diverged":  # written before device_time_s: trained alone
+            results.pop("device_time_s")
+            results["wall_time_s"] = 360.0
+        results_file.write_text(json.dumps(results))
+    page = build_report([edited], tmp_path / "report.html")
+    run_time = re.search(r"<dt>run time</dt><dd>(.*?) <span", page).group(1)
+    assert run_time == "CPU 1.10 h (3960 s)"
