@@ -153,6 +153,8 @@ class _QueueingLauncher(BaseSubmititLauncher):
 
     def plan(self, job_overrides, initial_job_idx: int) -> list[tuple[int, list, DictConfig | None]]:
         """Every job numbered, with its config composed now (None: it does not compose)."""
+        if len(job_overrides) > 20:  # about 0.1 s each
+            log.info("Composing the configs of %d jobs, which each job will train as they are now ...", len(job_overrides))
         jobs = []
         for number, overrides in enumerate((list(o) for o in job_overrides), start=initial_job_idx):
             try:
