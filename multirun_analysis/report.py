@@ -104,7 +104,7 @@ def sweep_header(sweep_dir: Path, entries: list[dict]) -> dict:
         if setting or used:
             devices[f"device={setting or '?'} → {used or 'none logged'}"] += 1
         seconds = entry["metrics"].get("device_time_s")
-        if seconds is None or pd.isna(seconds):  # a run from before device_time_s, when runs trained alone
+        if seconds is None or pd.isna(seconds):  # a run from before device_time_s (a packed one: its pack's clock)
             seconds = entry["metrics"].get("wall_time_s")
         if seconds is not None and not pd.isna(seconds):
             run_time["GPU" if (used or "").startswith("cuda") else "CPU"] += seconds

@@ -143,6 +143,8 @@ def train_pack(runs: list[Run], stops: interrupts.StopSignals,
             now = time.monotonic()
             if not everyone or stops.pending or now - last_progress > progress_s or now - last_checkpoint > checkpoint_s:
                 break
+        if training and training[0].device.type == "cuda":
+            torch.cuda.synchronize(training[0].device)  # the steps' device work, not just their queueing
         for run in training:
             run.share_s += (time.monotonic() - started) / len(training)
         training = [run for run in training if run.status == TRAINING]

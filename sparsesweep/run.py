@@ -114,7 +114,7 @@ class Run:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.epoch, self.step, self.elapsed = state["epoch"], state["step"], state["elapsed"]
-        self.share_s = state.get("share_s", state["elapsed"])  # a checkpoint from before shares: a solo run's
+        self.share_s = state.get("share_s", state["elapsed"])  # a checkpoint from before shares: its epochs' clock
         self.metrics, self.bn_history = state["metrics"], state["bn_history"]
         if self.stochastic:
             self.rng = state["rng"].cpu()

@@ -85,10 +85,14 @@ def assert_every_attempt_went_further(starts: list[int]):
                               f"the timeout signal did not checkpoint the step it had reached (starts: {starts})")
 
 
+def this_attempt(log: str) -> str:
+    """The log of the run's current attempt, from its start line ("": none started yet)."""
+    return log[max(match.end() for match in RUN_STARTS.finditer(log)):] if RUN_STARTS.search(log) else ""
+
+
 def steps_this_attempt(log: str) -> int:
     """The last step the run's current attempt logged progress at (0: none yet)."""
-    attempt = log[max(match.end() for match in RUN_STARTS.finditer(log)):] if RUN_STARTS.search(log) else ""
-    return max((int(step) for step in PROGRESS.findall(attempt)), default=0)
+    return max((int(step) for step in PROGRESS.findall(this_attempt(log))), default=0)
 
 
 def pending(pid: int, signum: int) -> bool:
@@ -97,12 +101,16 @@ def pending(pid: int, signum: int) -> bool:
     return any(int(mask, 16) >> (signum - 1) & 1 for mask in re.findall(r"^(?:SigPnd|ShdPnd):\s*(\w+)$", status, re.M))
 
 
-def hold_until_signalled(pid: int, signum: int, timeout_s: float):
-    """Stops process pid until signum is pending for it (or timeout_s), then lets it go on to handle it."""
-    os.kill(pid, signal.SIGSTOP)
+def hold_until_signalled(pid: int, signum: int, timeout_s: float, handled) -> None:
+    """Stops process pid until signum is pending for it, or handled() says it already took it (or timeout_s),
+    then lets it go on."""
+    try:
+        os.kill(pid, signal.SIGSTOP)
+    except ProcessLookupError:  # the attempt has just ended
+        return
     try:
         deadline = time.monotonic() + timeout_s
-        while not pending(pid, signum) and time.monotonic() < deadline:
+        while not pending(pid, signum) and not handled() and time.monotonic() < deadline:
             time.sleep(0.2)
     except FileNotFoundError:  # it was killed meanwhile
         return
@@ -132,7 +140,7 @@ def test_a_timed_out_slurm_run_is_requeued_and_advances_at_every_attempt(slurm_c
     uninterrupted = subprocess.Popen([sys.executable, "-m", "sparsesweep", *LONG_RUN,
                                       f"hydra.run.dir={uninterrupted_dir}"], cwd=tmp_path, env=env,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    job_id, marks, held_attempts = None, list(HOLD_MARKS), set()
+    job_id, marks, held_attempts, attempt_pids = None, list(HOLD_MARKS), set(), {}
     try:
         deadline = time.monotonic() + 420
         while launcher.poll() is None:
@@ -146,10 +154,15 @@ def test_a_timed_out_slurm_run_is_requeued_and_advances_at_every_attempt(slurm_c
             starts = attempt_start_steps(log)
             assert_every_attempt_went_further(starts)  # fail early
             holder = re.fullmatch(r"pid (\d+) on .*", (lock_holder(log_file.parent) if log_file else None) or "")
-            if marks and holder and len(starts) not in held_attempts and steps_this_attempt(log) >= marks[0]:
+            attempt = len(starts)
+            if holder and attempt:  # the process that logged this attempt's start (it holds the lock before)
+                attempt_pids.setdefault(attempt, int(holder[1]))
+            if (marks and holder and attempt not in held_attempts and attempt_pids.get(attempt) == int(holder[1])
+                    and steps_this_attempt(log) >= marks[0]):
                 # USR2 comes 15-45 s into an attempt; the limit's SIGTERM 15 s later.
-                hold_until_signalled(int(holder[1]), signal.SIGUSR2, timeout_s=60)
-                held_attempts.add(len(starts))
+                hold_until_signalled(int(holder[1]), signal.SIGUSR2, timeout_s=60,
+                                     handled=lambda: "checkpoint saved" in this_attempt(log_file.read_text()))
+                held_attempts.add(attempt)
                 marks.pop(0)
             time.sleep(0.2)
         output = launcher_log.read_text()

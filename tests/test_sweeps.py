@@ -146,14 +146,16 @@ def test_local_launcher_gives_each_job_one_gpu_and_queues_the_rest(tmp_path):
 def test_a_job_that_starts_after_conf_was_edited_trains_the_config_the_sweep_was_launched_with(tmp_path):
     conf, sweep = tmp_path / "conf", tmp_path / "sweep"
     shutil.copytree(CONF, conf)
-    # One run at a time, 200 steps each: the second starts once the first has ended.
+    # One run at a time, 200 steps each, in batches of one run (the second batch is launched once the first
+    # has ended): the sweeper's plan, checked at the start, is what every batch trains.
     args = ["--config-path", str(conf), "-m", *SMOKE, "seed=0,1", "dataset.train_size=4000",
             "schedule.iterations_at_batch_size=null", "schedule.base_epochs=2", "schedule.decay_epochs=0",
-            "hydra.launcher.cpu_parallel=1", f"hydra.sweep.dir={sweep}"]
+            "hydra.launcher.cpu_parallel=1", "hydra.sweeper.max_batch_size=1", f"hydra.sweep.dir={sweep}"]
     launcher = start_sweep(*args, cwd=tmp_path)
     try:
-        first = wait_for(lambda: next((d for d in sweep.glob("*seed=0*") if rundir.lock_holder(d)), None))
-        pid = int(rundir.lock_holder(first).split()[1])
+        holder = wait_for(lambda: next((h for d in sweep.glob("*seed=0*") if (h := rundir.lock_holder(d))
+                                        and h.startswith("pid ")), None))
+        pid = int(holder.split()[1])
         os.kill(pid, signal.SIGSTOP)  # so that the second cannot have started before the edit
         adam = conf / "optimizer" / "adam.yaml"
         adam.write_text(adam.read_text().replace("lr: 1.0e-3", "lr: 5.0e-4"))

@@ -2,8 +2,9 @@
 `checkpoint`: on preemption or timeout, requeue the same call, which resumes from the run's checkpoint).
 What they change is what a job is handed, and how jobs are grouped, started and waited for:
 
-- Every job's config is composed when the sweep is launched and handed to the job, which trains exactly
-  that: a job that starts hours later (queued, requeued) is not changed by an edit to conf/ meanwhile.
+- Every job is handed its config as it was composed when the sweep was launched (by the grid sweeper,
+  which checked it, for every batch; else here), and trains exactly that: a job that starts hours later
+  (queued, in a later batch, requeued) is not changed by an edit to conf/ meanwhile.
 
 - Packs (`pack_size`): jobs that may share a pack (sparsesweep.pack.pack_key) are trained several to a
   process, in lockstep (PackCall, which requeues itself like a single job; each run resumes from its own
@@ -117,6 +118,14 @@ class PackCall:
 
 
 class _QueueingLauncher(BaseSubmititLauncher):
+    def __init__(self, **params) -> None:
+        super().__init__(**params)
+        # job overrides -> config composed at launch, filled by the grid sweeper; never sent with a job
+        self.planned_configs: dict[tuple, DictConfig] = {}
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "planned_configs": {}}
+
     def setup(self, **kwargs) -> None:
         """Checks this launcher's own settings before the sweep is planned."""
         super().setup(**kwargs)
@@ -152,15 +161,16 @@ class _QueueingLauncher(BaseSubmititLauncher):
         return self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
 
     def plan(self, job_overrides, initial_job_idx: int) -> list[tuple[int, list, DictConfig | None]]:
-        """Every job numbered, with its config composed now (None: it does not compose)."""
-        if len(job_overrides) > 20:  # about 0.1 s each
-            log.info("Composing the configs of %d jobs, which each job will train as they are now ...", len(job_overrides))
+        """Every job numbered, with its config as the sweeper composed it, else composed now (None: it does
+        not compose)."""
         jobs = []
         for number, overrides in enumerate((list(o) for o in job_overrides), start=initial_job_idx):
-            try:
-                config = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
-            except (HydraException, OmegaConfBaseException, ValueError):
-                config = None
+            config = self.planned_configs.pop(tuple(overrides), None)
+            if config is None:
+                try:
+                    config = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
+                except (HydraException, OmegaConfBaseException, ValueError):
+                    config = None
             jobs.append((number, overrides, config))
         return jobs
 

@@ -37,7 +37,7 @@ from hydra.core.utils import JobReturn
 from hydra.errors import HydraException
 from hydra._internal.config_loader_impl import get_overrides_dirname
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from sparsesweep import rundir
@@ -95,6 +95,7 @@ class PlannedRun:
     job_dir: Optional[Path] = None
     run_id: Optional[str] = None
     config: Optional[dict] = None   # resolved, without hydra
+    composed: Optional[DictConfig] = None  # the whole composed config, which our launchers hand to the job
     foreign: Optional[dict] = None  # for a conflict: the identity the directory records
 
 
@@ -130,6 +131,7 @@ class GridSweeper(BasicSweeper):
             planned.job_dir = Path(config.hydra.sweep.dir) / str(config.hydra.sweep.subdir)
             check_config(config)
             planned.run_id, planned.config = rundir.run_identity(config), rundir.run_config(config)
+            planned.composed = config
         except (HydraException, OmegaConfBaseException, ConfigError) as error:
             planned.kind, planned.reason = "invalid", first_line(error)
             planned.job_dir = planned.job_dir or self.job_dir_without_config(overrides)
@@ -211,6 +213,9 @@ class GridSweeper(BasicSweeper):
         # The whole plan, for `python -m multirun_analysis status` to tell which runs are still missing.
         rundir.write_atomic(sweep_dir / rundir.SWEEP_PLAN, rundir.json_bytes({"runs": runs}))
         self.overrides = list(self.split_overrides_to_chunks(todo, self.max_batch_size))
+        if hasattr(self.launcher, "planned_configs"):  # ours: every batch's jobs train the configs checked here
+            self.launcher.planned_configs.update(
+                (tuple(run.overrides), run.composed) for run in planned if run.composed is not None)
         returns: List[Sequence[JobReturn]] = []
         initial_job_idx = 0
         while not self.is_done():
