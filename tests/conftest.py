@@ -68,6 +68,17 @@ def run_state(run_dir: Path) -> dict:
     return state
 
 
+def training_pid(run_dir) -> int | None:
+    """The pid of the process that holds run_dir's lock (rundir.lock_holder's "pid P on HOST"); None when
+    none does, or while it has yet to write its pid."""
+    import re
+
+    from sparsesweep import rundir
+
+    held = re.fullmatch(r"pid (\d+) on .*", rundir.lock_holder(Path(run_dir)) or "")
+    return int(held[1]) if held else None
+
+
 def wait_for(condition, timeout=180):
     """Polls `condition` until it holds, and returns what it returned; fails the test after `timeout` seconds."""
     import time

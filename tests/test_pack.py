@@ -12,7 +12,7 @@ import time
 import pytest
 import torch
 
-from conftest import ROOT, SMOKE, cli, compose_config, run_state, wait_for
+from conftest import ROOT, SMOKE, cli, compose_config, run_state, training_pid, wait_for
 from sparsesweep import graphs, pack, rundir
 from sparsesweep.run import open_directory
 
@@ -149,8 +149,7 @@ def test_a_pack_killed_mid_epoch_resumes_every_run_exactly(tmp_path):
                               "hydra.launcher.pack_size=3"], cwd=tmp_path, env=env, text=True,
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     wait_for(lambda: len(list(packed.glob("*/checkpoint.pt"))) == 3)
-    holder = rundir.lock_holder(next(packed.glob("*/checkpoint.pt")).parent)
-    pid = int(holder.split()[1])
+    pid = training_pid(next(packed.glob("*/checkpoint.pt")).parent)
     os.kill(pid, signal.SIGSTOP)
     assert all(not (d / "results.json").exists() for d in packed.glob("*/") if not d.name.startswith("."))
     os.kill(pid, signal.SIGKILL)
@@ -245,9 +244,9 @@ def test_a_run_that_fails_in_a_pack_is_on_record_at_once_and_stays_so_if_the_pac
     trains = tmp_path / "sweep" / "+experiment=smoke,optimizer=adam,schedule.base_epochs=30"
     failed = tmp_path / "sweep" / "+experiment=smoke,optimizer=sgd,schedule.base_epochs=30"
     wait_for(lambda: rundir.read_json(failed / "results.json").get("status") == "failed", timeout=60)
-    holder = rundir.lock_holder(trains)
-    assert holder is not None and not (trains / "results.json").exists()  # the pack trains on
-    os.kill(int(holder.split()[1]), signal.SIGKILL)
+    pid = training_pid(trains)
+    assert pid is not None and not (trains / "results.json").exists()  # the pack trains on
+    os.kill(pid, signal.SIGKILL)
     sweep.communicate(timeout=120)
     code, output = cli("sparsesweep", "-m", *common, "hydra.sweeper.dry_run=true", cwd=tmp_path)
     assert code == 0 and "1 resumed, 0 new, 1 failed before (rerun)" in output, output

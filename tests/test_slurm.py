@@ -12,8 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, SMOKE, cli, read_results
-from sparsesweep.rundir import lock_holder
+from conftest import ROOT, SMOKE, cli, read_results, training_pid
 from slurm_cluster import slurm_cluster  # noqa: F401  (the fixture)
 from test_sweeps import comparable
 
@@ -153,14 +152,14 @@ def test_a_timed_out_slurm_run_is_requeued_and_advances_at_every_attempt(slurm_c
             log = log_file.read_text() if log_file else ""
             starts = attempt_start_steps(log)
             assert_every_attempt_went_further(starts)  # fail early
-            holder = re.fullmatch(r"pid (\d+) on .*", (lock_holder(log_file.parent) if log_file else None) or "")
+            pid = training_pid(log_file.parent) if log_file else None
             attempt = len(starts)
-            if holder and attempt:  # the process that logged this attempt's start (it holds the lock before)
-                attempt_pids.setdefault(attempt, int(holder[1]))
-            if (marks and holder and attempt not in held_attempts and attempt_pids.get(attempt) == int(holder[1])
+            if pid and attempt:  # the process that logged this attempt's start (it holds the lock before)
+                attempt_pids.setdefault(attempt, pid)
+            if (marks and pid and attempt not in held_attempts and attempt_pids.get(attempt) == pid
                     and steps_this_attempt(log) >= marks[0]):
                 # USR2 comes 15-45 s into an attempt; the limit's SIGTERM 15 s later.
-                hold_until_signalled(int(holder[1]), signal.SIGUSR2, timeout_s=60,
+                hold_until_signalled(pid, signal.SIGUSR2, timeout_s=60,
                                      handled=lambda: "checkpoint saved" in this_attempt(log_file.read_text()))
                 held_attempts.add(attempt)
                 marks.pop(0)

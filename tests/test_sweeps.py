@@ -8,7 +8,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from conftest import CONF, ROOT, SMOKE, cli, read_results, wait_for
+from conftest import CONF, ROOT, SMOKE, cli, read_results, training_pid, wait_for
 from sparsesweep import pack, rundir
 
 TIMINGS = {"time_s", "wall_time_s", "measure_time_s", "device_time_s", "overrides"}
@@ -153,9 +153,7 @@ def test_a_job_that_starts_after_conf_was_edited_trains_the_config_the_sweep_was
             "hydra.launcher.cpu_parallel=1", "hydra.sweeper.max_batch_size=1", f"hydra.sweep.dir={sweep}"]
     launcher = start_sweep(*args, cwd=tmp_path)
     try:
-        holder = wait_for(lambda: next((h for d in sweep.glob("*seed=0*") if (h := rundir.lock_holder(d))
-                                        and h.startswith("pid ")), None))
-        pid = int(holder.split()[1])
+        pid = wait_for(lambda: next(filter(None, map(training_pid, sweep.glob("*seed=0*"))), None))
         os.kill(pid, signal.SIGSTOP)  # so that the second cannot have started before the edit
         adam = conf / "optimizer" / "adam.yaml"
         adam.write_text(adam.read_text().replace("lr: 1.0e-3", "lr: 5.0e-4"))
