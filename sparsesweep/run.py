@@ -84,7 +84,7 @@ class Run:
         self.wrong = torch.zeros((), device=device, dtype=torch.long)
         self.epoch, self.step, self.elapsed = 0, 0, 0.0
         # Its share of its process's time (pack.train_pack charges it): 1/n of each step n runs took together,
-        # all of its own host work. A sweep's shares add up to the time its processes trained.
+        # all of its own host work: a sweep's shares add up to about the time its processes trained.
         self.share_s = 0.0
         self.metrics, self.bn_history = [], [bn_snapshot(self.model)]
         self.status, self.error, self.results = TRAINING, None, None

@@ -83,7 +83,6 @@ class PackCall:
         self.launcher = launcher
 
     def __call__(self, pack: list[tuple]) -> list[JobReturn]:
-        import submitit
         from sparsesweep import jobs
 
         Singleton.set_state(pack[0][4])
@@ -93,10 +92,7 @@ class PackCall:
             logging.basicConfig(level=logging.INFO, format=jobs.LOG_FORMAT, stream=sys.stdout)
         members, returns = [], []
         for overrides, _, number, _, _, planned in pack:
-            config = self.launcher.job_config(overrides, planned)
-            with open_dict(config.hydra.job):
-                config.hydra.job.id = submitit.JobEnvironment().job_id
-                config.hydra.job.num = number
+            config = self.launcher.job_config(overrides, planned, number)
             HydraConfig.instance().set_config(config)
             with read_write(config.hydra.runtime), open_dict(config.hydra.runtime):
                 config.hydra.runtime.output_dir = os.path.abspath(
@@ -142,22 +138,25 @@ class _QueueingLauncher(BaseSubmititLauncher):
     def __call__(self, sweep_overrides: list[str], job_dir_key: str, job_num: int, job_id: str,
                  singleton_state: dict, planned: DictConfig | None = None) -> JobReturn:
         """BaseSubmititLauncher's job body, on the job's planned config (see job_config)."""
-        import submitit
-
         Singleton.set_state(singleton_state)
         setup_globals()
-        config = self.job_config(sweep_overrides, planned)
-        with open_dict(config.hydra.job):
-            config.hydra.job.id = submitit.JobEnvironment().job_id
-            config.hydra.job.num = job_num
+        config = self.job_config(sweep_overrides, planned, job_num)
         return run_job(hydra_context=self.hydra_context, task_function=self.task_function, config=config,
                        job_dir_key=job_dir_key, job_subdir_key="hydra.sweep.subdir")
 
-    def job_config(self, overrides: list[str], planned: DictConfig | None) -> DictConfig:
-        """A copy of the config composed at launch (planned: a requeued job is handed it again, as it was);
-        one that did not compose then is composed here, in its own job, which fails saying why."""
-        if planned is not None:
-            return copy.deepcopy(planned)
+    def job_config(self, overrides: list[str], planned: DictConfig | None, number: int) -> DictConfig:
+        """In the job: a copy of the config composed at launch (planned: a requeued job is handed it again, as
+        it was), or one that did not compose then composed here (failing in its own job, saying why), with
+        this job's id and number."""
+        import submitit
+
+        config = copy.deepcopy(planned) if planned is not None else self.compose(overrides)
+        with open_dict(config.hydra.job):
+            config.hydra.job.id = submitit.JobEnvironment().job_id
+            config.hydra.job.num = number
+        return config
+
+    def compose(self, overrides: list[str]) -> DictConfig:
         return self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
 
     def plan(self, job_overrides, initial_job_idx: int) -> list[tuple[int, list, DictConfig | None]]:
@@ -168,7 +167,7 @@ class _QueueingLauncher(BaseSubmititLauncher):
             config = self.planned_configs.pop(tuple(overrides), None)
             if config is None:
                 try:
-                    config = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
+                    config = self.compose(overrides)
                 except (HydraException, OmegaConfBaseException, ValueError):
                     config = None
             jobs.append((number, overrides, config))
