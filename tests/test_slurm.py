@@ -120,10 +120,14 @@ def hold_until_signalled(pid: int, signum: int, timeout_s: float, handled) -> No
             pass
 
 
-def release_if_held(cluster, job_id: str):
-    """SLURM holds a requeued job about two minutes (BeginTime): start it again at once."""
+def release_if_held(cluster, job_id: str, held_since: dict) -> None:
+    """SLURM holds a requeued job about two minutes (BeginTime): start it again 2 s after the hold is first
+    seen. Not at once: slurmd refuses to launch a job within the second its last attempt was killed in (its
+    credential counts as revoked), and the job then fails instead of running."""
     held = cluster.command("squeue", "-h", "-j", job_id, "-t", "PENDING", "-o", "%r", check=False)
-    if held.strip() == "BeginTime":
+    if held.strip() != "BeginTime":
+        held_since.pop(job_id, None)
+    elif time.monotonic() - held_since.setdefault(job_id, time.monotonic()) >= 2:
         cluster.command("scontrol", "update", f"jobid={job_id}", "StartTime=now", check=False)
 
 
@@ -139,7 +143,7 @@ def test_a_timed_out_slurm_run_is_requeued_and_advances_at_every_attempt(slurm_c
     uninterrupted = subprocess.Popen([sys.executable, "-m", "sparsesweep", *LONG_RUN,
                                       f"hydra.run.dir={uninterrupted_dir}"], cwd=tmp_path, env=env,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    job_id, marks, held_attempts, attempt_pids = None, list(HOLD_MARKS), set(), {}
+    job_id, marks, held_attempts, attempt_pids, held_since = None, list(HOLD_MARKS), set(), {}, {}
     try:
         deadline = time.monotonic() + 420
         while launcher.poll() is None:
@@ -147,7 +151,7 @@ def test_a_timed_out_slurm_run_is_requeued_and_advances_at_every_attempt(slurm_c
             job_folders = [p.name for p in (sweep / ".submitit").glob("*") if p.name.isdigit()]
             job_id = job_folders[0] if job_folders else None
             if job_id:
-                release_if_held(slurm_cluster, job_id)
+                release_if_held(slurm_cluster, job_id, held_since)
             log_file = next(sweep.glob("*/sparsesweep.log"), None)
             log = log_file.read_text() if log_file else ""
             starts = attempt_start_steps(log)
