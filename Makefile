@@ -1,9 +1,10 @@
 # make quickstart : install everything (CPU PyTorch, pinned) and run the quickstart sweep + its summary
-# make test       : run the test suite (what CI runs)
+# make check      : the fast tier: every test not marked slow (about a minute on 2 cores)
+# make test       : the full suite (what CI runs)
 PYTHON ?= python3
 PIP = $(PYTHON) -m pip install --quiet --disable-pip-version-check
 
-.PHONY: install-cpu quickstart test
+.PHONY: install-cpu quickstart check test
 
 # CPU-only PyTorch, pinned: an unpinned torch/torchvision pulls a multi-GB CUDA build.
 install-cpu:
@@ -19,3 +20,7 @@ quickstart: install-cpu
 TEST_WORKERS ?= 2
 test:
 	$(PYTHON) -m pytest -q -n $(TEST_WORKERS) --dist loadscope
+
+check:
+	@start=$$(date +%s); $(PYTHON) -m pytest -q -n $(TEST_WORKERS) --dist loadscope -m "not slow"; status=$$?; \
+	echo "make check: $$(( $$(date +%s) - start )) s"; exit $$status

@@ -58,7 +58,8 @@ from typing import Callable
 import pandas as pd
 
 from multirun_analysis import render
-from multirun_analysis.load import RESULTS, read_json_object
+from multirun_analysis.load import read_json_object
+from rundir_format import RESULTS, RUN_IRRELEVANT
 
 HOLDS, CONTRADICTED, INCONCLUSIVE, NO_RUNS = "holds", "contradicted", "inconclusive", "no runs"
 VERDICTS = (HOLDS, CONTRADICTED, INCONCLUSIVE, NO_RUNS)
@@ -68,14 +69,6 @@ NOISE_STDS = 2.0
 ZEROING_POINTS = 0.1  # claim 7: zeroing the inactive features moves the test error by less than this
 PRECISION = 9         # decimals compared: percentages are far coarser, float sums are not
 SPARSITY = "sparsity_by_gamma_pct"
-# The trainer's sparsesweep/rundir.py RUN_IRRELEVANT (this package never imports the trainer; a test keeps
-# the two equal): settings that change where or how fast a run goes, not what it computes.
-RUN_IRRELEVANT = ("device", "threads", "progress_interval_s", "checkpoint_interval_min", "eval_batch_size",
-                  "dataset.root", "dataset.system_root", "dataset.download",
-                  "dataset.workers", "dataset.loader", "prune",
-                  "performance.data_on_device", "performance.channels_last", "performance.compile",
-                  "performance.cuda_graph",
-                  "logger")
 # The seed is what a cell pools; the coefficient is the run's `coefficient`, whichever regularizer.
 NOT_SETTINGS = ("seed", "regularizer.l2", "regularizer.wd")
 RUN_SETTINGS = ("model", "dataset", "optimizer", "regularizer", "coefficient", "batch_size", "iterations")

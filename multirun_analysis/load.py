@@ -8,11 +8,9 @@ from pathlib import Path
 
 import pandas as pd
 
-RESULTS = "results.json"
-IDENTITY = "identity.json"  # written by the trainer when a run starts: {"run_id", "overrides", "config"}
-PRUNE = "prune.json"  # written by `python -m sparsesweep.prune`
-HYDRA_OVERRIDES = Path(".hydra", "overrides.yaml")
-SUPPORTED_SCHEMA = 1
+from rundir_format import HYDRA_OVERRIDES, IDENTITY, PRUNE, RESULTS, RESULTS_SCHEMA
+
+SUPPORTED_SCHEMA = RESULTS_SCHEMA
 CRITERIA = ("by_activation", "by_gamma", "by_activation_alt", "by_gamma_alt")
 # Every frame load_runs returns has these columns, so what reads them (tables, figures, the summary) works
 # on a sweep of failed runs only, whose stubs carry none of them, and on no runs at all.

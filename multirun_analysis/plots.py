@@ -22,7 +22,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from multirun_analysis.load import RESULTS, read_json_object  # noqa: E402
+from multirun_analysis.load import read_json_object  # noqa: E402
+from rundir_format import RESULTS  # noqa: E402
 
 MAX_RUNS_SHOWN = 6
 BN_HISTORY, METRICS = "bn_history.npz", "metrics.jsonl"

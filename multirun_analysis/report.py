@@ -22,12 +22,14 @@ from jinja2 import Environment, PackageLoader
 from markupsafe import Markup
 
 from multirun_analysis import plots, render, tables
-from multirun_analysis.load import IDENTITY, RESULTS, load_runs, read_json_or_empty
-from multirun_analysis.status import LOG, PLAN, sweep_status
+from multirun_analysis.load import load_runs, read_json_or_empty
+from multirun_analysis.status import sweep_status
+from rundir_format import COMPLETED, DIVERGED, FAILED, IDENTITY, LOG, MULTIRUN, RESULTS
+from rundir_format import SWEEP_PLAN as PLAN
 
 # Status order on the page; a state not listed here (a future one) comes after these.
 STATES = ("completed", "running", "failed", "diverged", "interrupted", "corrupt", "missing")
-FINISHED = ("completed", "diverged", "failed")
+ENDED = (COMPLETED, DIVERGED, FAILED)
 # Columns of the run table after run and status: run column -> (header, number format).
 RUN_COLUMNS = {"test_error": ("test err %", "{:.2f}"), "sparsity_by_gamma_pct": ("sparsity γ<1e-3 %", "{:.1f}"),
                "sparsity_by_activation_pct": ("sparsity act<1e-12 %", "{:.1f}"),
@@ -53,7 +55,7 @@ def device_used(run_dir: Path) -> str | None:
 def what_was_run(sweep_dir: Path) -> dict:
     """The sweep's command-line overrides and grid, from the multirun.yaml of its last launch."""
     try:
-        hydra = (yaml.safe_load((sweep_dir / "multirun.yaml").read_text()) or {}).get("hydra") or {}
+        hydra = (yaml.safe_load((sweep_dir / MULTIRUN).read_text()) or {}).get("hydra") or {}
     except (OSError, yaml.YAMLError):
         return {"command": None, "grid": []}
     sweeper = hydra.get("sweeper") or {}
@@ -109,13 +111,13 @@ def sweep_header(sweep_dir: Path, entries: list[dict]) -> dict:
         if seconds is not None and not pd.isna(seconds):
             run_time["GPU" if (used or "").startswith("cuda") else "CPU"] += seconds
     results = [entry["dir"] / RESULTS for entry in entries if entry["dir"]]
-    launches = [sweep_dir / "multirun.yaml", sweep_dir / PLAN]
+    launches = [sweep_dir / MULTIRUN, sweep_dir / PLAN]
     plan = read_json_or_empty(sweep_dir / PLAN)
     return {"path": str(sweep_dir), **what_was_run(sweep_dir),
             "planned": len(plan["runs"]) if isinstance(plan.get("runs"), list) else None,
             "counts": sorted(counts.items(), key=lambda item: (STATES + (item[0],)).index(item[0])),
             "total": len(entries),
-            "unfinished": {state: n for state, n in counts.items() if state not in FINISHED},
+            "unfinished": {state: n for state, n in counts.items() if state not in ENDED},
             "problems": [e for e in entries if e["state"] not in ("completed", "running", "missing")],
             "last_launch": _when(max((p.stat().st_mtime for p in launches if p.exists()), default=None)),
             "last_result": _when(max((p.stat().st_mtime for p in results if p.exists()), default=None)),

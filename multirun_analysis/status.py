@@ -1,33 +1,17 @@
 """Where a sweep stands: one line per run, from the files on disk."""
 from __future__ import annotations
 
-import fcntl
 import os
 from pathlib import Path
 
 import pandas as pd
 import yaml
 
-from multirun_analysis.load import HYDRA_OVERRIDES, IDENTITY, RESULTS, find_run_dirs, read_json_object
+from multirun_analysis.load import find_run_dirs, read_json_object
+from rundir_format import HYDRA_OVERRIDES, IDENTITY, LOG, RESULTS, lock_holder
+from rundir_format import SWEEP_PLAN as PLAN
 
-PLAN, LOG, LOCK = "sweep_plan.json", "sparsesweep.log", ".lock"
 LOG_TAIL_BYTES = 4096  # the last line of sparsesweep.log is all we show, whatever the log's length
-
-
-def lock_holder(run_dir: Path) -> str | None:
-    """'pid P on HOST' while a live trainer holds the run's .lock, None when none does. The trainer holds an
-    exclusive flock for its whole life and the kernel drops it when the process dies, however it dies, so a
-    lock file left behind is free."""
-    try:
-        with open(run_dir / LOCK, "rb") as file:
-            try:
-                fcntl.flock(file, fcntl.LOCK_SH | fcntl.LOCK_NB)  # closing the file releases it at once
-            except BlockingIOError:
-                pid, _, host = file.read().decode(errors="replace").strip().partition(" ")
-                return f"pid {pid} on {host}" if pid else "a process that has not written its pid yet"
-            return None
-    except FileNotFoundError:
-        return None
 
 
 def last_line(path: Path) -> str:

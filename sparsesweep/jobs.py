@@ -13,12 +13,12 @@ from pathlib import Path
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from rundir_format import LOG
 from sparsesweep import pack, rundir
 from sparsesweep.errors import ConfigError
 from sparsesweep.interrupts import Interrupted
 
 log = logging.getLogger("sparsesweep")
-LOG_FILE = "sparsesweep.log"  # a run's log in its directory (hydra.job.name = sparsesweep)
 LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"  # Hydra's job log format
 
 
@@ -86,7 +86,7 @@ def opened(spec: pack.RunSpec, job: Job, own_log: bool) -> None:
     Hydra writes it (conf sets hydra.output_subdir to null so that Hydra does not write it before the
     trainer knows the directory is this run's)."""
     if own_log:
-        handler = logging.FileHandler(job.out_dir / LOG_FILE)
+        handler = logging.FileHandler(job.out_dir / LOG)
         handler.setFormatter(logging.Formatter(LOG_FORMAT))
         spec.log.addHandler(handler)
     record = job.out_dir / ".hydra"

@@ -1,17 +1,6 @@
-"""The run directory: the contract between the trainer and everything after it (see README, "Results").
-
-Files (all written atomically with the user's umask: a temp file in the same directory, then a rename):
-  identity.json    written when a run starts: its run_id, overrides and resolved config. A directory
-                   belongs to the run it names; nothing of another run is ever written into it
-  .lock            held (flock) by the one process training the directory, for as long as it runs
-  results.json     summary and measurements, schema RESULTS_SCHEMA
-  metrics.jsonl    one JSON object per epoch
-  bn_history.npz   BN gamma/beta of every feature at every epoch: arrays `C1_gamma` (epochs+1, C), ...
-  features.npz     final per-feature arrays: `C1_max_activation`, `C1_selectivity`, `C1_gamma`, `C1_beta`
-  checkpoint.pt    model/optimizer state and progress at the last epoch end, periodic save or stop signal;
-  checkpoint.prev.pt  the one before it, the fallback when the latest is unreadable
-  prune.json       after pruning (sparsesweep.prune): features, params, FLOPs, latency, errors before/after
-"""
+"""The run directory, the trainer's side: a run's identity and the refusal to mix two runs in one directory,
+the lock held while a run trains, checkpoints (atomic, the previous one kept as a fallback), failed stubs.
+The format itself (file names, statuses, atomic writes) is rundir_format's, shared with every reader."""
 from __future__ import annotations
 
 import contextlib
@@ -20,34 +9,22 @@ import hashlib
 import io
 import json
 import logging
-import math
 import os
 import socket
-import tempfile
 import time
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from rundir_format import (BN_HISTORY, CHECKPOINT, FEATURES, FINISHED, IDENTITY, LOCK, METRICS,  # noqa: F401
+                           PREVIOUS_CHECKPOINT, PRUNE, RESULTS, RESULTS_SCHEMA, RUN_IRRELEVANT, SWEEP_PLAN,
+                           describe_holder, finite_or_none, json_bytes, jsonl_bytes, lock_holder, write_atomic,
+                           write_temporary)
 from sparsesweep.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-RESULTS_SCHEMA = 1
-SWEEP_PLAN = "sweep_plan.json"  # in a sweep directory: {"runs": [[override, ...], ...]}
-RESULTS, METRICS, BN_HISTORY, FEATURES, CHECKPOINT, PREVIOUS_CHECKPOINT = (
-    "results.json", "metrics.jsonl", "bn_history.npz", "features.npz", "checkpoint.pt", "checkpoint.prev.pt")
-PRUNE, IDENTITY, LOCK = "prune.json", "identity.json", ".lock"
-FINISHED = ("completed", "diverged")
-LOCK_ATTEMPTS = 5  # a run with these results is done: never retrained, never overwritten
-
-# Settings that change where or how fast a run goes, not what it computes.
-RUN_IRRELEVANT = ("device", "threads", "progress_interval_s", "checkpoint_interval_min", "eval_batch_size",
-                  "dataset.root", "dataset.system_root", "dataset.download",
-                  "dataset.workers", "dataset.loader", "prune",
-                  "performance.data_on_device", "performance.channels_last", "performance.compile",
-                  "performance.cuda_graph",
-                  "logger")
+LOCK_ATTEMPTS = 5
 
 
 def run_config(cfg) -> dict:
@@ -142,24 +119,6 @@ class RunDirBusy(ConfigError):
     """Another live process holds the directory's lock."""
 
 
-def lock_holder(run_dir: Path) -> str | None:
-    """'pid P on HOST' of the process training run_dir, None when none is (the lock is free)."""
-    try:
-        with open(run_dir / LOCK) as file:
-            try:
-                fcntl.flock(file, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return _describe_holder(file.read())
-            return None
-    except FileNotFoundError:  # never locked
-        return None
-
-
-def _describe_holder(content: str) -> str:
-    pid, _, host = content.strip().partition(" ")
-    return f"pid {pid} on {host}" if pid else "another process"
-
-
 @contextlib.contextmanager
 def locked(run_dir: Path):
     """Holds run_dir's lock while the block runs; the kernel releases it when the process dies, however it
@@ -172,7 +131,7 @@ def locked(run_dir: Path):
             except BlockingIOError:
                 if attempt == LOCK_ATTEMPTS - 1:
                     file.seek(0)
-                    raise RunDirBusy(f"{run_dir} is being trained by {_describe_holder(file.read())}") from None
+                    raise RunDirBusy(f"{run_dir} is being trained by {describe_holder(file.read())}") from None
                 time.sleep(0.1)  # `status` or a sweeper may be looking at the lock for an instant
         file.seek(0)
         file.truncate()
@@ -197,7 +156,7 @@ def save_checkpoint(run_dir: Path, state: dict) -> None:
 
     buffer = io.BytesIO()
     torch.save(state, buffer)
-    temporary = _write_temporary(run_dir / CHECKPOINT, buffer.getvalue())
+    temporary = write_temporary(run_dir / CHECKPOINT, buffer.getvalue())
     if (run_dir / CHECKPOINT).exists():
         os.replace(run_dir / CHECKPOINT, run_dir / PREVIOUS_CHECKPOINT)
     os.replace(temporary, run_dir / CHECKPOINT)
@@ -253,47 +212,7 @@ def _read_checkpoint(path: Path, device) -> dict:
     return state
 
 
-# ---- atomic files -----------------------------------------------------------------------------------------
-
-def _file_mode() -> int:
-    """What open() would give a new file under the current umask (mkstemp alone gives 0600)."""
-    umask = os.umask(0o022)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
-def _write_temporary(path: Path, data: bytes) -> str:
-    """A fully written, synced temp file beside `path`, with the user's umask; returns its name."""
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), _file_mode())
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return temporary
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """A reader sees the old file or the new one, never a part (a full disk leaves the old one)."""
-    os.replace(_write_temporary(path, data), path)
-
-
-def finite_or_none(value):
-    """JSON has no NaN/inf: a diverged metric is written as null."""
-    return value if value is None or math.isfinite(value) else None
-
-
-def json_bytes(obj) -> bytes:
-    return (json.dumps(obj, indent=1, allow_nan=False) + "\n").encode()
-
-
-def jsonl_bytes(rows) -> bytes:
-    return "".join(json.dumps(row, allow_nan=False) + "\n" for row in rows).encode()
-
+# ---- file contents -----------------------------------------------------------------------------------------
 
 def npz_bytes(arrays: dict) -> bytes:
     import numpy as np

@@ -59,6 +59,7 @@ def known(sweep, tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_difficulty_table_cells_are_the_means_and_stds_of_the_runs(known):
     table = tables.build(tables.TABLES["difficulty"], load_runs([known], completed_only=True))
     assert list(table.index) == ["clean", "cluttered"]  # the paper's rows, in its order
@@ -72,6 +73,7 @@ def test_difficulty_table_cells_are_the_means_and_stds_of_the_runs(known):
         assert row[("", "sparsity_gamma", "delta")] == pytest.approx(mean - paper)
 
 
+@pytest.mark.slow
 def test_runs_outside_the_papers_rows_get_rows_of_their_own(known):
     # Table 6 is keyed by (dataset, batch size): the smoke runs on the renderings add two rows after the
     # paper's eight, with the seeds' mean and std of every metric and no paper value.
@@ -84,6 +86,7 @@ def test_runs_outside_the_papers_rows_get_rows_of_their_own(known):
             assert row[("", metric, "n")] == 2 and math.isnan(row[("", metric, "paper")])
 
 
+@pytest.mark.slow
 def test_corrupt_and_diverged_runs_are_skipped_and_reported(sweep, known):
     code, output = cli("multirun_analysis", "difficulty", str(known), str(sweep / "bad"), cwd=sweep)
     assert code == 0, output
@@ -92,6 +95,7 @@ def test_corrupt_and_diverged_runs_are_skipped_and_reported(sweep, known):
     assert "skipped 1 run(s): status diverged" in output
 
 
+@pytest.mark.slow
 def test_merged_sweeps_count_a_duplicated_run_once(sweep, tmp_path):
     copy = tmp_path / "relaunch"
     one_run = next((sweep / "sweep").rglob("results.json")).parent
@@ -101,6 +105,7 @@ def test_merged_sweeps_count_a_duplicated_run_once(sweep, tmp_path):
     assert len(runs) == 4 and skipped == {"duplicate of a run found in another directory": 1}
 
 
+@pytest.mark.slow
 def test_cells_without_runs_are_missing_never_zero(sweep):
     table = tables.build(tables.TABLES["table1"], load_runs([sweep / "sweep"], completed_only=True))
     assert len(table) == 29 and table.xs("mean", axis=1, level="stat").isna().all().all()
@@ -108,6 +113,7 @@ def test_cells_without_runs_are_missing_never_zero(sweep):
     assert "0.0 (" not in text and "–" in text
 
 
+@pytest.mark.slow
 def test_every_format_is_written_with_out(sweep, tmp_path):
     code, output = cli("multirun_analysis", "difficulty", str(sweep / "sweep"), "--out", str(tmp_path), cwd=sweep)
     assert code == 0, output
@@ -118,6 +124,7 @@ def test_every_format_is_written_with_out(sweep, tmp_path):
     assert len(csv_lines) == 3
 
 
+@pytest.mark.slow
 def test_plots_are_written_as_png_and_pdf(sweep, tmp_path):
     code, output = cli("multirun_analysis", "plots", str(sweep / "sweep"), "--out", str(tmp_path), cwd=sweep)
     assert code == 0, output
@@ -126,6 +133,7 @@ def test_plots_are_written_as_png_and_pdf(sweep, tmp_path):
             assert (tmp_path / f"{name}.{extension}").stat().st_size > 10_000, name
 
 
+@pytest.mark.slow
 def test_runs_export_has_every_run_and_metric(sweep, tmp_path):
     code, output = cli("multirun_analysis", "runs", str(sweep / "sweep"), str(sweep / "bad"),
                        "--out", str(tmp_path / "runs.csv"), cwd=sweep)
@@ -137,6 +145,7 @@ def test_runs_export_has_every_run_and_metric(sweep, tmp_path):
     assert {"sparsity_by_gamma_pct", "sparsity_gamma_C6_pct", "test_error", "run_id"} <= set(frame.columns)
 
 
+@pytest.mark.slow
 def test_table3_shows_pruning_results_of_a_real_vgg16_sweep(tmp_path):
     """A VGG-16 sweep on a Tiny-ImageNet folder at the paper's row (L2 1e-4, batch 20), 2 seeds; a different
     number of gammas is zeroed in each run's final weights, `python -m sparsesweep.prune` prunes the sweep, and
@@ -177,6 +186,7 @@ def test_table3_shows_pruning_results_of_a_real_vgg16_sweep(tmp_path):
                zip(sorted(pruned, key=lambda p: p["features"]["removed"]), sorted(results, key=lambda r: r["seed"])))
 
 
+@pytest.mark.slow
 def test_table5_shows_resnet50_sparsity_per_stage_from_a_real_run(tmp_path):
     """Table 5's columns are the per-stage shares of results.json, at the paper's batch-32 row. The run's own
     shares are set by hand to distinct values (after a few steps they may well be equal), so that each column

@@ -44,6 +44,7 @@ def parse_csv(text: str) -> list[dict]:
 
 # ---- the real sweep --------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_a_smoke_sweep_gets_one_row_or_more_per_claim_each_with_a_valid_verdict(sweep):
     code, output = cli("multirun_analysis", "claims", str(sweep), "--format", "csv", cwd=sweep)
     assert code == 0, output
@@ -65,6 +66,7 @@ def test_a_smoke_sweep_gets_one_row_or_more_per_claim_each_with_a_valid_verdict(
         assert [row["verdict"] for row in by_claim[number]] == [NO_RUNS], number
 
 
+@pytest.mark.slow
 def test_terminal_and_markdown_formats_and_the_exit_codes(sweep, capsys):
     assert main(["claims", str(sweep)]) == 0
     terminal = capsys.readouterr().out
@@ -85,12 +87,6 @@ def test_the_package_still_never_imports_torch_or_the_trainer():
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                           env={"PYTHONPATH": str(ROOT), "PATH": ""})
     assert done.returncode == 0, done.stderr
-
-
-def test_the_settings_left_out_of_a_cell_are_the_trainers():
-    from sparsesweep.rundir import RUN_IRRELEVANT
-
-    assert claims.RUN_IRRELEVANT == RUN_IRRELEVANT
 
 
 # ---- hand-built runs ------------------------------------------------------------------------------------
@@ -156,6 +152,7 @@ def verdicts(rows):
     ([12.2], [10.1], HOLDS),                                  # one seed: 2.1 points
     ([8.0], [10.1], CONTRADICTED),                            # one seed: -2.1 points
 ])
+@pytest.mark.slow
 def test_the_verdict_rule_and_its_boundaries(runs, a, b, verdict):
     (row,) = runs.pair(a, b).rows("1")
     assert (row["cell_a"], row["cell_b"], row["a_n"], row["b_n"]) == ("adam", "sgd", len(a), len(b))
@@ -164,6 +161,7 @@ def test_the_verdict_rule_and_its_boundaries(runs, a, b, verdict):
     assert row["a_mean"] - row["b_mean"] == pytest.approx(row["difference"])
 
 
+@pytest.mark.slow
 def test_the_threshold_is_2_points_or_twice_the_pooled_std(runs):
     (row,) = runs.pair([13.0, 14.5, 16.0], [10.5, 12.0, 13.5]).rows("1")
     assert (row["threshold"], row["a_std"], row["b_std"]) == (3.0, 1.5, 1.5)
@@ -173,12 +171,14 @@ def test_the_threshold_is_2_points_or_twice_the_pooled_std(runs):
     assert row["threshold"] == 2.0 and math.isnan(row["a_std"])  # one seed: no std
 
 
+@pytest.mark.slow
 def test_sides_are_compared_over_the_seeds_both_ran(runs):
     (row,) = runs.pair([20.0, 22.0, 90.0], [10.0]).rows("1")
     assert (row["a_n"], row["b_n"], row["a_mean"], row["verdict"]) == (1, 1, 20.0, HOLDS)
     assert row["note"] == "left out: seed 1, 2 (adam only)"
 
 
+@pytest.mark.slow
 def test_no_seed_in_common_is_too_few_runs(runs):
     runs.add("adam", seed=0, sparsity=50.0)
     runs.add("sgd", seed=1, sparsity=0.0)
@@ -186,6 +186,7 @@ def test_no_seed_in_common_is_too_few_runs(runs):
     assert row["verdict"] == INCONCLUSIVE and row["note"].startswith("too few runs: no seed in common")
 
 
+@pytest.mark.slow
 def test_no_runs_when_nothing_can_be_compared(runs, tmp_path_factory):
     runs.add("adam", sparsity=50.0)
     runs.add("sgd", sparsity=0.0, config={"dataset.resolution": 32})  # not alike: another input size
@@ -195,6 +196,7 @@ def test_no_runs_when_nothing_can_be_compared(runs, tmp_path_factory):
     assert list(empty["claim"]) == NUMBERS and set(empty["verdict"]) == {NO_RUNS}
 
 
+@pytest.mark.slow
 def test_claim_1_is_per_coefficient_and_names_cells_that_differ_only_in_the_lr(runs):
     runs.pair([40.0], [0.0])
     runs.pair([1.0], [30.0], coefficient=1e-4, config={"regularizer.l2": 1e-4})
@@ -206,6 +208,7 @@ def test_claim_1_is_per_coefficient_and_names_cells_that_differ_only_in_the_lr(r
         ("l2 0.001", "adam optimizer.lr=0.001", HOLDS), ("l2 0.001", "adam optimizer.lr=0.003", HOLDS)]
 
 
+@pytest.mark.slow
 def test_skipped_runs_are_reported_as_the_tables_report_them(runs, capsys):
     runs.pair([40.0], [0.0])
     runs.add("adam", seed=3, sparsity=99.0, status="diverged")
@@ -226,6 +229,7 @@ LAYERS = ("C1", "C2", "C3", "C4", "C5", "C6", "C7")
     ([2.0, 2.5, 3.0], CONTRADICTED),   # 2.5 > 2 points and > twice the std (1)
     ([1.0, 2.5, 4.0], INCONCLUSIVE),   # 2.5: above 2, within twice the std (3)
 ])
+@pytest.mark.slow
 def test_claim_2_no_sparsity_without_regularization(runs, values, verdict):
     for seed, sparsity in enumerate(values):
         runs.add("sgd", seed, sparsity, **NO_REGULARIZATION)
@@ -238,6 +242,7 @@ def test_claim_2_no_sparsity_without_regularization(runs, values, verdict):
     ([3.5], HOLDS), ([9.5, 11.0, 12.5], HOLDS), ([2.0], CONTRADICTED), ([0.0, 1.0, 2.0], CONTRADICTED),
     ([1.0, 2.5, 4.0], INCONCLUSIVE),
 ])
+@pytest.mark.slow
 def test_claim_8_leaky_relu_still_sparse(runs, values, verdict):
     for seed, sparsity in enumerate(values):
         runs.add("adam", seed, sparsity, config={"model.negative_slope": 0.1})
@@ -251,6 +256,7 @@ def test_claim_8_leaky_relu_still_sparse(runs, values, verdict):
     (10.1, CONTRADICTED),    # exactly 0.1 points (10.1 - 10.0 is 0.0999... in floats): not < 0.1
     (9.875, CONTRADICTED),
 ])
+@pytest.mark.slow
 def test_claim_7_zeroing_changes_no_test_error(runs, zeroed, verdict):
     runs.add("adam", test_error=10.0, zeroed_test_error=10.0)
     runs.add("sgd", test_error=10.0, zeroed_test_error=zeroed)
@@ -266,6 +272,7 @@ def wd(coefficient):
 
 @pytest.mark.parametrize("l2, weight_decay, verdict", [(30.0, 10.0, HOLDS), (10.0, 30.0, CONTRADICTED),
                                                        (11.0, 10.0, INCONCLUSIVE)])
+@pytest.mark.slow
 def test_claim_3_l2_sparser_than_weight_decay(runs, l2, weight_decay, verdict):
     runs.add("adam", sparsity=l2)
     runs.add("adam", sparsity=weight_decay, **wd(1e-3))
@@ -279,6 +286,7 @@ def l2(coefficient):
     return {"coefficient": coefficient, "config": {"regularizer.l2": coefficient}}
 
 
+@pytest.mark.slow
 def test_claim_4_each_coefficient_against_the_next_smaller(runs):
     for coefficient, sparsity in ((1e-3, 40.0), (1e-4, 10.0), (1e-5, 9.0), (1e-6, 20.0)):
         runs.add("adam", sparsity=sparsity, **l2(coefficient))
@@ -288,6 +296,7 @@ def test_claim_4_each_coefficient_against_the_next_smaller(runs):
         ("L2 0.001", "L2 0.0001", HOLDS)]
 
 
+@pytest.mark.slow
 def test_claim_5_smaller_batches_sparser_at_the_same_iterations(runs):
     for batch_size, sparsity in ((20, 30.0), (40, 20.0), (80, 25.0)):
         runs.add("adam", sparsity=sparsity, batch_size=batch_size, config={"batch_size": batch_size})
@@ -296,6 +305,7 @@ def test_claim_5_smaller_batches_sparser_at_the_same_iterations(runs):
         ("batch 20", "batch 40", HOLDS), ("batch 40", "batch 80", CONTRADICTED)]  # 160 ran other iterations
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("clean, cluttered, verdict", [(46.0, 29.0, HOLDS), (29.0, 46.0, CONTRADICTED)])
 def test_claim_6_clean_background_sparser(runs, clean, cluttered, verdict):
     runs.add("adam", sparsity=clean)
@@ -308,6 +318,7 @@ def test_claim_6_clean_background_sparser(runs, clean, cluttered, verdict):
 @pytest.mark.parametrize("layers, verdict", [((0, 0, 0, 90, 10, 20, 30), HOLDS),
                                              ((30, 20, 10, 0, 0, 0, 0), CONTRADICTED),
                                              ((1, 1, 1, 50, 2, 2, 2), INCONCLUSIVE)])  # C4, the middle: in neither
+@pytest.mark.slow
 def test_claim_9_later_layers_sparser(runs, layers, verdict):
     for optimizer in ("adam", "sgd"):
         runs.add(optimizer, nested={"sparsity.by_gamma.per_layer_pct": dict(zip(LAYERS, layers))})
@@ -315,6 +326,7 @@ def test_claim_9_later_layers_sparser(runs, layers, verdict):
     assert (row["cell_a"], row["cell_b"], row["verdict"]) == ("C5–C7", "C1–C3", verdict)
 
 
+@pytest.mark.slow
 def test_claim_10a_adaptive_features_more_selective(runs):
     for optimizer, means in (("adam", (0.5, 0.5, 0.5, 0.5, 0.5, 0.5, None)), ("sgd", (0.25,) * 7)):
         runs.add(optimizer, nested={f"selectivity.per_layer.{layer}.mean_active": mean
@@ -324,6 +336,7 @@ def test_claim_10a_adaptive_features_more_selective(runs):
         "adam", 50.0, "sgd", 25.0, HOLDS)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("wide, narrow, verdict", [(30.0, 10.0, HOLDS), (10.0, 30.0, CONTRADICTED)])
 def test_claim_10b_narrower_network_less_sparse(runs, wide, narrow, verdict):
     runs.add("adam", sparsity=wide, config={"model.width_multiplier": 0.25})
@@ -332,6 +345,7 @@ def test_claim_10b_narrower_network_less_sparse(runs, wide, narrow, verdict):
     assert (row["cell_a"], row["cell_b"], row["verdict"]) == ("width ×0.25", "width ×0.125", verdict)
 
 
+@pytest.mark.slow
 def test_todays_optimizers_train_in_a_smoke_sweep_and_are_extra_rows_of_claims_and_tables(tmp_path):
     sweep = tmp_path / "sweep"
     code, output = cli("sparsesweep", "-m", *SMOKE, "optimizer=sgd,adamw,nadam,radam,adafactor",

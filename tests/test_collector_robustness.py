@@ -162,6 +162,7 @@ FROM_RESULTS = {"per_layer_sparsity", "selectivity"}
      FROM_RESULTS | {"fig2", "sparsity_over_training"}, {}),
 ], ids=["failed-only", "without-optional-blocks", "no-npz-no-jsonl", "truncated-npz-and-jsonl",
         "npz-with-corrupt-data", "everything"])
+@pytest.mark.slow
 def test_plots_draw_what_the_runs_allow_and_say_why_they_skip_the_rest(capsys, tmp_path, results, files, drawn,
                                                                          reasons):
     write_run(tmp_path / "sweep" / "seed=0", results, files=files)

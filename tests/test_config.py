@@ -14,6 +14,7 @@ OPTIONS = [(group, path.stem) for group in GROUPS for path in sorted((CONF / gro
 EXPERIMENT_MODEL = {"table3": "vgg16", "table4": "vgg11", "table5": "resnet50"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("group, option", OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
 def test_every_option_composes_resolves_and_validates(make_config, group, option):
     override = f"+experiment={option}" if group == "experiment" else f"{group}={option}"
@@ -47,6 +48,7 @@ def test_a_coefficient_of_the_wrong_regularizer_is_rejected(make_config):
         make_config(["regularizer=wd", "regularizer.l2=1e-4"])
 
 
+@pytest.mark.slow
 def test_the_design_card_sweep_runs_six_jobs_at_most_two_at_once(tmp_path):
     code, output = cli("sparsesweep", "-m", "optimizer=adam,sgd,adamax", "regularizer.l2=1e-4,1e-5",
                        "+experiment=smoke", f"hydra.sweep.dir={tmp_path}", "hydra.launcher.cpu_parallel=2",

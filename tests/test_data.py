@@ -36,6 +36,7 @@ def test_fashion_mnist_loader_reads_the_genuine_files(make_config, require_fashi
     assert 60 < float(data.mean) < 80  # Fashion-MNIST's mean pixel is about 72.9 / 255
 
 
+@pytest.mark.slow
 def test_a_short_run_on_fashion_mnist_learns(make_config, require_fashion_mnist, tmp_path):
     cfg = make_config(["dataset=fashion_mnist", "+experiment=smoke", "dataset.resolution=14",
                        "dataset.train_limit=4000", "dataset.test_limit=1000", "schedule.base_epochs=2",

@@ -61,6 +61,7 @@ def layer_sparsity(run_dir, layer) -> list[float]:
     return list(100.0 * (np.abs(gamma) < 1e-3).mean(axis=1))
 
 
+@pytest.mark.slow
 def test_the_logger_names_no_run_directory_and_changes_no_identity(logged_run, make_config):
     run_dir, _, _ = logged_run
     assert run_dir.name == "+experiment=smoke"  # `tensorboard --logdir SWEEP` shows runs by their overrides
@@ -76,6 +77,7 @@ def tensorboard_events(logdir):
     return events.Reload()
 
 
+@pytest.mark.slow
 def test_tensorboard_holds_every_tag_once_per_epoch_equal_to_metrics_jsonl(logged_run):
     run_dir, metrics, _ = logged_run
     events = tensorboard_events(run_dir / "tensorboard")
@@ -96,6 +98,7 @@ def test_tensorboard_holds_every_tag_once_per_epoch_equal_to_metrics_jsonl(logge
     assert "width_multiplier: 0.125" in config.tensor_proto.string_val[0].decode()
 
 
+@pytest.mark.slow
 def test_the_csv_logger_writes_one_row_per_epoch(logged_run):
     run_dir, metrics, _ = logged_run
     rows = list(csv.DictReader((run_dir / "metrics.csv").open()))
@@ -127,6 +130,7 @@ def wandb_records(path):
             yield record
 
 
+@pytest.mark.slow
 @pytest.mark.skipif("wandb" not in OPTIONAL, reason="wandb is not installed (pip install wandb): W&B logger untested")
 def test_wandb_offline_run_records_each_epoch_and_the_config(logged_run):
     run_dir, metrics, _ = logged_run
@@ -148,6 +152,7 @@ def test_wandb_offline_run_records_each_epoch_and_the_config(logged_run):
 
 @pytest.mark.skipif("mlflow" not in OPTIONAL,
                     reason="mlflow is not installed (pip install mlflow): MLflow logger untested")
+@pytest.mark.slow
 def test_mlflow_file_store_run_has_the_config_as_params_and_each_epoch(logged_run, monkeypatch):
     from mlflow.tracking import MlflowClient
 

@@ -30,6 +30,7 @@ def solo(tmp_path_factory):
     return base
 
 
+@pytest.mark.slow
 def test_a_mixed_pack_gives_every_run_exactly_its_solo_results(make_config, tmp_path, solo):
     specs = [pack.RunSpec(make_config(AUGMENTED + overrides), tmp_path / name) for name, overrides in MIXED.items()]
     started = time.monotonic()
@@ -89,6 +90,7 @@ def test_runs_pack_together_only_when_shapes_data_and_step_counts_agree(make_con
 CARD = ["optimizer=adam,sgd,adamax", "regularizer.l2=1e-4,1e-5"]
 
 
+@pytest.mark.slow
 def test_the_cards_sweep_in_packs_gives_each_run_its_directory_and_a_relaunch_skips_them(tmp_path):
     sweep = tmp_path / "sweep"
     code, output = cli("sparsesweep", "-m", *CARD, *SMOKE, f"hydra.sweep.dir={sweep}", "hydra.launcher.pack_size=4",
@@ -108,6 +110,7 @@ def test_the_cards_sweep_in_packs_gives_each_run_its_directory_and_a_relaunch_sk
     assert code == 0 and "6 runs: 6 skipped" in output, output
 
 
+@pytest.mark.slow
 def test_the_launcher_packs_only_compatible_runs(tmp_path):
     sweep = tmp_path / "sweep"
     code, output = cli("sparsesweep", "-m", "batch_size=20,40", "seed=1,2,3", *SMOKE, f"hydra.sweep.dir={sweep}",
@@ -127,6 +130,7 @@ def test_the_launcher_packs_only_compatible_runs(tmp_path):
     assert all(len({batch_size[n] for n in members}) == 1 for members in packs)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("value, shown", [("0", "0"), ("abc", "abc"), ("\"'3'\"", "'3'")])
 def test_a_bad_pack_size_is_one_line_before_the_sweep_is_planned(tmp_path, value, shown):
     code, output = cli("sparsesweep", "-m", *SMOKE, f"hydra.sweep.dir={tmp_path / 'sweep'}",
@@ -136,6 +140,7 @@ def test_a_bad_pack_size_is_one_line_before_the_sweep_is_planned(tmp_path, value
     assert not (tmp_path / "sweep").exists()
 
 
+@pytest.mark.slow
 def test_a_pack_killed_mid_epoch_resumes_every_run_exactly(tmp_path):
     # Checkpoints after every step; the pack's process (the holder of every run's lock) is frozen once each
     # run has one, then killed; the relaunch resumes the three from their own checkpoints.
@@ -233,6 +238,7 @@ def test_on_a_gpu_the_graph_path_is_checked_and_agrees_with_eager_steps(make_con
         assert abs(g["train_loss"] - e["train_loss"]) < 0.05 * abs(e["train_loss"])
 
 
+@pytest.mark.slow
 def test_a_run_that_fails_in_a_pack_is_on_record_at_once_and_stays_so_if_the_pack_is_killed_later(tmp_path):
     # The csv logger's file cannot be written: that run fails at its first epoch's end, the other trains on.
     grid = "hydra.sweeper.grid=[{optimizer:adam},{optimizer:sgd,logger:csv,logger.csv.file:nodir/x.csv}]"

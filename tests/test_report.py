@@ -81,6 +81,7 @@ def column(driver, header: str) -> list[str]:
     return [td.text for td in css(driver, f"#run-table tbody tr:not([hidden]) td:nth-child({position})")]
 
 
+@pytest.mark.slow
 def test_every_section_table_and_figure_is_on_the_page(page, sweep, tmp_path):
     page.save_screenshot(str(tmp_path / "report.png"))
     assert (tmp_path / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -113,6 +114,7 @@ def test_every_section_table_and_figure_is_on_the_page(page, sweep, tmp_path):
     assert sorted(linked) == sorted(p.parent for p in sweep.glob("*/results.json")) and len(linked) == 6
 
 
+@pytest.mark.slow
 def test_failed_and_diverged_runs_are_shown_with_their_reasons(page):
     problems = {css(tr, ".run")[0].text: tr for tr in css(page, "#sweeps table.problems tbody tr")}
     assert set(problems) == {FAILED, DIVERGED}
@@ -126,6 +128,7 @@ def test_failed_and_diverged_runs_are_shown_with_their_reasons(page):
     assert runs[FAILED] == "failed" and runs[DIVERGED] == "diverged" and list(runs.values()).count("completed") == 4
 
 
+@pytest.mark.slow
 def test_clicking_a_header_sorts_the_runs_and_the_filter_keeps_matching_ones(page):
     def header(name):
         (button,) = [th for th in css(page, "#run-table thead th button") if th.text.rstrip(" ▲▼") == name]
@@ -153,6 +156,7 @@ def test_clicking_a_header_sorts_the_runs_and_the_filter_keeps_matching_ones(pag
     assert column(page, "run") == [DIVERGED]
 
 
+@pytest.mark.slow
 def test_a_report_of_an_unfinished_sweep_shows_what_has_finished_and_says_what_has_not(sweep, tmp_path):
     unfinished = tmp_path / "sweep"
     shutil.copytree(sweep, unfinished)
@@ -167,6 +171,7 @@ def test_a_report_of_an_unfinished_sweep_shows_what_has_finished_and_says_what_h
     assert "From the 3 completed run(s)" in page
 
 
+@pytest.mark.slow
 def test_the_run_time_counts_each_runs_share_of_its_process_and_the_wall_time_of_older_runs(sweep, tmp_path):
     edited = tmp_path / "sweep"
     shutil.copytree(sweep, edited)

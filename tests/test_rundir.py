@@ -47,6 +47,7 @@ def test_a_directory_holding_another_configs_run_is_refused_and_left_untouched(m
     assert pack.train(make_config(SMOKE + ["seed=1"]), tmp_path) == json.loads(before["results.json"])  # done
 
 
+@pytest.mark.slow
 def test_a_single_run_into_another_runs_directory_is_one_line_exit_2(tmp_path):
     code, output = cli("sparsesweep", *SMOKE, f"hydra.run.dir={tmp_path}", cwd=tmp_path)
     assert code == 0, output
@@ -57,6 +58,7 @@ def test_a_single_run_into_another_runs_directory_is_one_line_exit_2(tmp_path):
     assert "Traceback" not in output and run_files(tmp_path) == before
 
 
+@pytest.mark.slow
 def test_config_drift_stops_the_sweep_before_anything_runs_and_move_aside_keeps_the_old_runs(tmp_path):
     # A default changes between two launches of one sweep (a `git pull`): a copy of conf/ is edited.
     conf = tmp_path / "conf"
@@ -88,6 +90,7 @@ def test_config_drift_stops_the_sweep_before_anything_runs_and_move_aside_keeps_
                                  for r in new)
 
 
+@pytest.mark.slow
 def test_grid_points_of_one_identity_run_once(tmp_path):
     code, output = cli("sparsesweep", "-m", *SMOKE, "regularizer.l2=1e-4,0.0001,2e-4", "hydra.sweeper.dry_run=true",
                        f"hydra.sweep.dir={tmp_path}", cwd=tmp_path)
@@ -96,6 +99,7 @@ def test_grid_points_of_one_identity_run_once(tmp_path):
     assert "the same run as #0" in output
 
 
+@pytest.mark.slow
 def test_prune_refuses_weights_of_another_run(make_config, tmp_path):
     pack.train(make_config(SMOKE + ["seed=1"]), tmp_path / "a")
     pack.train(make_config(SMOKE + ["seed=2"]), tmp_path / "b")
@@ -133,6 +137,7 @@ def start(*args, cwd, **kwargs):
 
 
 
+@pytest.mark.slow
 def test_a_second_trainer_on_a_locked_directory_does_not_train_it(tmp_path):
     first = start(*SMOKE, *LONG, f"hydra.run.dir={tmp_path}", cwd=tmp_path)
     wait_for(lambda: (tmp_path / "checkpoint.pt").exists())
@@ -148,6 +153,7 @@ def test_a_second_trainer_on_a_locked_directory_does_not_train_it(tmp_path):
     assert rundir.lock_holder(tmp_path) is None
 
 
+@pytest.mark.slow
 def test_two_identical_launchers_train_every_run_once(tmp_path):
     sweep = tmp_path / "sweep"
     args = ["-m", *SMOKE, "schedule.base_epochs=6", "seed=1,2", f"hydra.sweep.dir={sweep}",
@@ -203,6 +209,7 @@ def test_the_preemption_signal_saves_the_step_then_hands_over_to_submitit(make_c
 
 # ---- corrupt checkpoints --------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["truncated", "garbage", "both"])
 def test_a_corrupt_checkpoint_falls_back_to_the_previous_one_with_a_named_message(make_config, tmp_path,
                                                                                 monkeypatch, caplog, damage):
@@ -258,6 +265,7 @@ def test_a_full_disk_keeps_the_old_file_and_leaves_no_temporary(tmp_path, monkey
     assert target.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["results.json"]
 
 
+@pytest.mark.slow
 def test_a_run_that_cannot_write_says_so_in_one_line_and_resumes_later(tmp_path):
     # A file-size limit (RLIMIT_FSIZE) makes the kernel refuse the checkpoint write, as a full disk would.
     import resource
@@ -290,6 +298,7 @@ def alive(pid: int) -> bool:
     return interrupts.process_start_time(pid) is not None
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT], ids=["kill", "term", "int"])
 def test_jobs_stop_when_their_launcher_dies_or_is_interrupted_and_a_relaunch_resumes_them(tmp_path, signum):
     sweep = tmp_path / "sweep"

@@ -48,6 +48,7 @@ def sweep_env(cluster) -> dict:
     return {**cluster.env, "PYTHONPATH": str(ROOT)}
 
 
+@pytest.mark.slow
 def test_the_card_smoke_sweep_runs_on_a_real_slurm_in_packs(slurm_cluster, tmp_path):  # noqa: F811
     sweep = tmp_path / "sweep"
     done = subprocess.run([sys.executable, "-m", "sparsesweep", "-m", "optimizer=adam,sgd,adamax",
@@ -131,6 +132,7 @@ def release_if_held(cluster, job_id: str, held_since: dict) -> None:
         cluster.command("scontrol", "update", f"jobid={job_id}", "StartTime=now", check=False)
 
 
+@pytest.mark.slow
 def test_a_timed_out_slurm_run_is_requeued_and_advances_at_every_attempt(slurm_cluster, tmp_path):  # noqa: F811
     sweep, uninterrupted_dir = tmp_path / "sweep", tmp_path / "uninterrupted"
     env = sweep_env(slurm_cluster)

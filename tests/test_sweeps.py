@@ -8,6 +8,8 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+import pytest
+
 from conftest import CONF, ROOT, SMOKE, cli, read_results, training_pid, wait_for
 from sparsesweep import pack, rundir
 
@@ -33,6 +35,7 @@ def process_group_alive(pgid: int) -> bool:
 
 
 
+@pytest.mark.slow
 def test_table1_lists_every_cell_of_the_paper_three_times(tmp_path):
     code, output = cli("sparsesweep", "+experiment=table1", f"hydra.sweep.dir={tmp_path}/t1",
                        "hydra.sweeper.dry_run=true", cwd=tmp_path)
@@ -52,6 +55,7 @@ def test_table1_lists_every_cell_of_the_paper_three_times(tmp_path):
     assert dict(cells) == expected
 
 
+@pytest.mark.slow
 def test_a_killed_sweep_relaunched_finishes_without_redoing_completed_runs(tmp_path, make_config):
     sweep = tmp_path / "sweep"
     args = ["optimizer=adam,sgd", "seed=1,2", *SMOKE, f"hydra.sweep.dir={sweep}", "hydra.launcher.cpu_parallel=2"]
@@ -78,6 +82,7 @@ def test_a_killed_sweep_relaunched_finishes_without_redoing_completed_runs(tmp_p
         assert comparable(results) == comparable(uninterrupted)
 
 
+@pytest.mark.slow
 def test_a_preempted_job_is_requeued_and_resumes_from_its_checkpoint(tmp_path, make_config):
     sweep = tmp_path / "sweep"
     overrides = ["optimizer=sgd", "schedule.base_epochs=60"]
@@ -99,6 +104,7 @@ def test_a_preempted_job_is_requeued_and_resumes_from_its_checkpoint(tmp_path, m
     assert comparable(results) == comparable(uninterrupted)
 
 
+@pytest.mark.slow
 def test_the_slurm_launcher_submits_one_array_with_the_configured_resources(tmp_path):
     fake_bin = tmp_path / "bin"
     fake_bin.mkdir()
@@ -124,6 +130,7 @@ def test_the_slurm_launcher_submits_one_array_with_the_configured_resources(tmp_
         assert expected in lines, expected
 
 
+@pytest.mark.slow
 def test_local_launcher_gives_each_job_one_gpu_and_queues_the_rest(tmp_path):
     # On this CPU-only machine the jobs cannot use the GPUs, but they see which one they were given.
     sweep = tmp_path / "sweep"
@@ -143,6 +150,7 @@ def test_local_launcher_gives_each_job_one_gpu_and_queues_the_rest(tmp_path):
         assert all(end <= next_start for (_, end), (next_start, _) in zip(gpu_spans, gpu_spans[1:]))
 
 
+@pytest.mark.slow
 def test_a_job_that_starts_after_conf_was_edited_trains_the_config_the_sweep_was_launched_with(tmp_path):
     conf, sweep = tmp_path / "conf", tmp_path / "sweep"
     shutil.copytree(CONF, conf)
@@ -171,6 +179,7 @@ def test_a_job_that_starts_after_conf_was_edited_trains_the_config_the_sweep_was
     assert code == 2 and "optimizer.lr" in output, output
 
 
+@pytest.mark.slow
 def test_a_job_whose_process_dies_is_reported_and_the_others_finish(tmp_path):
     sweep, log = tmp_path / "sweep", tmp_path / "launcher.log"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -188,6 +197,7 @@ def test_a_job_whose_process_dies_is_reported_and_the_others_finish(tmp_path):
     assert len(read_results(sweep)) == 2
 
 
+@pytest.mark.slow
 def test_a_sweep_with_a_typo_in_one_job_runs_the_others_and_says_why(tmp_path):
     sweep = tmp_path / "sweep"
     args = ["-m", *SMOKE, "optimizer=adam,adma", f"hydra.sweep.dir={sweep}"]

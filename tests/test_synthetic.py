@@ -88,6 +88,7 @@ def test_adam_l2_takes_about_theta0_over_lr_steps_whatever_the_coefficient():
     assert crossings[1e-3] <= 1.5 / lr
 
 
+@pytest.mark.slow
 def test_the_command_writes_a_table_of_every_optimizer_and_a_labelled_figure(tmp_path, capsys):
     assert synthetic.main(["--out", str(tmp_path), "--steps", "20", "--parameters", "8"]) == 0
     table = pd.read_csv(tmp_path / "synthetic_decay.csv")

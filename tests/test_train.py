@@ -96,6 +96,7 @@ def test_bad_values_raise_config_errors(make_config, tmp_path, override, message
         pack.train(make_config(SMOKE + [override]), tmp_path)
 
 
+@pytest.mark.slow
 def test_a_diverged_and_a_failed_run_do_not_stop_a_sweep(tmp_path):
     code, output = cli("sparsesweep", "-m", *SMOKE, "optimizer=sgd", "optimizer.lr=1e30,0.1", "batch_size=0,40",
                        f"hydra.sweep.dir={tmp_path}", cwd=tmp_path)

@@ -141,6 +141,7 @@ ON_THE_COMMAND_LINE = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args, message", ON_THE_COMMAND_LINE, ids=[" ".join(args) for args, _ in ON_THE_COMMAND_LINE])
 def test_bad_values_give_a_one_line_error_on_the_command_line_before_training(tmp_path, args, message):
     run_dir = tmp_path / "run"

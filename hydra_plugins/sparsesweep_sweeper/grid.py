@@ -40,6 +40,7 @@ from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+import rundir_format
 from sparsesweep import rundir
 from sparsesweep.errors import ConfigError
 from sparsesweep.validate import check_config
@@ -83,7 +84,7 @@ def expand_rows(grid) -> List[List[str]]:
 KINDS = {"skipped": "skipped (completed)", "resumed": "resumed", "new": "new", "failed": "failed before (rerun)",
          "invalid": "invalid (not launched)", "duplicate": "duplicates (not launched)",
          "running": "running elsewhere (not launched)", "conflict": "conflicts"}
-SUPERSEDED = ".superseded"
+SUPERSEDED = rundir_format.SUPERSEDED
 
 
 @dataclass
@@ -209,7 +210,7 @@ class GridSweeper(BasicSweeper):
         if not todo:
             return []
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+        rundir.write_atomic(sweep_dir / rundir_format.MULTIRUN, OmegaConf.to_yaml(self.config).encode())
         # The whole plan, for `python -m multirun_analysis status` to tell which runs are still missing.
         rundir.write_atomic(sweep_dir / rundir.SWEEP_PLAN, rundir.json_bytes({"runs": runs}))
         self.overrides = list(self.split_overrides_to_chunks(todo, self.max_batch_size))
