@@ -6,7 +6,9 @@ user's umask). No torch and no trainer import: the collector runs wherever the r
 A run directory (see docs/results.md for every field):
   identity.json    written when a run starts: {"run_id", "overrides", "config"}: whose directory this is
   .lock            held (flock) by the one process training the directory; holds "pid host"
-  progress.json    where the run stands while it trains: epoch, step, steps/s (rewritten as it goes)
+  progress.json    where the run stands while it trains, rewritten when it starts, at every progress line and
+                   epoch end: {"run_id", "epoch" (1-based, the one in progress), "epochs", "step",
+                   "total_steps", "steps_per_s" (this epoch so far; null at its start), "updated" (Unix time)}
   results.json     summary and measurements, schema RESULTS_SCHEMA; a failed run's is a short stub
   metrics.jsonl    one JSON object per epoch
   bn_history.npz   BN gamma/beta of every feature at every epoch

@@ -102,6 +102,7 @@ class Run:
         self.model.train()
         if self.step < self.plan.total_steps:
             self._start_epoch(within_epoch)
+            self._write_progress(None)
         else:  # stopped after its last step, before its results were written
             self.status = TRAINED
 
@@ -196,9 +197,16 @@ class Run:
             self._diverged(loss)
             return
         now = time.monotonic()
+        rate = self.done / max(now - self.epoch_start, 1e-9)
         self.log.info("epoch %d/%d  step %d/%d  loss %.4f  %.1f steps/s", self.epoch + 1, self.plan.epochs,
-                      self.done, self.epoch_end - self.epoch * self.plan.steps_per_epoch, loss / self.done,
-                      self.done / max(now - self.epoch_start, 1e-9))
+                      self.done, self.epoch_end - self.epoch * self.plan.steps_per_epoch, loss / self.done, rate)
+        self._write_progress(rate)
+
+    def _write_progress(self, steps_per_s: float | None) -> None:
+        """progress.json: where the run stands, for the launcher's live view and `status`."""
+        rundir.write_atomic(self.out_dir / rundir.PROGRESS, rundir.json_bytes({
+            "run_id": self.run_id, "epoch": self.epoch + 1, "epochs": self.plan.epochs, "step": self.step,
+            "total_steps": self.plan.total_steps, "steps_per_s": steps_per_s, "updated": time.time()}))
 
     def save_within_epoch(self) -> None:
         self._checkpoint(within_epoch={"loss_sum": self.loss_sum.item(), "wrong": int(self.wrong.item()),
@@ -233,6 +241,7 @@ class Run:
         write_history(self.out_dir, self.metrics, self.bn_history)
         if self.step < self.plan.total_steps:
             self._start_epoch(None)
+            self._write_progress(None)
         else:
             self.status = TRAINED
 

@@ -35,13 +35,12 @@ from hydra.core.config_store import ConfigStore
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.utils import JobReturn
 from hydra.errors import HydraException
-from hydra._internal.config_loader_impl import get_overrides_dirname
-from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 import rundir_format
 from sparsesweep import rundir
+from sparsesweep.hydra_compat import BasicSweeper, get_overrides_dirname
 from sparsesweep.errors import ConfigError
 from sparsesweep.validate import check_config
 
