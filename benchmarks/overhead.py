@@ -29,7 +29,7 @@ import torch.nn.functional as F  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 from omegaconf import open_dict  # noqa: E402
 
-from sparsesweep import pack, run  # noqa: E402
+from sparsesweep import assemble, pack, run  # noqa: E402
 from sparsesweep.batches import batches  # noqa: E402
 from sparsesweep.datasets import load_dataset  # noqa: E402
 from sparsesweep.measure import measure  # noqa: E402
@@ -61,9 +61,10 @@ def baseline_stepper(cfg, data):
     """The hand-written loop, one step per call: same model init, optimizer and batch size as sparsesweep's,
     data pre-normalized and shuffled once, batches sliced."""
     # As sparsesweep does: the same initial weights, memory format and (if performance.compile) compiled forward.
-    memory_format = torch.channels_last if cfg.performance.channels_last else torch.contiguous_format
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model, data.channels, data.num_classes).to(memory_format=memory_format)
+    model = build_model(cfg.model, data.channels, data.num_classes)
+    memory_format = assemble.memory_format(cfg, torch.device(cfg.device), model)
+    model = model.to(memory_format=memory_format)
     forward = torch.compile(model) if cfg.performance.compile else model
     optimizer = build_optimizer(cfg.optimizer, cfg.regularizer, model)  # the same optimizer and L2 groups
     decoupled_decay = [(g["params"], 1.0 - g["decoupled_wd"]) for g in optimizer.param_groups if g["decoupled_wd"]]

@@ -16,15 +16,30 @@ from sparsesweep.models import build_model
 
 
 def pick_device(name: str) -> torch.device:
+    """The device a run trains on, indexed when it is a GPU: tensors placed on `cuda` report `cuda:N` (N the
+    current device), and torch.device("cuda") != torch.device("cuda:0"), so a bare `cuda` would never equal
+    the device of the run's own data."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if not name.startswith("cuda"):
+        return torch.device(name)
+    if not torch.cuda.is_available():
         raise ConfigError(f"device={name} but PyTorch sees no CUDA GPU: use device=cpu or device=auto")
-    return torch.device(name)
+    index = torch.device(name).index
+    index = torch.cuda.current_device() if index is None else index
+    if index >= torch.cuda.device_count():
+        raise ConfigError(f"device={name} but PyTorch sees {torch.cuda.device_count()} GPU(s), cuda:0 to "
+                          f"cuda:{torch.cuda.device_count() - 1}: use one of them, or device=cuda")
+    return torch.device("cuda", index)
 
 
-def memory_format(cfg) -> torch.memory_format:
-    return torch.channels_last if cfg.performance.channels_last else torch.contiguous_format
+def memory_format(cfg, device: torch.device, model: torch.nn.Module) -> torch.memory_format:
+    """performance.channels_last: true, false, or auto: NHWC for a convnet on a GPU (its convolutions run
+    faster so; on the CPU they do not)."""
+    setting = cfg.performance.channels_last
+    if setting == "auto":
+        setting = device.type == "cuda" and any(isinstance(m, torch.nn.Conv2d) for m in model.modules())
+    return torch.channels_last if setting else torch.contiguous_format
 
 
 def data_for(cfg, device: torch.device) -> Dataset:
@@ -36,7 +51,7 @@ def model_for(cfg, data: Dataset, device: torch.device) -> torch.nn.Module:
     """The run's model, initialised from cfg.seed (the global RNG is seeded here)."""
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, data.channels, data.num_classes, resolution=data.resolution)
-    return model.to(device, memory_format=memory_format(cfg))
+    return model.to(device, memory_format=memory_format(cfg, device, model))
 
 
 def load_run(run_dir: Path, device: str | None = None, data_root: str | None = None):

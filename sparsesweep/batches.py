@@ -72,7 +72,6 @@ class _Feed:
 class EpochFeed(_Feed):
     """From an in-memory split. The buffers keep their addresses from epoch to epoch (a captured graph reads
     them), and `next_batch` advances the device-side position."""
-    capturable = True
 
     def __init__(self, data: Dataset, batch_size: int, device: torch.device, memory_format=torch.contiguous_format):
         super().__init__(data, batch_size, device, memory_format)
@@ -81,6 +80,11 @@ class EpochFeed(_Feed):
         self.offsets = torch.zeros(self.steps, 2, batch_size, dtype=torch.long, device=where)
         self.flips = torch.zeros(self.steps, batch_size, dtype=torch.bool, device=where)
         self.position = torch.zeros(1, dtype=torch.long, device=where)
+
+    @property
+    def capturable(self) -> bool:
+        """Whether a step's batch is drawn without the host: the images live on the run's device."""
+        return self.split.images.device == self.device
 
     def draw(self, seed: int, done: int = 0) -> None:
         """Epoch draws from `seed` (shuffle_seed(run seed, epoch)); the next batch is the (done+1)-th."""

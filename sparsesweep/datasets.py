@@ -232,3 +232,9 @@ def _load_imagenet(cfg):
 _LOADERS = {"cifar10": _load_cifar, "cifar100": _load_cifar, "fashion_mnist": _load_fashion_mnist,
             "shapes_clean": _load_shapes, "shapes_cluttered": _load_shapes, "tinyimagenet": _load_tinyimagenet,
             "imagenet": _load_imagenet}
+FOLDER_DATASETS = ("imagenet",)  # their loaders return FolderSplits
+
+
+def reads_image_folders(dataset_cfg) -> bool:
+    """Whether the dataset is read from image folders by DataLoader workers (not held in memory)."""
+    return dataset_cfg.name in FOLDER_DATASETS

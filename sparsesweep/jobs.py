@@ -5,6 +5,8 @@ already finished), else one line saying why, which the launcher prints (`running
 from __future__ import annotations
 
 import logging
+import pickle
+import signal
 import sys
 import traceback
 from dataclasses import dataclass
@@ -14,7 +16,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from rundir_format import LOG
-from sparsesweep import pack, rundir
+from sparsesweep import apart, interrupts, pack, rundir
 from sparsesweep.errors import ConfigError
 from sparsesweep.interrupts import Interrupted
 
@@ -37,10 +39,13 @@ class Job:
         return list(self.hydra_cfg.overrides.task)
 
 
-def train_jobs(jobs: list[Job], in_sweep: bool, own_logs: bool = False) -> list[str | None]:
+def train_jobs(jobs: list[Job], in_sweep: bool, own_logs: bool = False,
+               apart_unless_captured: bool = False) -> list[str | None]:
     """Trains the jobs as one pack; per job None or the line saying why it did not train. own_logs: give each
-    run its own log file in its directory (a pack's process; a lone job's log is Hydra's). Outside a sweep a
-    failure exits: 2 for a config or directory problem, 1 when files cannot be written."""
+    run its own log file in its directory (a pack's process; a lone job's log is Hydra's).
+    apart_unless_captured (a pack that pack_size=auto formed): unless the pack's graph probe captures every
+    run, each run trains on in a process of its own (sparsesweep.apart). Outside a sweep a failure exits: 2
+    for a config or directory problem, 1 when files cannot be written."""
     specs = [pack.RunSpec(job.cfg, job.out_dir, job.overrides, log=run_log(job) if own_logs else log)
              for job in jobs]
     said: dict[int, str] = {}  # in a sweep: what each run that failed said, recorded as it failed
@@ -50,13 +55,38 @@ def train_jobs(jobs: list[Job], in_sweep: bool, own_logs: bool = False) -> list[
             spec.on_failure = lambda error, number=number, spec=spec, job=job: said.setdefault(
                 number, did_not_train(job, spec.log, error, in_sweep))
     try:
-        outcomes = pack.train_runs(specs)
+        outcomes = pack.train_runs(specs, apart_unless_captured)
+        leaving = [number for number, (_, error) in enumerate(outcomes) if isinstance(error, pack.TrainApart)]
+        if leaving:
+            release_device_memory()
+            for number, ended in zip(leaving, apart.train_in_processes([jobs[n] for n in leaving])):
+                said[number] = ended.said if ended.spoke else apart_ending(jobs[number], specs[number].log, ended)
     except Interrupted as stop:
         log.warning("%s: its state is saved; the same command again resumes it", stop)
         sys.exit(128 + stop.signum)
     # In a sweep every failure was said as it happened; outside one, did_not_train exits or raises.
-    return [None if error is None else said.get(number) or did_not_train(job, spec.log, error, in_sweep)
+    return [said.get(number) if number in said or error is None else did_not_train(job, spec.log, error, in_sweep)
             for number, (job, spec, (_, error)) in enumerate(zip(jobs, specs, outcomes))]
+
+
+def apart_ending(job: Job, run_log: logging.Logger, ended: apart.Ended) -> str:
+    """What a run trained apart says when its process ended without saying it: stopped by a signal (its state
+    saved), or dead (recorded as failed)."""
+    signum = ended.returncode - 128
+    if signum in (signal.SIGTERM, signal.SIGINT, interrupts.preemption_signal()):
+        return f"stopped: by {interrupts.signal_name(signum)} at a checkpoint; the same command again resumes it"
+    return did_not_train(job, run_log, RuntimeError(f"its process died (exit code {ended.returncode})"), True)
+
+
+def release_device_memory() -> None:
+    """Gives the GPU memory of the runs that left back to the device, for their own processes."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
 
 
 def did_not_train(job: Job, run_log: logging.Logger, error: BaseException, in_sweep: bool) -> str:
@@ -118,3 +148,14 @@ def record_failure(job: Job, run_log: logging.Logger, message: str) -> str:
     except OSError as error:
         run_log.error("could not record the failure either: %s", error)
     return f"failed: {line}"
+
+
+def train_apart_child(job_file: Path) -> None:
+    """A child of sparsesweep.apart: trains the pickled job, then tells the parent what it said."""
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, stream=sys.stdout)
+    job = pickle.loads(job_file.read_bytes())
+    apart.write_said(job_file, train_jobs([job], in_sweep=True, own_logs=True)[0])
+
+
+if __name__ == "__main__":
+    train_apart_child(Path(sys.argv[1]))

@@ -54,7 +54,39 @@ def build_optimizer(opt_cfg, reg_cfg, model: nn.Module, capturable: bool = False
     for group in optimizer.param_groups:
         group["initial_lr"] = group["lr"]
     optimizer.register_step_pre_hook(add_coupled_l2)
+    optimizer.register_load_state_dict_post_hook(keep_own_capturable(optimizer))
     return optimizer
+
+
+def why_step_not_capturable(opt_cfg) -> str | None:
+    """Why the optimizer's step cannot be captured in a CUDA graph, or None. Capturable: SGD (no step count)
+    and every torch optimizer with a `capturable` option (its step count then lives on the device); the
+    others keep state on the host or read values back to it (Adagrad's step count, Adafactor's .item())."""
+    cls = hydra.utils.get_class(opt_cfg._target_)
+    if issubclass(cls, torch.optim.SGD) or "capturable" in inspect.signature(cls).parameters:
+        return None
+    return f"{opt_cfg._target_}'s step keeps state on the host (it has no `capturable` option)"
+
+
+def keep_own_capturable(optimizer: torch.optim.Optimizer):
+    """A load_state_dict post-hook: a checkpoint brings its param groups' flags along, so one written by a
+    captured run (capturable=True, step counts on the device) would make an eager run's optimizer capturable
+    (on a CPU: refused at its first step), and an eager run's checkpoint would leave a captured run's step
+    counts on the host (frozen in its graph). This puts back the optimizer's own `capturable` flag and moves
+    each step count where that flag wants it, as torch itself places it."""
+    own = [group.get("capturable") for group in optimizer.param_groups]
+
+    def hook(optimizer: torch.optim.Optimizer) -> None:
+        for group, capturable in zip(optimizer.param_groups, own):
+            if capturable is None:
+                continue
+            group["capturable"] = capturable
+            for param in group["params"]:
+                state = optimizer.state.get(param, {})
+                if torch.is_tensor(state.get("step")):
+                    on = param.device if capturable or group.get("fused") else torch.device("cpu")
+                    state["step"] = state["step"].to(dtype=torch.float32, device=on)
+    return hook
 
 
 @torch.no_grad()

@@ -3,7 +3,7 @@
 Which runs step when is pack.py's: a run does not know whether it trains alone or with others. Its step
 reads and writes only its own tensors (model, optimizer, training feed, running sums, WD factor), all on
 its device, with no host sync, so that K runs stepped together in one process give exactly what each gives
-alone, and a CUDA graph can replay the step.
+alone, and a CUDA graph can replay the step (graphs.py sees them through step_state()).
 
 Determinism (CPU): the model is initialised from `seed`; epoch e shuffles and augments from its own generator
 seeded by (seed, e), drawn whole when the epoch starts, so a run resumed from a checkpoint taken anywhere
@@ -18,19 +18,20 @@ import os
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
+from rundir_format import COMPLETED, DIVERGED, FAILED, remove_temporaries
 from sparsesweep import assemble, loggers, rundir
 from sparsesweep.batches import shuffle_seed, training_feed
 from sparsesweep.datasets import Dataset
 from sparsesweep.errors import ConfigError
 from sparsesweep.measure import bn_snapshot, evaluate, final_measurements, gamma_sparsity_pct
 from sparsesweep.optim import DecoupledDecay, build_optimizer, coefficient, plan_schedule, set_lr
+from sparsesweep.progress import Progress
 
-TRAINING, TRAINED, COMPLETED, DIVERGED, FAILED = "training", "trained", "completed", "diverged", "failed"
+TRAINING, TRAINED = "training", "trained"  # then COMPLETED, DIVERGED or FAILED (rundir_format)
 
 
 class RunDirConflict(ConfigError):
@@ -44,8 +45,8 @@ class RunDirConflict(ConfigError):
 def open_directory(cfg, out_dir: Path, overrides, on_open, resources: contextlib.ExitStack) -> dict | None:
     """Claims out_dir for this run: locks it for the life of `resources`, refuses another run's directory
     (RunDirConflict) and one another process trains (RunDirBusy); returns the results of a run this
-    directory already finished (nothing to do), else None once identity.json is written and on_open()
-    (the entry point writes Hydra's .hydra/ then) called."""
+    directory already finished (nothing to do), else None once identity.json is written, the temp files of
+    a killed writer removed and on_open() (the entry point writes Hydra's .hydra/ then) called."""
     out_dir.mkdir(parents=True, exist_ok=True)
     run_id = rundir.run_identity(cfg)
     resources.enter_context(rundir.locked(out_dir))
@@ -55,10 +56,31 @@ def open_directory(cfg, out_dir: Path, overrides, on_open, resources: contextlib
     finished = rundir.read_json(out_dir / rundir.RESULTS)
     if finished.get("status") in rundir.FINISHED and finished.get("run_id") == run_id:
         return finished
+    remove_temporaries(out_dir)  # only this process writes here now (the lock)
     rundir.write_identity(out_dir, run_id, cfg, overrides)
     if on_open:
         on_open()
     return None
+
+
+class EpochTally:
+    """The unfinished epoch: its loss and error sums on the device (the step adds to them without a host sync),
+    the LR it started with (metrics.jsonl records it) and when it started."""
+
+    def __init__(self, device: torch.device):
+        self.loss_sum = torch.zeros((), device=device)
+        self.wrong = torch.zeros((), device=device, dtype=torch.long)
+        self.lr, self.started = 0.0, 0.0
+
+    def restart(self, sums: dict) -> None:
+        self.loss_sum.fill_(sums["loss_sum"])
+        self.wrong.fill_(sums["wrong"])
+        self.lr, self.started = sums["lr"], time.monotonic() - sums["elapsed"]
+
+    def sums(self) -> dict:
+        """The sums on the host (a sync), as a checkpoint holds them."""
+        return {"loss_sum": self.loss_sum.item(), "wrong": int(self.wrong.item()),
+                "elapsed": time.monotonic() - self.started, "lr": self.lr}
 
 
 class Run:
@@ -66,32 +88,21 @@ class Run:
 
     def __init__(self, cfg, out_dir: Path, overrides, data: Dataset, device: torch.device, capturable: bool,
                  log: logging.Logger, resources: contextlib.ExitStack):
-        self.cfg, self.out_dir, self.overrides, self.data, self.device = cfg, Path(out_dir), list(overrides), data, device
+        self.cfg, self.out_dir, self.overrides, self.data = cfg, Path(out_dir), list(overrides), data
         self.log, self.resources, self.capturable = log, resources, capturable
         self.run_id = rundir.run_identity(cfg)
         self.model = assemble.model_for(cfg, data, device)
-        # Dropout (VGG's ImageNet head) draws from the global RNG: each run keeps its own stream of it, which
-        # continues from its model's initialisation as it would alone.
-        self.stochastic = any(isinstance(m, torch.nn.modules.dropout._DropoutNd) for m in self.model.modules())
-        self.rng = torch.get_rng_state() if self.stochastic else None
-        self.cuda_rng = torch.cuda.get_rng_state(device) if self.stochastic and device.type == "cuda" else None
         # The compiled module shares the parameters; checkpoints, hooks and evaluation use the plain one.
         self.forward = torch.compile(self.model) if cfg.performance.compile else self.model
         self.optimizer = build_optimizer(cfg.optimizer, cfg.regularizer, self.model, capturable=capturable)
         self.plan = plan_schedule(cfg.schedule, len(data.train), cfg.batch_size)
-        self.feed = training_feed(data, cfg.batch_size, device, assemble.memory_format(cfg))
-        self.loss_sum = torch.zeros((), device=device)
-        self.wrong = torch.zeros((), device=device, dtype=torch.long)
-        self.epoch, self.step, self.elapsed = 0, 0, 0.0
-        # Its share of its process's time (pack.train_pack charges it): 1/n of each step n runs took together,
-        # all of its own host work: a sweep's shares add up to about the time its processes trained.
-        self.share_s = 0.0
-        self.metrics, self.bn_history = [], [bn_snapshot(self.model)]
+        self.feed = training_feed(data, cfg.batch_size, device, assemble.memory_format(cfg, device, self.model))
+        self.tally = EpochTally(device)
+        self.progress = self._resume() or self._fresh()
         self.status, self.error, self.results = TRAINING, None, None
-        within_epoch = self._resume()
-        set_lr(self.optimizer, self.plan, cfg.schedule, self.step)
+        set_lr(self.optimizer, self.plan, cfg.schedule, self.progress.step)
         self.decay = DecoupledDecay(self.optimizer, device)
-        self.loggers = loggers.RunLoggers(cfg, self.out_dir, first_epoch=self.epoch + 1)
+        self.loggers = loggers.RunLoggers(cfg, self.out_dir, first_epoch=self.progress.epoch + 1)
         self.log.info("run %s: %s on %s (%d train / %d test, %d classes), %s + %s %.3g, batch %d, %d steps in %d "
                       "epochs, %d parameters, %s", self.run_id, cfg.model.name, data.name, len(data.train),
                       len(data.test), data.num_classes, cfg.optimizer.name, cfg.regularizer.name,
@@ -100,29 +111,49 @@ class Run:
         if "CUDA_VISIBLE_DEVICES" in os.environ:  # set per job by the local launcher
             self.log.info("CUDA_VISIBLE_DEVICES=%s", os.environ["CUDA_VISIBLE_DEVICES"])
         self.model.train()
-        if self.step < self.plan.total_steps:
-            self._start_epoch(within_epoch)
-            self._write_progress(None)
+        if self.progress.step < self.plan.total_steps:
+            self._start_epoch(self.progress.within_epoch)
         else:  # stopped after its last step, before its results were written
             self.status = TRAINED
 
-    def _resume(self) -> dict | None:
-        """Loads the latest readable checkpoint, if any; returns its within-epoch sums (None at an epoch end)."""
+    def _fresh(self) -> Progress:
+        # Dropout draws from the global RNG: each run keeps its own stream of it, which continues from its
+        # model's initialisation as it would alone.
+        stochastic = any(isinstance(m, torch.nn.modules.dropout._DropoutNd) for m in self.model.modules())
+        on_cuda = stochastic and self.device.type == "cuda"
+        return Progress(bn_history=[bn_snapshot(self.model)], rng=torch.get_rng_state() if stochastic else None,
+                        cuda_rng=torch.cuda.get_rng_state(self.device) if on_cuda else None)
+
+    def _resume(self) -> Progress | None:
+        """The latest readable checkpoint's progress (model and optimizer loaded), None without one."""
         resumed = rundir.load_checkpoint(self.out_dir, self.run_id, self.device)
         if not resumed:
             return None
         path, state = resumed
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.epoch, self.step, self.elapsed = state["epoch"], state["step"], state["elapsed"]
-        self.share_s = state.get("share_s", state["elapsed"])  # a checkpoint from before shares: its epochs' clock
-        self.metrics, self.bn_history = state["metrics"], state["bn_history"]
-        if self.stochastic:
-            self.rng = state["rng"].cpu()
-            if self.device.type == "cuda":
-                self.cuda_rng = state["cuda_rng"].cpu()
-        self.log.info("resuming from %s: epoch %d, step %d", path, self.epoch, self.step)
-        return state["within_epoch"]
+        progress = Progress.from_checkpoint(state)
+        progress.rng = progress.rng.cpu() if progress.rng is not None else None
+        progress.cuda_rng = progress.cuda_rng.cpu() if progress.cuda_rng is not None else None
+        self.log.info("resuming from %s: epoch %d, step %d", path, progress.epoch, progress.step)
+        return progress
+
+    @property
+    def device(self) -> torch.device:
+        return self.feed.device
+
+    @property
+    def stochastic(self) -> bool:
+        return self.progress.rng is not None
+
+    @property
+    def steps_done_in_epoch(self) -> int:
+        return self.progress.step - self.progress.epoch * self.plan.steps_per_epoch
+
+    @property
+    def epoch_end(self) -> int:
+        """The step that ends the epoch in progress."""
+        return min((self.progress.epoch + 1) * self.plan.steps_per_epoch, self.plan.total_steps)
 
     # ---- the step: device work only ---------------------------------------------------------------------
 
@@ -138,8 +169,19 @@ class Run:
         self.optimizer.step()
         self.decay.apply()
         # A NaN/inf loss poisons the sum. Every training batch is full, so the mean of batch means is per image.
-        self.loss_sum += loss.detach()
-        self.wrong += (logits.detach().argmax(1) != y).sum()
+        self.tally.loss_sum += loss.detach()
+        self.tally.wrong += (logits.detach().argmax(1) != y).sum()
+
+    def step_state(self) -> dict[str, torch.Tensor]:
+        """Every tensor train_step changes (in place, at a fixed address): the model's parameters and buffers,
+        the optimizer's state, the feed's position, the epoch's sums."""
+        tensors = {f"model.{k}": v.data if isinstance(v, torch.nn.Parameter) else v
+                   for k, v in self.model.state_dict(keep_vars=True).items()}
+        params = (p for group in self.optimizer.param_groups for p in group["params"])
+        tensors.update({f"optimizer.{i}.{key}": value for i, p in enumerate(params)
+                        for key, value in self.optimizer.state[p].items() if torch.is_tensor(value)})
+        return {**tensors, "feed.position": self.feed.position, "loss_sum": self.tally.loss_sum,
+                "wrong": self.tally.wrong}
 
     def own_rng(self):
         """A context within which the global RNG is this run's stream (dropout); nothing to swap otherwise."""
@@ -147,117 +189,102 @@ class Run:
 
     @contextlib.contextmanager
     def _swapped_rng(self):
-        saved = torch.get_rng_state()
-        torch.set_rng_state(self.rng)
-        if self.cuda_rng is not None:
-            saved_cuda = torch.cuda.get_rng_state(self.device)
-            torch.cuda.set_rng_state(self.cuda_rng, self.device)
+        progress, on_cuda = self.progress, self.progress.cuda_rng is not None
+        saved, saved_cuda = torch.get_rng_state(), torch.cuda.get_rng_state(self.device) if on_cuda else None
+        torch.set_rng_state(progress.rng)
+        if on_cuda:
+            torch.cuda.set_rng_state(progress.cuda_rng, self.device)
         try:
             yield
         finally:
-            self.rng = torch.get_rng_state()
+            progress.rng = torch.get_rng_state()
             torch.set_rng_state(saved)
-            if self.cuda_rng is not None:
-                self.cuda_rng = torch.cuda.get_rng_state(self.device)
+            if on_cuda:
+                progress.cuda_rng = torch.cuda.get_rng_state(self.device)
                 torch.cuda.set_rng_state(saved_cuda, self.device)
 
     # ---- host work between steps ------------------------------------------------------------------------
 
     def _start_epoch(self, within_epoch: dict | None) -> None:
         """Draws the epoch (from a checkpoint taken within it: skips the batches done, with their sums)."""
-        self.done = self.step - self.epoch * self.plan.steps_per_epoch
-        sums = within_epoch or {"loss_sum": 0.0, "wrong": 0, "elapsed": 0.0,
-                                "lr": self.optimizer.param_groups[0]["lr"]}
-        self.feed.draw(shuffle_seed(self.cfg.seed, self.epoch), self.done)
-        self.loss_sum.fill_(sums["loss_sum"])
-        self.wrong.fill_(sums["wrong"])
-        self.epoch_lr = sums["lr"]  # the LR the epoch started with, which metrics.jsonl records
-        self.epoch_start = time.monotonic() - sums["elapsed"]
-        self.epoch_end = min((self.epoch + 1) * self.plan.steps_per_epoch, self.plan.total_steps)
+        self.feed.draw(shuffle_seed(self.cfg.seed, self.progress.epoch), self.steps_done_in_epoch)
+        self.tally.restart(within_epoch or {"loss_sum": 0.0, "wrong": 0, "elapsed": 0.0,
+                                            "lr": self.optimizer.param_groups[0]["lr"]})
+        self._write_progress(None)
 
     def steps_to_boundary(self) -> int:
         """Steps until the host has work for this run: its epoch's end or an LR change."""
-        boundary = self.epoch_end if self.step >= self.plan.decay_step else min(self.epoch_end, self.plan.decay_step)
-        return boundary - self.step
+        step, decay = self.progress.step, self.plan.decay_step
+        return (self.epoch_end if step >= decay else min(self.epoch_end, decay)) - step
 
-    def advanced(self, steps: int) -> bool:
+    def count_steps(self, steps: int) -> bool:
         """Bookkeeping after `steps` train_steps (at most steps_to_boundary()); True when the LR changed
         (a captured step must be captured again)."""
-        self.step += steps
-        self.done += steps
-        changed = set_lr(self.optimizer, self.plan, self.cfg.schedule, self.step)
-        if changed:
+        self.progress.step += steps
+        lr_changed = set_lr(self.optimizer, self.plan, self.cfg.schedule, self.progress.step)
+        if lr_changed:
             self.decay.update()
-        return changed
+        return lr_changed
 
     def check_progress(self) -> None:
         """A progress line (a host sync); a run whose loss is no longer finite stops, diverged."""
-        loss = self.loss_sum.item()
+        loss, done = self.tally.loss_sum.item(), self.steps_done_in_epoch
         if not math.isfinite(loss):
             self._diverged(loss)
             return
-        now = time.monotonic()
-        rate = self.done / max(now - self.epoch_start, 1e-9)
-        self.log.info("epoch %d/%d  step %d/%d  loss %.4f  %.1f steps/s", self.epoch + 1, self.plan.epochs,
-                      self.done, self.epoch_end - self.epoch * self.plan.steps_per_epoch, loss / self.done, rate)
+        rate = done / max(time.monotonic() - self.tally.started, 1e-9)
+        self.log.info("epoch %d/%d  step %d/%d  loss %.4f  %.1f steps/s", self.progress.epoch + 1, self.plan.epochs,
+                      done, self.epoch_end - self.progress.epoch * self.plan.steps_per_epoch, loss / done, rate)
         self._write_progress(rate)
 
     def _write_progress(self, steps_per_s: float | None) -> None:
         """progress.json: where the run stands, for the launcher's live view and `status`."""
         rundir.write_atomic(self.out_dir / rundir.PROGRESS, rundir.json_bytes({
-            "run_id": self.run_id, "epoch": self.epoch + 1, "epochs": self.plan.epochs, "step": self.step,
-            "total_steps": self.plan.total_steps, "steps_per_s": steps_per_s, "updated": time.time()}))
+            "run_id": self.run_id, "epoch": self.progress.epoch + 1, "epochs": self.plan.epochs,
+            "step": self.progress.step, "total_steps": self.plan.total_steps, "steps_per_s": steps_per_s,
+            "updated": time.time()}))
 
-    def save_within_epoch(self) -> None:
-        self._checkpoint(within_epoch={"loss_sum": self.loss_sum.item(), "wrong": int(self.wrong.item()),
-                                       "elapsed": time.monotonic() - self.epoch_start, "lr": self.epoch_lr})
+    def save(self) -> None:
+        """A checkpoint at the current step (within an epoch, with its sums; a host sync)."""
+        self.progress.within_epoch = self.tally.sums() if self.steps_done_in_epoch > 0 else None
+        rundir.save_checkpoint(self.out_dir, self.progress.payload(self.run_id, self.model, self.optimizer))
 
     def end_epoch_if_due(self) -> None:
-        if self.status == TRAINING and self.step == self.epoch_end:
+        if self.status == TRAINING and self.progress.step == self.epoch_end:
             self._end_epoch()
 
     def _end_epoch(self) -> None:
-        train_loss = self.loss_sum.item() / self.done
-        train_error = 100.0 * self.wrong.item() / (self.done * self.cfg.batch_size)
+        progress, done = self.progress, self.steps_done_in_epoch
+        train_loss = self.tally.loss_sum.item() / done
+        train_error = 100.0 * self.tally.wrong.item() / (done * self.cfg.batch_size)
         if not math.isfinite(train_loss):
             self._diverged(train_loss)
             return
-        self.epoch += 1
         test_loss, test_error, test_top5_error = evaluate(self.model, self.data, self.data.test,
                                                           self.cfg.eval_batch_size, self.device)
-        self.elapsed += time.monotonic() - self.epoch_start
-        row = {"epoch": self.epoch, "step": self.step, "lr": self.epoch_lr, "train_loss": train_loss,
+        progress.epoch += 1
+        progress.elapsed += time.monotonic() - self.tally.started
+        row = {"epoch": progress.epoch, "step": progress.step, "lr": self.tally.lr, "train_loss": train_loss,
                "train_error": train_error, "test_loss": rundir.finite_or_none(test_loss), "test_error": test_error,
                "test_top5_error": test_top5_error,
                "sparsity_gamma_pct": gamma_sparsity_pct(self.model, self.cfg.measure.gamma_threshold),
-               "time_s": self.elapsed}
-        self.metrics.append(row)
-        self.bn_history.append(bn_snapshot(self.model))
-        self.loggers.log_epoch(row, self.bn_history[-1])
+               "time_s": progress.elapsed}
+        progress.metrics.append(row)
+        progress.bn_history.append(bn_snapshot(self.model))
+        self.loggers.log_epoch(row, progress.bn_history[-1])
         self.log.info("epoch %d/%d  lr %.3g  train loss %.4f err %.2f%%  test loss %.4f err %.2f%%  "
-                      "sparsity by gamma %.1f%%  (%.0f s)", self.epoch, self.plan.epochs, self.epoch_lr, train_loss,
-                      train_error, test_loss, test_error, row["sparsity_gamma_pct"], self.elapsed)
-        self._checkpoint(within_epoch=None)
-        write_history(self.out_dir, self.metrics, self.bn_history)
-        if self.step < self.plan.total_steps:
+                      "sparsity by gamma %.1f%%  (%.0f s)", progress.epoch, self.plan.epochs, self.tally.lr,
+                      train_loss, train_error, test_loss, test_error, row["sparsity_gamma_pct"], progress.elapsed)
+        rundir.write_history(self.out_dir, progress.metrics, progress.bn_history)
+        if progress.step < self.plan.total_steps:
             self._start_epoch(None)
-            self._write_progress(None)
         else:
             self.status = TRAINED
 
     def _diverged(self, loss: float) -> None:
         self.status = DIVERGED
         self.log.error("epoch %d: training loss is %s at step <= %d: stopping, status 'diverged'",
-                       self.epoch + 1, loss, self.step)
-
-    def _checkpoint(self, within_epoch: dict | None) -> None:
-        """within_epoch: None at an epoch's end; else the running sums of the unfinished epoch, whose first
-        step - epoch * steps_per_epoch batches are done."""
-        rundir.save_checkpoint(self.out_dir, {
-            "run_id": self.run_id, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-            "epoch": self.epoch, "step": self.step, "elapsed": self.elapsed, "share_s": self.share_s,
-            "metrics": self.metrics,
-            "bn_history": self.bn_history, "within_epoch": within_epoch, "rng": self.rng, "cuda_rng": self.cuda_rng})
+                       self.progress.epoch + 1, loss, self.progress.step)
 
     def fail(self, error: BaseException) -> None:
         """The run cannot go on (an exception in its step or its host work): it leaves its pack; the caller
@@ -268,17 +295,19 @@ class Run:
     # ---- the end ----------------------------------------------------------------------------------------
 
     def finish(self) -> dict:
-        """Measures a trained run, writes results.json (a diverged run's too), closes the run; returns the
-        results."""
-        cfg, started = self.cfg, time.monotonic()
+        """Saves a trained run's final checkpoint, measures it, writes results.json (a diverged run's too),
+        closes the run; returns the results."""
+        cfg, progress, started = self.cfg, self.progress, time.monotonic()
         status = COMPLETED if self.status == TRAINED else self.status
+        if status == COMPLETED:
+            self.save()  # the final weights: pruning and `inspect` read them
         results = {"schema": rundir.RESULTS_SCHEMA, "status": status, "run_id": self.run_id,
                    "config": OmegaConf.to_container(cfg, resolve=True), "overrides": self.overrides,
                    "model": cfg.model.name, "dataset": cfg.dataset.name, "optimizer": cfg.optimizer.name,
                    "regularizer": cfg.regularizer.name, "coefficient": coefficient(cfg.regularizer),
-                   "batch_size": cfg.batch_size, "seed": cfg.seed, "epochs": self.epoch, "iterations": self.step,
-                   "wall_time_s": self.elapsed}
-        last = self.metrics[-1] if self.metrics else {}
+                   "batch_size": cfg.batch_size, "seed": cfg.seed, "epochs": progress.epoch,
+                   "iterations": progress.step, "graph_steps": progress.graph_steps, "wall_time_s": progress.elapsed}
+        last = progress.metrics[-1] if progress.metrics else {}
         for key in ("train_loss", "train_error", "test_loss", "test_error", "test_top5_error"):
             results[key] = rundir.finite_or_none(last.get(key)) if status == COMPLETED else None
         if status == COMPLETED:
@@ -286,17 +315,8 @@ class Run:
             rundir.write_atomic(self.out_dir / rundir.FEATURES, rundir.npz_bytes(features))
             results.update(measured)
             results["wall_time_s"] += results["measure_time_s"]
-            sparsity = measured["sparsity"]
-            self.log.info("sparsity: by activation %.1f%% (< %g), by gamma %.1f%% (< %g)",
-                          sparsity["by_activation"]["total_pct"], cfg.measure.activation_threshold,
-                          sparsity["by_gamma"]["total_pct"], cfg.measure.gamma_threshold)
-            by_gamma = sparsity["by_gamma"]
-            unit, shares = ("stage", by_gamma["per_stage_pct"]) if "per_stage_pct" in by_gamma else \
-                ("layer", by_gamma["per_layer_pct"])
-            self.log.info("per %s by gamma: %s", unit, "  ".join(f"{k} {v:.0f}%" for k, v in shares.items()))
-            self.log.info("test error %.2f%%; with the features inactive by gamma zeroed %.2f%%",
-                          results["test_error"], results["zeroed_test_error"])
-        results["device_time_s"] = self.share_s + time.monotonic() - started
+            self._log_measurements(results)
+        results["device_time_s"] = progress.share_s + time.monotonic() - started
         rundir.write_atomic(self.out_dir / rundir.RESULTS, rundir.json_bytes(results))
         self.status, self.results = status, results
         try:
@@ -309,6 +329,18 @@ class Run:
         self.resources.close()
         return results
 
+    def _log_measurements(self, results: dict) -> None:
+        measure, sparsity = self.cfg.measure, results["sparsity"]
+        self.log.info("sparsity: by activation %.1f%% (< %g), by gamma %.1f%% (< %g)",
+                      sparsity["by_activation"]["total_pct"], measure.activation_threshold,
+                      sparsity["by_gamma"]["total_pct"], measure.gamma_threshold)
+        by_gamma = sparsity["by_gamma"]
+        unit, shares = ("stage", by_gamma["per_stage_pct"]) if "per_stage_pct" in by_gamma else \
+            ("layer", by_gamma["per_layer_pct"])
+        self.log.info("per %s by gamma: %s", unit, "  ".join(f"{k} {v:.0f}%" for k, v in shares.items()))
+        self.log.info("test error %.2f%%; with the features inactive by gamma zeroed %.2f%%",
+                      results["test_error"], results["zeroed_test_error"])
+
     def _prune(self) -> None:
         from sparsesweep import prune  # torch-pruning: imported only when a run prunes
 
@@ -318,10 +350,3 @@ class Run:
         except Exception as error:  # noqa: BLE001 (the trained run is complete and saved; pruning can be redone)
             self.log.error("pruning failed (%s: %s): the run itself is complete; retry with "
                            "`python -m sparsesweep.prune %s`", type(error).__name__, error, self.out_dir)
-
-
-def write_history(out_dir: Path, metrics: list[dict], bn_history: list[dict]) -> None:
-    rundir.write_atomic(out_dir / rundir.METRICS, rundir.jsonl_bytes(metrics))
-    arrays = {key: np.stack([snap[key].numpy() for snap in bn_history]) for key in bn_history[0]}
-    arrays["epoch"] = np.arange(len(bn_history))
-    rundir.write_atomic(out_dir / rundir.BN_HISTORY, rundir.npz_bytes(arrays))

@@ -220,3 +220,13 @@ def npz_bytes(arrays: dict) -> bytes:
     buffer = io.BytesIO()
     np.savez_compressed(buffer, **arrays)
     return buffer.getvalue()
+
+
+def write_history(run_dir: Path, metrics: list[dict], bn_history: list[dict]) -> None:
+    """metrics.jsonl and bn_history.npz, as they stand at an epoch's end."""
+    import numpy as np
+
+    write_atomic(run_dir / METRICS, jsonl_bytes(metrics))
+    arrays = {key: np.stack([snap[key].numpy() for snap in bn_history]) for key in bn_history[0]}
+    arrays["epoch"] = np.arange(len(bn_history))
+    write_atomic(run_dir / BN_HISTORY, npz_bytes(arrays))

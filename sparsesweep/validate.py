@@ -113,6 +113,7 @@ RULES = {
     "threads": _integer(1, example=1),
     "progress_interval_s": NONNEGATIVE, "checkpoint_interval_min": NONNEGATIVE,  # 0: at every step
     "performance.data_on_device": _choice("auto", True, False),
+    "performance.channels_last": _choice("auto", True, False),
     "performance.cuda_graph": _choice("auto", "on", "off", True, False),  # YAML reads a bare on/off as a bool
     **{f"measure.{key}": POSITIVE for key in ("activation_threshold", "activation_threshold_alt", "gamma_threshold",
                                                "gamma_threshold_alt")},

@@ -34,7 +34,8 @@ def cli(module, *args, cwd, timeout=300):
     return done.returncode, done.stdout + done.stderr
 
 
-TIMINGS = {"time_s", "wall_time_s", "measure_time_s", "device_time_s", "elapsed", "share_s"}  # what may differ between equal trainings
+# What may differ between equal trainings: timings, and how many steps a CUDA graph replayed.
+TIMINGS = {"time_s", "wall_time_s", "measure_time_s", "device_time_s", "elapsed", "share_s", "graph_steps"}
 
 
 def without_timings(value):

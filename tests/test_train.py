@@ -42,33 +42,32 @@ class Interrupted(Exception):
 
 
 @pytest.mark.parametrize("crash_in, crash_call, overrides", [
-    ("evaluate", 2, []), ("_checkpoint", 2, []), ("_checkpoint", 25, ["checkpoint_interval_min=0"])],
-    ids=["kill-mid-epoch", "after-epoch-checkpoint", "after-checkpoint-within-epoch"])
+    ("evaluate", 2, []), ("evaluate", 2, ["checkpoint_interval_min=0"]), ("save", 25, ["checkpoint_interval_min=0"])],
+    ids=["kill-before-any-checkpoint", "kill-mid-epoch", "after-checkpoint-within-epoch"])
 def test_interrupted_then_resumed_run_ends_exactly_like_an_uninterrupted_one(make_config, tmp_path, monkeypatch,
                                                                              crash_in, crash_call, overrides):
-    # Augmentation on, so the per-epoch RNG is exercised too. Crashing in `evaluate` of epoch 2 loses that
-    # epoch's training (a kill mid-epoch); crashing after the 2nd checkpoint loses nothing. With checkpoints
-    # after every step (after each of an epoch's 20 steps but its last, and at its end), the 25th is taken at step
-    # 5 of epoch 2: the resumed run skips those 5 batches, with their random crops, and carries the epoch's sums.
+    # Augmentation on, so the per-epoch RNG is exercised too. By default a run checkpoints every 10 minutes
+    # and at its end: crashing in `evaluate` of epoch 2 leaves no checkpoint, and the run starts again. With
+    # checkpoint_interval_min=0 it checkpoints after every stretch of steps: each of an epoch's 20 steps, so the
+    # 25th checkpoint is taken at step 5 of epoch 2 and the resumed run skips those 5 batches, with their random
+    # crops, and carries the epoch's sums; crashing in epoch 2's `evaluate` resumes from its last step.
     cfg = make_config(SMOKE + ["seed=7", "dataset.augment=true", "optimizer=sgd", *overrides])
     straight = pack.train(cfg, tmp_path / "straight")
 
-    where = run.Run if crash_in == "_checkpoint" else run
+    where = run.Run if crash_in == "save" else run
     real, calls = getattr(where, crash_in), []
 
     def crash_on_call(*args, **kwargs):
-        calls.append(kwargs.get("within_epoch"))
-        if crash_in == "_checkpoint":
-            real(*args, **kwargs)
+        calls.append(None)
+        result = real(*args, **kwargs)
         if len(calls) == crash_call:
             raise Interrupted
-        return real(*args, **kwargs) if crash_in == "evaluate" else None
+        return result
 
     monkeypatch.setattr(where, crash_in, crash_on_call)
     with pytest.raises(Interrupted):
         pack.train(cfg, tmp_path / "resumed")
-    if overrides:
-        assert calls[-1] is not None and calls[19] is None  # the crash came right after a within-epoch one
+    assert (tmp_path / "resumed" / "checkpoint.pt").exists() == bool(overrides)
     monkeypatch.setattr(where, crash_in, real)
     resumed = pack.train(cfg, tmp_path / "resumed")
 
@@ -77,6 +76,15 @@ def test_interrupted_then_resumed_run_ends_exactly_like_an_uninterrupted_one(mak
     for name in ("bn_history.npz", "features.npz"):
         a, b = np.load(tmp_path / "straight" / name), np.load(tmp_path / "resumed" / name)
         assert all(np.array_equal(a[k], b[k]) for k in a.files)
+
+
+def test_a_run_checkpoints_by_the_clock_and_at_its_end_not_at_every_epoch(make_config, tmp_path, monkeypatch):
+    saved = []
+    real = run.rundir.save_checkpoint
+    monkeypatch.setattr(run.rundir, "save_checkpoint", lambda run_dir, state: (saved.append(state["step"]),
+                                                                               real(run_dir, state)))
+    pack.train(make_config(SMOKE), tmp_path)  # 3 epochs of 20 steps, well within 10 minutes
+    assert saved == [60]  # the final weights only
 
 
 def test_nan_loss_stops_the_run_as_diverged(make_config, tmp_path):
