@@ -313,7 +313,7 @@ def check_graph(size: dict, out: Path) -> tuple[bool, str]:
 def check_self_check(size: dict, out: Path) -> tuple[bool, str]:
     """A real capture of a wrong step (L2 dropped) against the self-check, and of the right one."""
     from sparsesweep import graphs, pack
-    from sparsesweep.run import open_directory
+    from sparsesweep.rundir import open_directory
 
     if size["device"] == "cpu":
         return True, "skipped (no GPU: tests/test_graphs.py checks the self-check with stand-in graphs)"

@@ -181,3 +181,18 @@ def final_measurements(model, data, cfg, device) -> tuple[dict, dict]:
     measured["measure_time_s"] = time.monotonic() - start
     arrays = {f"{layer}_{key}": value.numpy() for layer, values in per_feature.items() for key, value in values.items()}
     return measured, arrays
+
+
+def describe(results: dict, measure_cfg) -> list[str]:
+    """A completed run's measurements in three log lines: the sparsity by both criteria, per layer (or stage)
+    by gamma, and the zeroing check."""
+    sparsity = results["sparsity"]
+    by_gamma = sparsity["by_gamma"]
+    unit, shares = ("stage", by_gamma["per_stage_pct"]) if "per_stage_pct" in by_gamma else \
+        ("layer", by_gamma["per_layer_pct"])
+    return [f"sparsity: by activation {sparsity['by_activation']['total_pct']:.1f}% (< "
+            f"{measure_cfg.activation_threshold:g}), by gamma {by_gamma['total_pct']:.1f}% (< "
+            f"{measure_cfg.gamma_threshold:g})",
+            f"per {unit} by gamma: " + "  ".join(f"{k} {v:.0f}%" for k, v in shares.items()),
+            f"test error {results['test_error']:.2f}%; with the features inactive by gamma zeroed "
+            f"{results['zeroed_test_error']:.2f}%"]

@@ -25,7 +25,8 @@ from omegaconf import OmegaConf
 
 from sparsesweep import assemble, graphs, interrupts, validate
 from sparsesweep.errors import ConfigError
-from sparsesweep.run import DIVERGED, TRAINED, TRAINING, Run, open_directory
+from sparsesweep.rundir import open_directory
+from sparsesweep.run import DIVERGED, TRAINED, TRAINING, Run
 
 log = logging.getLogger("sparsesweep")
 
@@ -62,7 +63,7 @@ class RunSpec:
 
 def train(cfg, out_dir: Path, overrides=(), on_open=None) -> dict:
     """One run, a pack of one: trains, measures and writes the run directory; returns the results.json content.
-    A directory holding another run's state is refused (run.RunDirConflict), one another process trains too
+    A directory holding another run's state is refused (rundir.RunDirConflict), one another process trains too
     (rundir.RunDirBusy); one this run already finished is returned as it is."""
     results, error = train_runs([RunSpec(cfg, Path(out_dir), list(overrides), on_open)])[0]
     if error is not None:

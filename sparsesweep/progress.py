@@ -1,11 +1,15 @@
-"""A run's progress: where it stands and what it has measured so far. Together with the model's and the
-optimizer's state it is the whole of a checkpoint, so the checkpoint's keys are this dataclass's fields,
-listed once."""
+"""A run's progress: where it stands and what it has measured so far (Progress: with the model's and the
+optimizer's state it is the whole of a checkpoint, so the checkpoint's keys are its fields, listed once), and
+the unfinished epoch's sums on the device (EpochTally)."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import time
 from dataclasses import dataclass, field
 from typing import Any
+
+import torch
 
 
 @dataclass
@@ -27,12 +31,53 @@ class Progress:
         fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         return {"run_id": run_id, "model": model.state_dict(), "optimizer": optimizer.state_dict(), **fields}
 
+    @contextlib.contextmanager
+    def own_rng(self, device: torch.device):
+        """Within it, the global RNG (and the device's, on a GPU) is this run's stream, which goes on from where
+        it stopped: dropout draws from it, and a run in a pack draws what it would alone."""
+        on_cuda = self.cuda_rng is not None
+        saved, saved_cuda = torch.get_rng_state(), torch.cuda.get_rng_state(device) if on_cuda else None
+        torch.set_rng_state(self.rng)
+        if on_cuda:
+            torch.cuda.set_rng_state(self.cuda_rng, device)
+        try:
+            yield
+        finally:
+            self.rng = torch.get_rng_state()
+            torch.set_rng_state(saved)
+            if on_cuda:
+                self.cuda_rng = torch.cuda.get_rng_state(device)
+                torch.cuda.set_rng_state(saved_cuda, device)
+
     @classmethod
     def from_checkpoint(cls, state: dict) -> "Progress":
         """The progress a checkpoint holds; a field it lacks (a checkpoint of an older version) takes its default,
         except share_s, which was the epochs' clock."""
         known = {f.name for f in dataclasses.fields(cls)}
         progress = cls(**{key: value for key, value in state.items() if key in known})
+        # RNG states are CPU byte tensors, whatever device the checkpoint was loaded onto.
+        progress.rng = progress.rng.cpu() if progress.rng is not None else None
+        progress.cuda_rng = progress.cuda_rng.cpu() if progress.cuda_rng is not None else None
         if "share_s" not in state:
             progress.share_s = progress.elapsed
         return progress
+
+
+class EpochTally:
+    """The unfinished epoch: its loss and error sums on the device (the step adds to them without a host sync),
+    the LR it started with (metrics.jsonl records it) and when it started."""
+
+    def __init__(self, device: torch.device):
+        self.loss_sum = torch.zeros((), device=device)
+        self.wrong = torch.zeros((), device=device, dtype=torch.long)
+        self.lr, self.started = 0.0, 0.0
+
+    def restart(self, sums: dict) -> None:
+        self.loss_sum.fill_(sums["loss_sum"])
+        self.wrong.fill_(sums["wrong"])
+        self.lr, self.started = sums["lr"], time.monotonic() - sums["elapsed"]
+
+    def sums(self) -> dict:
+        """The sums on the host (a sync), as a checkpoint holds them."""
+        return {"loss_sum": self.loss_sum.item(), "wrong": int(self.wrong.item()),
+                "elapsed": time.monotonic() - self.started, "lr": self.lr}

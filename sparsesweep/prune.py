@@ -363,3 +363,13 @@ def main(argv=None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def prune_after_training(run_dir: Path, cfg, data, model, log) -> None:
+    """prune.after_training: prunes a run that has just completed; a failure is logged, never the run's."""
+    try:
+        prune_trained(run_dir, cfg, data, model, cfg.prune.threshold, batch_size=cfg.prune.latency_batch_size,
+                      repeats=cfg.prune.latency_repeats)
+    except Exception as error:  # noqa: BLE001 (the trained run is complete and saved; pruning can be redone)
+        log.error("pruning failed (%s: %s): the run itself is complete; retry with `python -m sparsesweep.prune %s`",
+                  type(error).__name__, error, run_dir)

@@ -22,69 +22,19 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-from rundir_format import COMPLETED, DIVERGED, FAILED, remove_temporaries
+from rundir_format import COMPLETED, DIVERGED, FAILED
 from sparsesweep import assemble, loggers, rundir
 from sparsesweep.batches import shuffle_seed, training_feed
 from sparsesweep.datasets import Dataset
-from sparsesweep.errors import ConfigError
-from sparsesweep.measure import bn_snapshot, evaluate, final_measurements, gamma_sparsity_pct
+from sparsesweep.measure import bn_snapshot, describe, evaluate, final_measurements, gamma_sparsity_pct
 from sparsesweep.optim import DecoupledDecay, build_optimizer, coefficient, plan_schedule, set_lr
-from sparsesweep.progress import Progress
+from sparsesweep.progress import EpochTally, Progress
 
 TRAINING, TRAINED = "training", "trained"  # then COMPLETED, DIVERGED or FAILED (rundir_format)
 
 
-class RunDirConflict(ConfigError):
-    def __init__(self, out_dir: Path, foreign: dict, cfg, run_id: str):
-        differences = rundir.config_differences(foreign.get("config") or {}, rundir.run_config(cfg))
-        super().__init__(f"{out_dir} holds run {foreign['run_id']} of another config ({'; '.join(differences[:3])}"
-                         f"{' ...' if len(differences) > 3 else ''}), not this one ({run_id}): nothing was "
-                         f"changed; train it in a new directory (hydra.run.dir=... or hydra.sweep.dir=...)")
-
-
-def open_directory(cfg, out_dir: Path, overrides, on_open, resources: contextlib.ExitStack) -> dict | None:
-    """Claims out_dir for this run: locks it for the life of `resources`, refuses another run's directory
-    (RunDirConflict) and one another process trains (RunDirBusy); returns the results of a run this
-    directory already finished (nothing to do), else None once identity.json is written, the temp files of
-    a killed writer removed and on_open() (the entry point writes Hydra's .hydra/ then) called."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    run_id = rundir.run_identity(cfg)
-    resources.enter_context(rundir.locked(out_dir))
-    foreign = rundir.foreign_run(out_dir, run_id)
-    if foreign:
-        raise RunDirConflict(out_dir, foreign, cfg, run_id)
-    finished = rundir.read_json(out_dir / rundir.RESULTS)
-    if finished.get("status") in rundir.FINISHED and finished.get("run_id") == run_id:
-        return finished
-    remove_temporaries(out_dir)  # only this process writes here now (the lock)
-    rundir.write_identity(out_dir, run_id, cfg, overrides)
-    if on_open:
-        on_open()
-    return None
-
-
-class EpochTally:
-    """The unfinished epoch: its loss and error sums on the device (the step adds to them without a host sync),
-    the LR it started with (metrics.jsonl records it) and when it started."""
-
-    def __init__(self, device: torch.device):
-        self.loss_sum = torch.zeros((), device=device)
-        self.wrong = torch.zeros((), device=device, dtype=torch.long)
-        self.lr, self.started = 0.0, 0.0
-
-    def restart(self, sums: dict) -> None:
-        self.loss_sum.fill_(sums["loss_sum"])
-        self.wrong.fill_(sums["wrong"])
-        self.lr, self.started = sums["lr"], time.monotonic() - sums["elapsed"]
-
-    def sums(self) -> dict:
-        """The sums on the host (a sync), as a checkpoint holds them."""
-        return {"loss_sum": self.loss_sum.item(), "wrong": int(self.wrong.item()),
-                "elapsed": time.monotonic() - self.started, "lr": self.lr}
-
-
 class Run:
-    """A run whose directory is open (open_directory), from its first step or its latest checkpoint."""
+    """A run whose directory is open (rundir.open_directory), from its first step or its latest checkpoint."""
 
     def __init__(self, cfg, out_dir: Path, overrides, data: Dataset, device: torch.device, capturable: bool,
                  log: logging.Logger, resources: contextlib.ExitStack):
@@ -99,7 +49,9 @@ class Run:
         self.feed = training_feed(data, cfg.batch_size, device, assemble.memory_format(cfg, device, self.model))
         self.tally = EpochTally(device)
         self.progress = self._resume() or self._fresh()
-        self.status, self.error, self.results = TRAINING, None, None
+        # A run stopped after its last step, before its results were written, only has to finish.
+        self.status = TRAINING if self.progress.step < self.plan.total_steps else TRAINED
+        self.error, self.results = None, None
         set_lr(self.optimizer, self.plan, cfg.schedule, self.progress.step)
         self.decay = DecoupledDecay(self.optimizer, device)
         self.loggers = loggers.RunLoggers(cfg, self.out_dir, first_epoch=self.progress.epoch + 1)
@@ -111,10 +63,8 @@ class Run:
         if "CUDA_VISIBLE_DEVICES" in os.environ:  # set per job by the local launcher
             self.log.info("CUDA_VISIBLE_DEVICES=%s", os.environ["CUDA_VISIBLE_DEVICES"])
         self.model.train()
-        if self.progress.step < self.plan.total_steps:
+        if self.status == TRAINING:
             self._start_epoch(self.progress.within_epoch)
-        else:  # stopped after its last step, before its results were written
-            self.status = TRAINED
 
     def _fresh(self) -> Progress:
         # Dropout draws from the global RNG: each run keeps its own stream of it, which continues from its
@@ -133,8 +83,6 @@ class Run:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         progress = Progress.from_checkpoint(state)
-        progress.rng = progress.rng.cpu() if progress.rng is not None else None
-        progress.cuda_rng = progress.cuda_rng.cpu() if progress.cuda_rng is not None else None
         self.log.info("resuming from %s: epoch %d, step %d", path, progress.epoch, progress.step)
         return progress
 
@@ -145,6 +93,10 @@ class Run:
     @property
     def stochastic(self) -> bool:
         return self.progress.rng is not None
+
+    def own_rng(self):
+        """A context within which the global RNG is this run's stream (dropout); nothing to swap otherwise."""
+        return self.progress.own_rng(self.device) if self.stochastic else contextlib.nullcontext()
 
     @property
     def steps_done_in_epoch(self) -> int:
@@ -183,26 +135,6 @@ class Run:
         return {**tensors, "feed.position": self.feed.position, "loss_sum": self.tally.loss_sum,
                 "wrong": self.tally.wrong}
 
-    def own_rng(self):
-        """A context within which the global RNG is this run's stream (dropout); nothing to swap otherwise."""
-        return self._swapped_rng() if self.stochastic else contextlib.nullcontext()
-
-    @contextlib.contextmanager
-    def _swapped_rng(self):
-        progress, on_cuda = self.progress, self.progress.cuda_rng is not None
-        saved, saved_cuda = torch.get_rng_state(), torch.cuda.get_rng_state(self.device) if on_cuda else None
-        torch.set_rng_state(progress.rng)
-        if on_cuda:
-            torch.cuda.set_rng_state(progress.cuda_rng, self.device)
-        try:
-            yield
-        finally:
-            progress.rng = torch.get_rng_state()
-            torch.set_rng_state(saved)
-            if on_cuda:
-                progress.cuda_rng = torch.cuda.get_rng_state(self.device)
-                torch.cuda.set_rng_state(saved_cuda, self.device)
-
     # ---- host work between steps ------------------------------------------------------------------------
 
     def _start_epoch(self, within_epoch: dict | None) -> None:
@@ -238,11 +170,9 @@ class Run:
         self._write_progress(rate)
 
     def _write_progress(self, steps_per_s: float | None) -> None:
-        """progress.json: where the run stands, for the launcher's live view and `status`."""
-        rundir.write_atomic(self.out_dir / rundir.PROGRESS, rundir.json_bytes({
+        rundir.write_progress(self.out_dir, {
             "run_id": self.run_id, "epoch": self.progress.epoch + 1, "epochs": self.plan.epochs,
-            "step": self.progress.step, "total_steps": self.plan.total_steps, "steps_per_s": steps_per_s,
-            "updated": time.time()}))
+            "step": self.progress.step, "total_steps": self.plan.total_steps, "steps_per_s": steps_per_s})
 
     def save(self) -> None:
         """A checkpoint at the current step (within an epoch, with its sums; a host sync)."""
@@ -287,20 +217,15 @@ class Run:
                        self.progress.epoch + 1, loss, self.progress.step)
 
     def fail(self, error: BaseException) -> None:
-        """The run cannot go on (an exception in its step or its host work): it leaves its pack; the caller
-        reports the error (sparsesweep.jobs)."""
+        """The run cannot go on (its step or host work raised): it leaves its pack; sparsesweep.jobs reports it."""
         self.status, self.error = FAILED, error
         self.resources.close()
-
-    # ---- the end ----------------------------------------------------------------------------------------
 
     def finish(self) -> dict:
         """Saves a trained run's final checkpoint, measures it, writes results.json (a diverged run's too),
         closes the run; returns the results."""
         cfg, progress, started = self.cfg, self.progress, time.monotonic()
         status = COMPLETED if self.status == TRAINED else self.status
-        if status == COMPLETED:
-            self.save()  # the final weights: pruning and `inspect` read them
         results = {"schema": rundir.RESULTS_SCHEMA, "status": status, "run_id": self.run_id,
                    "config": OmegaConf.to_container(cfg, resolve=True), "overrides": self.overrides,
                    "model": cfg.model.name, "dataset": cfg.dataset.name, "optimizer": cfg.optimizer.name,
@@ -311,11 +236,13 @@ class Run:
         for key in ("train_loss", "train_error", "test_loss", "test_error", "test_top5_error"):
             results[key] = rundir.finite_or_none(last.get(key)) if status == COMPLETED else None
         if status == COMPLETED:
+            self.save()  # the final weights: pruning and `inspect` read them
             measured, features = final_measurements(self.model, self.data, cfg, self.device)
             rundir.write_atomic(self.out_dir / rundir.FEATURES, rundir.npz_bytes(features))
             results.update(measured)
             results["wall_time_s"] += results["measure_time_s"]
-            self._log_measurements(results)
+            for line in describe(results, cfg.measure):
+                self.log.info("%s", line)
         results["device_time_s"] = progress.share_s + time.monotonic() - started
         rundir.write_atomic(self.out_dir / rundir.RESULTS, rundir.json_bytes(results))
         self.status, self.results = status, results
@@ -325,28 +252,8 @@ class Run:
             self.log.error("a logger failed to close (%s: %s): the run itself is complete (results.json)",
                            type(error).__name__, error)
         if status == COMPLETED and cfg.prune.after_training:
-            self._prune()
+            from sparsesweep.prune import prune_after_training  # torch-pruning: imported only when a run prunes
+
+            prune_after_training(self.out_dir, cfg, self.data, self.model, self.log)
         self.resources.close()
         return results
-
-    def _log_measurements(self, results: dict) -> None:
-        measure, sparsity = self.cfg.measure, results["sparsity"]
-        self.log.info("sparsity: by activation %.1f%% (< %g), by gamma %.1f%% (< %g)",
-                      sparsity["by_activation"]["total_pct"], measure.activation_threshold,
-                      sparsity["by_gamma"]["total_pct"], measure.gamma_threshold)
-        by_gamma = sparsity["by_gamma"]
-        unit, shares = ("stage", by_gamma["per_stage_pct"]) if "per_stage_pct" in by_gamma else \
-            ("layer", by_gamma["per_layer_pct"])
-        self.log.info("per %s by gamma: %s", unit, "  ".join(f"{k} {v:.0f}%" for k, v in shares.items()))
-        self.log.info("test error %.2f%%; with the features inactive by gamma zeroed %.2f%%",
-                      results["test_error"], results["zeroed_test_error"])
-
-    def _prune(self) -> None:
-        from sparsesweep import prune  # torch-pruning: imported only when a run prunes
-
-        try:
-            prune.prune_trained(self.out_dir, self.cfg, self.data, self.model, self.cfg.prune.threshold,
-                                batch_size=self.cfg.prune.latency_batch_size, repeats=self.cfg.prune.latency_repeats)
-        except Exception as error:  # noqa: BLE001 (the trained run is complete and saved; pruning can be redone)
-            self.log.error("pruning failed (%s: %s): the run itself is complete; retry with "
-                           "`python -m sparsesweep.prune %s`", type(error).__name__, error, self.out_dir)

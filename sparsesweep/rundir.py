@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 from rundir_format import (BN_HISTORY, CHECKPOINT, FEATURES, FINISHED, IDENTITY, LOCK, METRICS,  # noqa: F401
                            PREVIOUS_CHECKPOINT, PROGRESS, PRUNE, RESULTS, RESULTS_SCHEMA, RUN_IRRELEVANT, SWEEP_PLAN,
                            describe_holder, finite_or_none, json_bytes, jsonl_bytes, lock_holder, write_atomic,
-                           write_temporary)
+                           remove_temporaries, write_temporary)
 from sparsesweep.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -143,9 +143,46 @@ def locked(run_dir: Path):
             file.truncate(0)
 
 
+def write_progress(run_dir: Path, where: dict) -> None:
+    """progress.json: where a run stands (rundir_format), for the launcher's live view and `status`."""
+    write_atomic(run_dir / PROGRESS, json_bytes({**where, "updated": time.time()}))
+
+
 def write_identity(run_dir: Path, run_id: str, cfg, overrides) -> None:
     write_atomic(run_dir / IDENTITY, json_bytes({"run_id": run_id, "overrides": list(overrides),
                                                  "config": run_config(cfg)}))
+
+
+# ---- opening a run's directory ---------------------------------------------------------------------------
+
+class RunDirConflict(ConfigError):
+    def __init__(self, out_dir: Path, foreign: dict, cfg, run_id: str):
+        differences = config_differences(foreign.get("config") or {}, run_config(cfg))
+        super().__init__(f"{out_dir} holds run {foreign['run_id']} of another config ({'; '.join(differences[:3])}"
+                         f"{' ...' if len(differences) > 3 else ''}), not this one ({run_id}): nothing was "
+                         f"changed; train it in a new directory (hydra.run.dir=... or hydra.sweep.dir=...)")
+
+
+def open_directory(cfg, out_dir: Path, overrides, on_open, resources: contextlib.ExitStack) -> dict | None:
+    """Claims out_dir for this run: locks it for the life of `resources`, refuses another run's directory
+    (RunDirConflict) and one another process trains (RunDirBusy); returns the results of a run this
+    directory already finished (nothing to do), else None once identity.json is written, the temp files of
+    a killed writer removed and on_open() (the entry point writes Hydra's .hydra/ then) called."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    run_id = run_identity(cfg)
+    resources.enter_context(locked(out_dir))
+    foreign = foreign_run(out_dir, run_id)
+    if foreign:
+        raise RunDirConflict(out_dir, foreign, cfg, run_id)
+    finished = read_json(out_dir / RESULTS)
+    if finished.get("status") in FINISHED and finished.get("run_id") == run_id:
+        return finished
+    remove_temporaries(out_dir)  # only this process writes here now (the lock)
+    write_identity(out_dir, run_id, cfg, overrides)
+    if on_open:
+        on_open()
+    return None
+
 
 
 # ---- checkpoints ------------------------------------------------------------------------------------------

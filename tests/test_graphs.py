@@ -11,7 +11,7 @@ import torch
 from conftest import SMOKE, compose_config, run_state
 from sparsesweep import assemble, graphs, optim, pack
 from sparsesweep.errors import ConfigError
-from sparsesweep.run import open_directory
+from sparsesweep.rundir import open_directory
 
 ONE_THREAD = [*SMOKE, "dataset.augment=true", "threads=1"]
 RUNS = {"adam-l2": ["optimizer=adam", "regularizer.l2=1e-4"],  # the paper's base coefficient

@@ -41,7 +41,7 @@ def signal_at_step(monkeypatch, step: int, signum: int) -> None:
 def test_a_directory_holding_another_configs_run_is_refused_and_left_untouched(make_config, tmp_path):
     pack.train(make_config(SMOKE + ["seed=1"]), tmp_path)
     before = run_files(tmp_path)
-    with pytest.raises(run.RunDirConflict, match=r"holds run \w+ of another config \(seed: 1 -> 2\)"):
+    with pytest.raises(rundir.RunDirConflict, match=r"holds run \w+ of another config \(seed: 1 -> 2\)"):
         pack.train(make_config(SMOKE + ["seed=2"]), tmp_path)
     assert run_files(tmp_path) == before
     assert pack.train(make_config(SMOKE + ["seed=1"]), tmp_path) == json.loads(before["results.json"])  # done
