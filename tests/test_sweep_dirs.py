@@ -126,3 +126,24 @@ def test_a_bad_sweeper_option_is_one_line_exit_2(caplog):
     with caplog.at_level(logging.ERROR), pytest.raises(SystemExit) as stopped:
         GridSweeper(on_conflict="delete")
     assert stopped.value.code == 2 and "hydra.sweeper.on_conflict=delete: use stop or move_aside" in caplog.text
+
+
+def test_the_sweeper_and_launchers_write_files_only_atomically():
+    """Every file they write goes through rundir_format.write_atomic (temp file, fsync, rename): no open() for
+    writing, write_text/write_bytes, OmegaConf.save or json/yaml dump to a file in hydra_plugins/."""
+    import ast
+
+    from conftest import ROOT
+
+    writes = []
+    for path in (ROOT / "hydra_plugins").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.Call):
+                continue
+            name = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
+            modes = [a.value for a in node.args[1:2] + [k.value for k in node.keywords if k.arg == "mode"]
+                     if isinstance(a, ast.Constant)]
+            if name in ("write_text", "write_bytes", "save", "dump") or (name == "open" and any(
+                    set(str(m)) & set("wax+") for m in modes)):
+                writes.append(f"{path.relative_to(ROOT)}:{node.lineno} {name}")
+    assert writes == []
