@@ -221,9 +221,9 @@ class _QueueingLauncher(BaseSubmititLauncher):
             return returns
 
     @staticmethod
-    def view(packs: list[list[PlannedJob]]) -> SweepView:
+    def view(packs: list[list[PlannedJob]], **settings) -> SweepView:
         return SweepView([RunView(job.number, " ".join(filter_overrides(job.overrides)), job.run_dir)
-                          for pack in packs for job in pack])
+                          for pack in packs for job in pack], **settings)
 
     def ended(self, view: SweepView, pack: list[PlannedJob], job, returns: dict[int, JobReturn]) -> None:
         for number, job_return in self.collect(pack, job).items():
@@ -354,6 +354,7 @@ class SlurmArrayLauncher(_QueueingLauncher):
         sweep_dir = self.prepare_sweep_dir()
         packs = self.packs(job_overrides, initial_job_idx, self.params["array_parallelism"],
                            gpus=bool(self.params["gpus_per_node"]))
+        submitted_at = time.time()
         if all(len(pack) == 1 for pack in packs):
             jobs = self.executor().map_array(self, [pack[0] for pack in packs])
         else:  # one function for the whole array: PackCall, packs of one included
@@ -365,7 +366,7 @@ class SlurmArrayLauncher(_QueueingLauncher):
             return []
         returns: dict[int, JobReturn] = {}
         waiting = list(zip(packs, jobs))
-        with self.view(packs) as view:  # a run counts as running once its progress.json is written
+        with self.view(packs, since=submitted_at) as view:  # running: its progress.json written since
             while waiting:
                 for pack, job in [(pack, job) for pack, job in waiting if job.done()]:
                     waiting.remove((pack, job))
