@@ -78,6 +78,13 @@ def test_a_run_without_progress_yet_is_shown_starting_and_the_eta_waits_for_a_sp
         view.started([0])
     shown = Text.from_ansi(screen.getvalue()).plain
     assert "0/1 ended, 1 running, 0 queued, ETA ?" in shown and "#0 seed=0 starting" in shown
+    write_progress(tmp_path / "none", epoch=1, step=0, rate=20.0)
+    view.read()
+    (tmp_path / "none" / PROGRESS).unlink()
+    (tmp_path / "none").rmdir()
+    write_progress(tmp_path / "none", epoch=2, step=100, rate=None)  # an epoch's start: no speed yet
+    view.read()
+    assert "ETA 45s" in view.status_line()  # the last speed known: 900 steps at 20 steps/s
 
 
 # ---- datasets missing on disk --------------------------------------------------------------------------------

@@ -128,20 +128,28 @@ class SweepView:
         self.refresh()
 
     def poll(self) -> None:
-        """Reads the progress of the runs not ended yet (at most every PROGRESS_READ_S); a run whose
-        progress.json was written since the launch is running. Plain: a status line every PLAIN_STATUS_S."""
+        """read() at most every PROGRESS_READ_S; plain: a status line every PLAIN_STATUS_S."""
         now = time.monotonic()
         if now - self._read_at < PROGRESS_READ_S:
             return
         self._read_at = now
-        for run in self.runs:
-            if run.state in (QUEUED, RUNNING):
-                run.progress = read_progress(run.run_dir) or run.progress
-                if run.state == QUEUED and run.progress and run.progress.updated >= self.since:
-                    run.state = RUNNING
+        self.read()
         if self.plain and now - self._status_at >= PLAIN_STATUS_S:
             self._status_at = now
             log.info("%s", self.status_line())
+
+    def read(self) -> None:
+        """Reads the progress of the runs not ended yet; a run whose progress.json was written since the
+        launch is running."""
+        for run in self.runs:
+            if run.state in (QUEUED, RUNNING):
+                latest = read_progress(run.run_dir)
+                if latest and latest.steps_per_s is None and run.progress and run.progress.steps_per_s:
+                    # an epoch's start has no speed yet: the last one stands for it
+                    latest = latest.model_copy(update={"steps_per_s": run.progress.steps_per_s})
+                run.progress = latest or run.progress
+                if run.state == QUEUED and run.progress and run.progress.updated >= self.since:
+                    run.state = RUNNING
         self.refresh()
 
     # ---- what is shown ----------------------------------------------------------------------------------------
