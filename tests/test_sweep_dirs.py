@@ -78,6 +78,11 @@ def test_ordinary_names_are_kept_and_the_others_escaped_readably():
     short_a, short_b = names.safe_dirname(long_a), names.safe_dirname(long_b)
     assert short_a != short_b and short_a.startswith("k=ééé") and re.search(r"~[0-9a-f]{16}$", short_a)
     assert len(short_a.encode()) <= names.RUN_DIRNAME_MAX_BYTES
+    root = "dataset.root=" + "/deep" * 40 + "/data"  # a long path loses its middle; the other overrides stay whole
+    short = names.safe_dirname(f"+experiment=smoke,{root},seed=0")
+    assert re.fullmatch(r"\+experiment=smoke,dataset\.root=(%2Fdeep)+%2Fde?e?p?…(%2F|2F|F)?(deep%2F)+data,seed=0"
+                        r"~[0-9a-f]{16}", short), short
+    assert len(short.encode()) <= names.RUN_DIRNAME_MAX_BYTES
 
 
 def compose_with_hydra(overrides):

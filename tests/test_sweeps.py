@@ -272,7 +272,8 @@ def test_the_cards_command_verbatim_names_the_missing_dataset_and_trains_nothing
 def test_a_plan_whose_runs_would_share_or_leave_a_directory_launches_nothing(tmp_path):
     for subdir, said in (("same", "Runs #0 (+experiment=smoke seed=1) and #1 (+experiment=smoke seed=2) would "
                                   f"both train in {tmp_path / 'sweep' / 'same'}: nothing was launched"),
-                         ("../out", "Run #0 (+experiment=smoke seed=1) would train in")):
+                         ("../out", "Run #0 (+experiment=smoke seed=1) would train in"),
+                         ("x" * 300, "which is not a directory directly below the sweep directory")):
         code, output = cli("sparsesweep", "-m", *SMOKE, "seed=1,2", f"hydra.sweep.dir={tmp_path / 'sweep'}",
                            f"hydra.sweep.subdir={subdir}", cwd=tmp_path)
         assert code == 2 and len(output.strip().splitlines()) == 1 and said in output, output

@@ -2,8 +2,8 @@
 
 A run's directory is named by its overrides (Hydra's `override_dirname`, `a=1,b=2`) made into one safe name:
 `%` `/`, NUL and control characters are percent-escaped (so that the mapping stays one-to-one), a leading `.`
-too (never `.`, `..` or a hidden name), and a name longer than RUN_DIRNAME_MAX_BYTES keeps its start and ends
-in `~` and a hash of the whole name. Ordinary names (none of those characters, short enough) are unchanged.
+too (never `.`, `..` or a hidden name), and a name longer than RUN_DIRNAME_MAX_BYTES has the middle of its
+longest parts cut out (`…`) and ends in `~` and a hash of the whole name. Ordinary names (none of those characters, short enough) are unchanged.
 
 A sweep's default directory is named by its command: the experiment, then the other overrides sorted (order
 on the command line does not matter), without Hydra's own settings and without the keys that never name a run's
@@ -26,6 +26,8 @@ from sparsesweep.hydra_compat import get_overrides_dirname
 # A run directory moved aside gets `@<run_id>` and maybe `.N` appended (grid.move_aside): 255 bytes with those.
 RUN_DIRNAME_MAX_BYTES = 224
 HASH_CHARS = 16
+KEPT_EACH_SIDE = 8  # characters kept at each end of a part cut short
+ELLIPSIS = "…"
 NO_OVERRIDES = "default"
 EXPERIMENT = "experiment"
 
@@ -50,8 +52,25 @@ def safe_dirname(name: str) -> str:
     if len(escaped.encode()) <= RUN_DIRNAME_MAX_BYTES:
         return escaped
     suffix = "~" + hashlib.sha256(name.encode(errors="surrogatepass")).hexdigest()[:HASH_CHARS]
-    start = escaped.encode()[:RUN_DIRNAME_MAX_BYTES - len(suffix)].decode(errors="ignore")  # whole characters
-    return start + suffix
+    return _shortened(escaped, RUN_DIRNAME_MAX_BYTES - len(suffix)) + suffix
+
+
+def _shortened(name: str, budget: int) -> str:
+    """`name` in at most `budget` bytes, readable: the middle of its longest `,`-separated parts cut out (a long
+    path keeps its ends, and the other overrides stay whole), else its end."""
+    parts = name.split(",")
+
+    def size() -> int:
+        return len(",".join(parts).encode())
+
+    while size() > budget:
+        longest = max(range(len(parts)), key=lambda k: len(parts[k]))
+        part = parts[longest]
+        if len(part) <= 2 * KEPT_EACH_SIDE + 1:
+            break
+        keep = len(part) - min(len(part) - 2 * KEPT_EACH_SIDE, size() - budget + 1)  # +1: room for the ellipsis
+        parts[longest] = part[:keep - keep // 2] + ELLIPSIS + part[len(part) - keep // 2:]
+    return ",".join(parts).encode()[:budget].decode(errors="ignore")  # whole characters
 
 
 def is_safe_dirname(name: str) -> bool:

@@ -172,6 +172,8 @@ class GridSweeper(BasicSweeper):
             planned.job_dir = planned.job_dir or self.job_dir_without_config(overrides)
             return planned
         job_dir = planned.job_dir
+        if not names.is_direct_child(job_dir, Path(self.config.hydra.sweep.dir)):
+            return planned  # not read: check_directories stops the sweep
         holder = rundir.lock_holder(job_dir)
         foreign = rundir.foreign_run(job_dir, planned.run_id)
         results = rundir.read_json(job_dir / rundir.RESULTS)
