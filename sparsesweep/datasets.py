@@ -238,3 +238,57 @@ FOLDER_DATASETS = ("imagenet",)  # their loaders return FolderSplits
 def reads_image_folders(dataset_cfg) -> bool:
     """Whether the dataset is read from image folders by DataLoader workers (not held in memory)."""
     return dataset_cfg.name in FOLDER_DATASETS
+
+
+# ---- what is missing on disk, and what fetches it -----------------------------------------------------------
+
+def missing_data(cfg) -> list[str]:
+    """One line per dataset of the run config `cfg` that is not on disk, naming the command or URL that
+    fetches it; [] when it is there, is generated, or dataset.download=true will fetch it. Reads no data: the
+    sweeper's plan (and a dry run) call it before anything trains."""
+    check = _MISSING.get(cfg.dataset.name)
+    line = check(cfg.dataset) if check else None
+    return [line] if line else []
+
+
+def _missing_cifar(cfg) -> str | None:
+    if cfg.download:
+        return None
+    source = {"cifar10": import_torchvision().datasets.CIFAR10,
+              "cifar100": import_torchvision().datasets.CIFAR100}[cfg.name]
+    folder = _data_root(cfg) / source.base_folder
+    if all((folder / name).is_file() for name, _ in source.train_list + source.test_list):
+        return None
+    return (f"{cfg.name}: not in {folder}: add dataset.download=true to fetch it there (from {source.url}), or set "
+            f"dataset.root=DIR to the folder holding {source.base_folder}/")
+
+
+def _missing_fashion_mnist(cfg) -> str | None:
+    names = [name for name, _ in import_torchvision().datasets.FashionMNIST.resources]
+    torchvision_raw = _data_root(cfg) / "FashionMNIST" / "raw"
+    if (cfg.download or all((Path(cfg.system_root) / name).is_file() for name in names)
+            or all((torchvision_raw / name.removesuffix(".gz")).is_file() for name in names)):
+        return None
+    return (f"fashion_mnist: neither in {cfg.system_root} nor in {torchvision_raw}: apt-get install "
+            f"dataset-fashion-mnist, or add dataset.download=true")
+
+
+def _missing_tinyimagenet(cfg) -> str | None:
+    base = _data_root(cfg) / "tiny-imagenet-200"
+    if cfg.download or all((base / name).is_file() for name in ("wnids.txt", "val/val_annotations.txt")):
+        return None
+    return (f"tinyimagenet: {base} is missing: add dataset.download=true to fetch {TINY_IMAGENET_URL} there, or "
+            f"unzip it into {base.parent}, or set dataset.root=DIR to the folder holding tiny-imagenet-200/")
+
+
+def _missing_imagenet(cfg) -> str | None:
+    root = _data_root(cfg)
+    if (root / "train").is_dir() and (root / "val").is_dir():
+        return None
+    return (f"imagenet: {root}/train and {root}/val are missing: download ILSVRC2012's training and validation "
+            f"images from image-net.org (it needs an account), extract them into {root}/train and {root}/val, one "
+            f"folder per class (sort val with the common valprep.sh), or set dataset.root=DIR to where they are")
+
+
+_MISSING = {"cifar10": _missing_cifar, "cifar100": _missing_cifar, "fashion_mnist": _missing_fashion_mnist,
+            "tinyimagenet": _missing_tinyimagenet, "imagenet": _missing_imagenet}

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import CONF, ROOT, SMOKE, cli, read_results, training_pid, wait_for
+from conftest import CONF, ROOT, SMOKE, cli, make_tiny_imagenet, read_results, training_pid, wait_for
 from sparsesweep import pack, rundir
 
 TIMINGS = {"time_s", "wall_time_s", "measure_time_s", "device_time_s", "overrides"}
@@ -44,7 +44,7 @@ def test_table1_lists_every_cell_of_the_paper_three_times(tmp_path):
     cells = Counter()
     for line in output.splitlines():
         if line.startswith("#"):
-            overrides = dict(o.split("=", 1) for o in line.split()[2:])
+            overrides = dict(o.split("=", 1) for o in line.split("  (")[0].split()[2:])  # without a reason
             kind = overrides.get("regularizer", "l2")
             cells[(kind, overrides["optimizer"], float(overrides[f"regularizer.{kind}"]), overrides["dataset"])] += 1
             assert overrides["seed"] in {"0", "1", "2"}
@@ -191,9 +191,11 @@ def test_a_job_whose_process_dies_is_reported_and_the_others_finish(tmp_path):
         victim = next(p for p in (sweep / ".submitit").iterdir() if p.name.isdigit())
         (job_pid,) = map(int, Path(f"/proc/{victim.name}/task/{victim.name}/children").read_text().split())
         os.kill(job_pid, signal.SIGKILL)  # e.g. the kernel's out-of-memory killer
-        assert launcher.wait(timeout=300) == 0
+        assert launcher.wait(timeout=300) == 1
     output = log.read_text()
     assert "All 3 jobs ended: " in output and "failed 1" in output and "completed 2" in output, output
+    assert "1 of 3 runs failed or could not start (#" in output.splitlines()[-1]
+    assert "(of a job whose process died: in the log named above)" in output.splitlines()[-1]
     assert len(read_results(sweep)) == 2
 
 
@@ -202,13 +204,77 @@ def test_a_sweep_with_a_typo_in_one_job_runs_the_others_and_says_why(tmp_path):
     sweep = tmp_path / "sweep"
     args = ["-m", *SMOKE, "optimizer=adam,adma", f"hydra.sweep.dir={sweep}"]
     code, output = cli("sparsesweep", *args, cwd=tmp_path)
-    assert code == 0, output
+    assert code == 1, output
     assert "1 new, 0 failed before (rerun), 1 invalid (not launched)" in output, output
     assert "In 'config': Could not find 'optimizer/adma'" in output
+    assert output.strip().splitlines()[-1].endswith(
+        f"1 of 2 runs failed or could not start (#1 +experiment=smoke,optimizer=adma): each one's error is in its "
+        f"directory's results.json and sparsesweep.log; all of them: python -m multirun_analysis status {sweep}")
     code, status = cli("multirun_analysis", "status", str(sweep), cwd=tmp_path)
     lines = {line.split()[0]: line for line in status.splitlines()[1:-1]}
     assert set(lines) == {"completed", "failed"} and "Could not find 'optimizer/adma'" in lines["failed"], status
 
     code, output = cli("sparsesweep", *args, cwd=tmp_path)  # the relaunch neither aborts nor redoes the valid run
-    assert code == 0 and "2 runs: 1 skipped (completed), 0 resumed, 0 new, 0 failed before (rerun), 1 invalid" \
+    assert code == 1 and "2 runs: 1 skipped (completed), 0 resumed, 0 new, 0 failed before (rerun), 1 invalid" \
         in output, output
+
+
+# ---- where a sweep's runs go, and what the sweep says --------------------------------------------------------
+
+TINY = [*SMOKE, "dataset=tinyimagenet", "dataset.resolution=16", "batch_size=20", "schedule.iterations_at_batch_size=null"]
+
+
+@pytest.mark.slow
+def test_runs_named_by_paths_stay_in_the_default_sweep_directory_which_the_same_command_finds_again(tmp_path):
+    work = tmp_path / "work"
+    work.mkdir()
+    make_tiny_imagenet(tmp_path / "up" / "a" / "b", per_class=8, val_per_class=4)
+    code, output = cli("sparsesweep", "-m", *TINY, "dataset.root=../up/a/b", "seed=1,2", cwd=work)
+    assert code == 0 and "\x1b[" not in output, output  # not a terminal: plain lines, a line per run
+    assert "ended (1/2): test error" in output and "ended (2/2): test error" in output, output
+    (sweep,) = (work / "multirun").iterdir()
+    assert sweep.name == "smoke,batch_size=20,dataset.resolution=16,dataset.root=..%2Fup%2Fa%2Fb," \
+                         "dataset=tinyimagenet,schedule.iterations_at_batch_size=null,seed=1,2"
+    runs = sorted(d.name for d in sweep.iterdir() if d.is_dir() and not d.name.startswith("."))
+    assert runs == [f"+experiment=smoke,batch_size=20,dataset.resolution=16,dataset.root=..%2Fup%2Fa%2Fb,"
+                    f"dataset=tinyimagenet,schedule.iterations_at_batch_size=null,seed={seed}" for seed in (1, 2)], runs
+    results = read_results(sweep)
+    assert len(results) == 2 and all(r["status"] == "completed" for r in results.values())
+
+    # Another order, a logger and launcher settings: the same sweep, found again
+    again = ["seed=1,2", "logger=csv", "dataset.root=../up/a/b", *TINY[::-1], "hydra.launcher.cpu_parallel=1",
+             "hydra.launcher.pack_size=2"]
+    code, output = cli("sparsesweep", "-m", *again, cwd=work)
+    assert code == 0 and f"Sweep multirun/{sweep.name}: 2 runs: 2 skipped (completed)" in output, output
+    code, output = cli("sparsesweep", "-m", *again, "hydra.sweeper.fresh=true", "hydra.sweeper.dry_run=true", cwd=work)
+    assert code == 0 and f"Sweep multirun/{sweep.name}@" in output and "2 runs: 0 skipped (completed), 0 resumed, " \
+        "2 new" in output, output
+    assert len(list((work / "multirun").iterdir())) == 1  # a dry run creates nothing
+
+
+@pytest.mark.slow
+def test_the_cards_command_verbatim_names_the_missing_dataset_and_trains_nothing(tmp_path, monkeypatch):
+    monkeypatch.setenv("SPARSESWEEP_DATA", str(tmp_path / "data"))
+    code, output = cli("sparsesweep", "-m", "optimizer=adam,sgd,adamax", "regularizer.l2=1e-4,1e-5", cwd=tmp_path)
+    sweep = "multirun/optimizer=adam,sgd,adamax,regularizer.l2=1e-4,1e-5"
+    assert code == 1 and f"Sweep {sweep}: 6 runs: 0 skipped (completed), 0 resumed, 0 new, 0 failed before " \
+        "(rerun), 6 without data (not launched)" in output, output
+    missing = [line for line in output.splitlines() if "Missing data: " in line]
+    assert len(missing) == 1 and "cifar10: not in " in missing[0] and "dataset.download=true" in missing[0] and \
+        "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz" in missing[0], output
+    assert output.strip().splitlines()[-1].endswith(f"status {sweep}") and "Launching" not in output
+    assert not list((tmp_path / sweep).rglob("checkpoint.pt"))
+    code, status = cli("multirun_analysis", "status", sweep, cwd=tmp_path)
+    assert status.splitlines()[-1] == "6 failed" and "dataset.download=true" in status, status
+
+
+@pytest.mark.slow
+def test_a_plan_whose_runs_would_share_or_leave_a_directory_launches_nothing(tmp_path):
+    for subdir, said in (("same", "Runs #0 (+experiment=smoke seed=1) and #1 (+experiment=smoke seed=2) would "
+                                  f"both train in {tmp_path / 'sweep' / 'same'}: nothing was launched"),
+                         ("../out", "Run #0 (+experiment=smoke seed=1) would train in"),
+                         ("x" * 300, "which is not a directory directly below the sweep directory")):
+        code, output = cli("sparsesweep", "-m", *SMOKE, "seed=1,2", f"hydra.sweep.dir={tmp_path / 'sweep'}",
+                           f"hydra.sweep.subdir={subdir}", cwd=tmp_path)
+        assert code == 2 and len(output.strip().splitlines()) == 1 and said in output, output
+        assert not (tmp_path / "sweep").exists() and not (tmp_path / "out").exists()

@@ -18,13 +18,12 @@ What they change is what a job is handed, and how jobs are grouped, started and 
 - SlurmArrayLauncher: one SLURM job array, a task per pack; waits for every task, or returns at once with
   wait=false.
 
-Both: a job that dies is reported with its log's path; the others go on. The console speaks per run.
+Both: a job that dies is reported with its log's path; the others go on. While they wait, the console shows
+the sweep live (_live.py: one display on a terminal, plain lines elsewhere).
 """
-from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import logging
 import math
 import os
@@ -32,9 +31,11 @@ import signal
 import sys
 import time
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+import submitit
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus, filter_overrides, run_job, setup_globals
@@ -44,55 +45,61 @@ from hydra_plugins.hydra_submitit_launcher.submitit_launcher import BaseSubmitit
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from omegaconf.errors import OmegaConfBaseException
 
-from sparsesweep import interrupts, rundir
+from hydra_plugins.sparsesweep_launcher._live import RunView, SweepView, outcome
+from hydra_plugins.sparsesweep_sweeper import _names as names
+from sparsesweep import interrupts
 
 log = logging.getLogger(__name__)
 
 POLL_S = 0.2
+SLURM_POLL_S = 5.0  # submitit asks SLURM (sacct) at most this often anyway
 STOP_TIMEOUT_S = 300  # how long a stopped sweep waits for its jobs to save their state
 # pack_size=auto on GPUs: at most this many runs per pack. Probes on an H100 (BasicNet, batch 40, one graph):
 # 1,328 aggregate steps/s at 8 runs, 1,338 at 16; fewer per pack keeps a relaunch's and a failure's unit small.
 AUTO_PACK_GPU = 8
 
 
-def outcome(job_return: JobReturn) -> tuple[str, str]:
-    """(status, one line) from the run's results.json, for following a sweep from the launcher's console."""
-    if job_return.status == JobStatus.FAILED:
-        return "failed", "the job's process died"
-    if isinstance(job_return.return_value, str):  # the job said why it did not train (sparsesweep.__main__)
-        return job_return.return_value.split(":", 1)[0], job_return.return_value
-    try:
-        results = json.loads((Path(job_return.hydra_cfg.hydra.runtime.output_dir) / rundir.RESULTS).read_text())
-    except (OSError, ValueError, AttributeError):
-        return "failed", "no results.json"
-    status = results.get("status", "unknown")
-    if status != "completed":
-        return status, f"{status}: {results.get('error', '')}".rstrip(": ")
-    gamma, activation = (results["sparsity"][k]["total_pct"] for k in ("by_gamma", "by_activation"))
-    return status, (f"test error {results['test_error']:.2f}%, sparsity by gamma {gamma:.1f}%, "
-                    f"by activation {activation:.1f}%")
+@dataclass
+class PlannedJob:
+    """One job as the launcher hands it over: its number in the sweep, its overrides, the config composed when
+    the sweep was launched (None: it did not compose; the job composes it and fails saying why), and Hydra's
+    singletons to restore in the job's process."""
+    number: int
+    overrides: list[str]
+    config: DictConfig | None = None
+    singleton_state: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def run_dir(self) -> Path | None:
+        if self.config is None:
+            return None
+        try:
+            return Path(str(self.config.hydra.sweep.dir)) / str(self.config.hydra.sweep.subdir)
+        except OmegaConfBaseException:
+            return None
 
 
-class PackCall:
+class PackCall(submitit.helpers.Checkpointable):
     """The job body of a pack: several Hydra jobs set up as _QueueingLauncher.__call__ sets up one, then
     trained together in this process (sparsesweep.jobs.train_jobs, each run logging to its own directory);
-    returns their JobReturns. On preemption or timeout it requeues itself, and each run resumes from its own
-    checkpoint."""
+    returns their JobReturns. On preemption or timeout, Checkpointable requeues the same call, and each run
+    resumes from its own checkpoint."""
 
     def __init__(self, launcher: "_QueueingLauncher"):
         self.launcher = launcher
 
-    def __call__(self, pack: list[tuple]) -> list[JobReturn]:
+    def __call__(self, pack: list[PlannedJob]) -> list[JobReturn]:
         from sparsesweep import jobs
 
-        Singleton.set_state(pack[0][4])
+        Singleton.set_state(pack[0].singleton_state)
         setup_globals()
         if not logging.getLogger().handlers:
             # stdout: stderr keeps only what went wrong, the last line of which names a dead pack's cause
             logging.basicConfig(level=logging.INFO, format=jobs.LOG_FORMAT, stream=sys.stdout)
         members, returns = [], []
-        for overrides, _, number, _, _, planned in pack:
-            config = self.launcher.job_config(overrides, planned, number)
+        for job in pack:
+            overrides, number = job.overrides, job.number
+            config = self.launcher.job_config(job)
             HydraConfig.instance().set_config(config)
             with read_write(config.hydra.runtime), open_dict(config.hydra.runtime):
                 config.hydra.runtime.output_dir = os.path.abspath(
@@ -106,11 +113,6 @@ class PackCall:
         for job_return, said in zip(returns, jobs.train_jobs(members, in_sweep=True, own_logs=True)):
             job_return.status, job_return._return_value = JobStatus.COMPLETED, said
         return returns
-
-    def checkpoint(self, *args, **kwargs):
-        import submitit
-
-        return submitit.helpers.DelayedSubmission(self, *args, **kwargs)
 
 
 class _QueueingLauncher(BaseSubmititLauncher):
@@ -135,31 +137,29 @@ class _QueueingLauncher(BaseSubmititLauncher):
                       "pack_size=8", shown)
             sys.exit(2)
 
-    def __call__(self, sweep_overrides: list[str], job_dir_key: str, job_num: int, job_id: str,
-                 singleton_state: dict, planned: DictConfig | None = None) -> JobReturn:
-        """BaseSubmititLauncher's job body, on the job's planned config (see job_config)."""
-        Singleton.set_state(singleton_state)
+    def __call__(self, job: PlannedJob) -> JobReturn:
+        """BaseSubmititLauncher's job body (whose checkpoint() requeues it), on the job's planned config."""
+        Singleton.set_state(job.singleton_state)
         setup_globals()
-        config = self.job_config(sweep_overrides, planned, job_num)
-        return run_job(hydra_context=self.hydra_context, task_function=self.task_function, config=config,
-                       job_dir_key=job_dir_key, job_subdir_key="hydra.sweep.subdir")
+        return run_job(hydra_context=self.hydra_context, task_function=self.task_function,
+                       config=self.job_config(job), job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
 
-    def job_config(self, overrides: list[str], planned: DictConfig | None, number: int) -> DictConfig:
-        """In the job: a copy of the config composed at launch (planned: a requeued job is handed it again, as
-        it was), or one that did not compose then composed here (failing in its own job, saying why), with
-        this job's id and number."""
-        import submitit
-
-        config = copy.deepcopy(planned) if planned is not None else self.compose(overrides)
+    def job_config(self, job: PlannedJob) -> DictConfig:
+        """In the job: a copy of the config composed at launch (a requeued job is handed it again, as it was),
+        or for one that did not compose then, composed here (failing in its own job, saying why), with this
+        job's id and number."""
+        config = copy.deepcopy(job.config) if job.config is not None else self.compose(job.overrides)
         with open_dict(config.hydra.job):
             config.hydra.job.id = submitit.JobEnvironment().job_id
-            config.hydra.job.num = number
+            config.hydra.job.num = job.number
         return config
 
     def compose(self, overrides: list[str]) -> DictConfig:
-        return self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+        config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+        names.pin_sweep_dir(config, self.config.hydra.sweep.dir)  # the sweep's, not one named by this job
+        return config
 
-    def plan(self, job_overrides, initial_job_idx: int) -> list[tuple[int, list, DictConfig | None]]:
+    def plan(self, job_overrides, initial_job_idx: int) -> list[PlannedJob]:
         """Every job numbered, with its config as the sweeper composed it, else composed now (None: it does
         not compose)."""
         jobs = []
@@ -170,15 +170,11 @@ class _QueueingLauncher(BaseSubmititLauncher):
                     config = self.compose(overrides)
                 except (HydraException, OmegaConfBaseException, ValueError):
                     config = None
-            jobs.append((number, overrides, config))
+            jobs.append(PlannedJob(number, overrides, config, Singleton.get_state()))
+            log.info("\t#%d : %s", number, " ".join(filter_overrides(overrides)))
         return jobs
 
-    def job_args(self, number: int, overrides: list, planned: DictConfig | None) -> tuple:
-        """The arguments of __call__ for job `number`."""
-        log.info("\t#%d : %s", number, " ".join(filter_overrides(overrides)))
-        return overrides, "hydra.sweep.dir", number, f"job_id_for_{number}", Singleton.get_state(), planned
-
-    def packs(self, job_overrides, initial_job_idx: int, slots: int, gpus: bool) -> list[list[tuple]]:
+    def packs(self, job_overrides, initial_job_idx: int, slots: int, gpus: bool) -> list[list[PlannedJob]]:
         """The planned jobs grouped into packs of at most pack_size runs that may share one (pack_key)."""
         numbered = self.plan(job_overrides, initial_job_idx)
         size = self.params["pack_size"]
@@ -186,31 +182,30 @@ class _QueueingLauncher(BaseSubmititLauncher):
             return [[job] for job in numbered]
         from sparsesweep.pack import pack_key
 
-        groups: dict[str, list] = {}
-        for number, overrides, config in numbered:
-            key = f"#{number}"  # alone: a config that does not compose or resolve fails in its own job, saying why
-            if config is not None:
+        groups: dict[str, list[PlannedJob]] = {}
+        for job in numbered:
+            key = f"#{job.number}"  # alone: a config that does not compose or resolve fails in its own job, saying why
+            if job.config is not None:
                 with contextlib.suppress(OmegaConfBaseException, ValueError):
-                    key = pack_key(config)
-            groups.setdefault(key, []).append((number, overrides, config))
+                    key = pack_key(job.config)
+            groups.setdefault(key, []).append(job)
         packs = []
         for group in groups.values():
             k = size if size != "auto" else min(AUTO_PACK_GPU, math.ceil(len(group) / slots))
             packs += [group[i:i + k] for i in range(0, len(group), k)]
-        packs.sort(key=lambda pack: pack[0][0])
+        packs.sort(key=lambda pack: pack[0].number)
         if any(len(pack) > 1 for pack in packs):
             log.info("%d runs in %d pack%s (%s runs each)", len(numbered), len(packs), "s" * (len(packs) > 1),
                      ", ".join(str(n) for n in sorted({len(pack) for pack in packs})))
         return packs
 
-    def body(self, pack: list[tuple]) -> tuple:
-        """(callable, its arguments) of one pack's job: a plain Hydra job for a pack of one."""
-        args = [self.job_args(*job) for job in pack]
-        return (self, args[0]) if len(pack) == 1 else (PackCall(self), (args,))
+    def body(self, pack: list[PlannedJob]) -> tuple:
+        """(callable, its argument) of one pack's job: a plain Hydra job for a pack of one."""
+        return (self, pack[0]) if len(pack) == 1 else (PackCall(self), pack)
 
     @staticmethod
-    def collect(pack: list[tuple], job) -> dict[int, JobReturn]:
-        numbers = [number for number, _, _ in pack]
+    def collect(pack: list[PlannedJob], job) -> dict[int, JobReturn]:
+        numbers = [planned.number for planned in pack]
         try:
             result = job.results()[0]
             return dict(zip(numbers, result if isinstance(result, list) else [result]))
@@ -218,10 +213,22 @@ class _QueueingLauncher(BaseSubmititLauncher):
             last_line = (str(error).strip().splitlines() or ["no message"])[-1]
             log.error("%s failed (job %s): %s  (log: %s)", ", ".join(f"#{n}" for n in numbers), job.job_id,
                       last_line, job.paths.stderr)
-            failed = JobReturn()
-            failed.status = JobStatus.FAILED
-            failed._return_value = error
-            return {number: failed for number in numbers}
+            returns = {}
+            for planned in pack:
+                returns[planned.number] = failed = JobReturn(overrides=list(planned.overrides))
+                failed.status = JobStatus.FAILED
+                failed._return_value = error
+            return returns
+
+    @staticmethod
+    def view(packs: list[list[PlannedJob]], **settings) -> SweepView:
+        return SweepView([RunView(job.number, " ".join(filter_overrides(job.overrides)), job.run_dir)
+                          for pack in packs for job in pack], **settings)
+
+    def ended(self, view: SweepView, pack: list[PlannedJob], job, returns: dict[int, JobReturn]) -> None:
+        for number, job_return in self.collect(pack, job).items():
+            returns[number] = job_return
+            view.ended(number, *outcome(job_return))
 
     @staticmethod
     def report(returns: dict[int, JobReturn]) -> list[JobReturn]:
@@ -252,8 +259,6 @@ class LocalPoolLauncher(_QueueingLauncher):
         return [None] * parallel
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        import submitit
-
         sweep_dir = self.prepare_sweep_dir()
         executor = submitit.LocalExecutor(folder=self.params["submitit_folder"],
                                           max_num_timeout=self.params["max_num_timeout"])
@@ -266,19 +271,18 @@ class LocalPoolLauncher(_QueueingLauncher):
         running: dict[int, tuple[list, object]] = {}  # slot -> (pack, job)
         returns: dict[int, JobReturn] = {}
         try:
-            with stop_on(signal.SIGTERM):
+            with stop_on(signal.SIGTERM), self.view(queue) as view:
                 while queue or running:
                     for slot in [s for s in range(len(slots)) if s not in running][:len(queue)]:
                         pack = queue.pop(0)
                         running[slot] = (pack, self.submit(executor, slots[slot], *self.body(pack)))
+                        view.started(job.number for job in pack)
                     time.sleep(POLL_S)
                     for slot, (pack, job) in list(running.items()):
                         if job.done():
                             del running[slot]
-                            for number, job_return in self.collect(pack, job).items():
-                                returns[number] = job_return
-                                log.info("#%d ended (%d/%d): %s", number, len(returns), len(job_overrides),
-                                         outcome(job_return)[1])
+                            self.ended(view, pack, job, returns)
+                    view.poll()
         except KeyboardInterrupt:
             self.stop([job for _, job in running.values()], runs=sum(len(pack) for pack, _ in running.values()),
                       queued=sum(len(pack) for pack in queue), sweep_dir=sweep_dir)
@@ -298,7 +302,7 @@ class LocalPoolLauncher(_QueueingLauncher):
                     "command again with hydra.sweep.dir=%s", runs, queued, sweep_dir)
         sys.exit(130)
 
-    def submit(self, executor, gpu: int | None, body, args: tuple):
+    def submit(self, executor, gpu: int | None, body, argument):
         executor.update_parameters(timeout_min=self.params["timeout_min"], gpus_per_node=0 if gpu is None else 1,
                                    visible_gpus=() if gpu is None else (gpu,))
         # The job's process inherits the environment at submission: its threads, and who launched it, so
@@ -313,7 +317,7 @@ class LocalPoolLauncher(_QueueingLauncher):
         # installs its own handler, the launcher stops the controllers itself.
         sigint = signal.signal(signal.SIGINT, signal.SIG_IGN)
         try:
-            return executor.submit(body, *args)
+            return executor.submit(body, argument)
         finally:
             signal.signal(signal.SIGINT, sigint)
             for key, value in saved.items():
@@ -339,8 +343,6 @@ class SlurmArrayLauncher(_QueueingLauncher):
 
     def executor(self):
         """A submitit SLURM executor from this launcher's parameters (as the stock launcher builds it)."""
-        import submitit
-
         executor = submitit.AutoExecutor(cluster="slurm", folder=self.params["submitit_folder"],
                                          slurm_max_num_timeout=self.params["max_num_timeout"])
         shared = set(OmegaConf.structured(BaseQueueConf).keys())
@@ -352,16 +354,24 @@ class SlurmArrayLauncher(_QueueingLauncher):
         sweep_dir = self.prepare_sweep_dir()
         packs = self.packs(job_overrides, initial_job_idx, self.params["array_parallelism"],
                            gpus=bool(self.params["gpus_per_node"]))
+        submitted_at = time.time()
         if all(len(pack) == 1 for pack in packs):
-            jobs = self.executor().map_array(self, *zip(*(self.job_args(*pack[0]) for pack in packs)))
+            jobs = self.executor().map_array(self, [pack[0] for pack in packs])
         else:  # one function for the whole array: PackCall, packs of one included
-            jobs = self.executor().map_array(PackCall(self), [[self.job_args(*job) for job in pack] for pack in packs])
+            jobs = self.executor().map_array(PackCall(self), packs)
         log.info("Submitted SLURM array %s: %d tasks for %d runs, output in %s; follow it with: "
                  "python -m multirun_analysis status %s", jobs[0].job_id.split("_")[0], len(jobs), len(job_overrides),
                  sweep_dir, sweep_dir)
         if not self.params["wait"]:
             return []
-        returns = {}
-        for pack, job in zip(packs, jobs):
-            returns.update(self.collect(pack, job))
+        returns: dict[int, JobReturn] = {}
+        waiting = list(zip(packs, jobs))
+        with self.view(packs, since=submitted_at) as view:  # running: its progress.json written since
+            while waiting:
+                for pack, job in [(pack, job) for pack, job in waiting if job.done()]:
+                    waiting.remove((pack, job))
+                    self.ended(view, pack, job, returns)
+                view.poll()
+                if waiting:
+                    time.sleep(SLURM_POLL_S)
         return self.report(returns)

@@ -15,17 +15,27 @@ Before launching anything, every planned run's config is composed and checked, a
   resumed   this run's checkpoint is there: the trainer resumes from it
   failed    failed before: run again;  new: nothing there yet
   invalid   its config does not compose or fails the checks: not launched, recorded as failed with the reason
+  no data   its dataset is missing on disk (sparsesweep.datasets.missing_data): not launched, recorded as failed
   duplicate the same identity as an earlier grid point: runs once
   running   another live process holds the directory's lock: not launched twice
   conflict  the directory holds another config's run (e.g. a default changed since): the sweep stops and
             lists them, or with hydra.sweeper.on_conflict=move_aside moves them to SWEEP/.superseded/
-`hydra.sweeper.dry_run=true` lists the runs and launches nothing.
+`hydra.sweeper.dry_run=true` lists the runs (and the missing datasets, with what fetches each) and launches
+nothing. A plan in which a run's directory would not be a direct child of the sweep directory, or two runs
+would share one, stops before anything is launched (exit 2).
+
+The sweep directory defaults to one named by the command (_names.py), so that the same command again finds its
+runs; hydra.sweeper.fresh=true starts a new one beside it. Exit status: 0 when every run completed (or
+diverged: a result), 1 when a run failed, was invalid or had no data (the last line says which and where their
+errors are), 2 for a bad option or a plan that cannot run, 130 when stopped (the local launcher).
 """
 
 import itertools
+import json
 import logging
 import os
 import sys
+import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,15 +43,18 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from hydra.core.config_store import ConfigStore
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.core.utils import JobReturn
+from hydra.core.utils import JobReturn, JobStatus
 from hydra.errors import HydraException
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from omegaconf.errors import OmegaConfBaseException
 
 import rundir_format
+from hydra_plugins.sparsesweep_launcher._live import outcome
+from hydra_plugins.sparsesweep_sweeper import _names as names
 from sparsesweep import rundir
-from sparsesweep.hydra_compat import BasicSweeper, get_overrides_dirname
+from sparsesweep.datasets import missing_data
 from sparsesweep.errors import ConfigError
+from sparsesweep.hydra_compat import BasicSweeper
 from sparsesweep.validate import check_config
 
 log = logging.getLogger(__name__)
@@ -57,6 +70,8 @@ class GridSweeperConf:
     # A run directory holding another config's run: stop (list them, launch nothing) or move_aside (to
     # SWEEP/.superseded/, never deleted).
     on_conflict: str = "stop"
+    # true: a new sweep directory (the default one with @DATE_TIME appended) instead of finding the runs again
+    fresh: bool = False
 
 
 ConfigStore.instance().store(group="hydra/sweeper", name="grid", node=GridSweeperConf, provider="sparsesweep")
@@ -81,8 +96,11 @@ def expand_rows(grid) -> List[List[str]]:
 
 # What the sweep does with each planned run, and how it is counted.
 KINDS = {"skipped": "skipped (completed)", "resumed": "resumed", "new": "new", "failed": "failed before (rerun)",
-         "invalid": "invalid (not launched)", "duplicate": "duplicates (not launched)",
-         "running": "running elsewhere (not launched)", "conflict": "conflicts"}
+         "invalid": "invalid (not launched)", "nodata": "without data (not launched)",
+         "duplicate": "duplicates (not launched)", "running": "running elsewhere (not launched)",
+         "conflict": "conflicts"}
+TO_TRAIN = ("resumed", "new", "failed")
+NOT_LAUNCHED_ERRORS = ("invalid", "nodata")  # recorded as failed: the sweep exits 1
 SUPERSEDED = rundir_format.SUPERSEDED
 
 
@@ -99,14 +117,30 @@ class PlannedRun:
     foreign: Optional[dict] = None  # for a conflict: the identity the directory records
 
 
+def stop_with(message: str, *args) -> None:
+    """A bad option or a plan that cannot run: one line, exit 2, nothing launched."""
+    log.error(message, *args)
+    sys.exit(2)
+
+
 class GridSweeper(BasicSweeper):
-    def __init__(self, max_batch_size=None, params=None, grid=None, dry_run=False, on_conflict="stop") -> None:
+    def __init__(self, max_batch_size=None, params=None, grid=None, dry_run=False, on_conflict="stop",
+                 fresh=False) -> None:
+        if on_conflict not in ("stop", "move_aside"):
+            stop_with("hydra.sweeper.on_conflict=%s: use stop or move_aside", on_conflict)
         super().__init__(max_batch_size=max_batch_size, params=params)
         self.grid = OmegaConf.to_container(grid) if OmegaConf.is_config(grid) else grid
-        self.dry_run = dry_run
-        if on_conflict not in ("stop", "move_aside"):
-            raise HydraException(f"hydra.sweeper.on_conflict={on_conflict}: use stop or move_aside")
-        self.on_conflict = on_conflict
+        self.dry_run, self.fresh, self.on_conflict = dry_run, fresh, on_conflict
+
+    def setup(self, *, hydra_context, task_function, config: DictConfig) -> None:
+        """Fixes the sweep directory before the launcher reads it: the default one is computed from the command's
+        overrides, which each job's config replaces with its own (_names.pin_sweep_dir)."""
+        sweep_dir = str(config.hydra.sweep.dir)
+        if self.fresh:
+            sweep_dir += time.strftime("@%Y-%m-%d_%H-%M-%S")
+        with read_write(config.hydra), open_dict(config.hydra):
+            config.hydra.sweep.dir = sweep_dir
+        super().setup(hydra_context=hydra_context, task_function=task_function, config=config)
 
     def plan(self, arguments: List[str]) -> List[List[str]]:
         """Every run's override list."""
@@ -128,6 +162,7 @@ class GridSweeper(BasicSweeper):
         planned = PlannedRun(number, overrides)
         try:
             config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+            names.pin_sweep_dir(config, self.config.hydra.sweep.dir)
             planned.job_dir = Path(config.hydra.sweep.dir) / str(config.hydra.sweep.subdir)
             check_config(config)
             planned.run_id, planned.config = rundir.run_identity(config), rundir.run_config(config)
@@ -137,6 +172,8 @@ class GridSweeper(BasicSweeper):
             planned.job_dir = planned.job_dir or self.job_dir_without_config(overrides)
             return planned
         job_dir = planned.job_dir
+        if not names.is_direct_child(job_dir, Path(self.config.hydra.sweep.dir)):
+            return planned  # not read: check_directories stops the sweep
         holder = rundir.lock_holder(job_dir)
         foreign = rundir.foreign_run(job_dir, planned.run_id)
         results = rundir.read_json(job_dir / rundir.RESULTS)
@@ -156,33 +193,55 @@ class GridSweeper(BasicSweeper):
         """Where a run whose config does not compose would have gone: known when runs are named by their
         overrides (the default hydra.sweep.subdir)."""
         sweep = OmegaConf.to_container(self.config.hydra.sweep, resolve=False)
-        if sweep["subdir"] != "${hydra.job.override_dirname}":
+        if sweep["subdir"] != DEFAULT_SUBDIR:
             return None
-        parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
         naming = self.config.hydra.job.config.override_dirname
-        name = get_overrides_dirname(parser.parse_overrides(list(overrides)), kv_sep=naming.kv_sep,
-                                     item_sep=naming.item_sep, exclude_keys=naming.exclude_keys)
+        try:
+            name = names.run_dirname(overrides, exclude_keys=naming.exclude_keys, item_sep=naming.item_sep,
+                                     kv_sep=naming.kv_sep)
+        except HydraException:  # an override that does not even parse
+            return None
         return Path(str(self.config.hydra.sweep.dir)) / name
 
+    def check_data(self, planned: List[PlannedRun]) -> List[str]:
+        """Marks the runs to train whose dataset is missing on disk (no data: not launched); returns one line
+        per missing dataset, with what fetches it."""
+        lines: Dict[str, List[str]] = {}  # by dataset config: checked once however many runs use it
+        for run in planned:
+            if run.kind in TO_TRAIN and run.composed is not None:
+                key = json.dumps(run.config.get("dataset"), sort_keys=True, default=str)
+                if key not in lines:
+                    lines[key] = missing_data(run.composed)
+                if lines[key]:
+                    run.kind, run.reason = "nodata", lines[key][0]
+        return list(dict.fromkeys(line for found in lines.values() for line in found))
+
     def sweep(self, arguments: List[str]) -> Any:
-        runs = self.plan(arguments)
+        try:
+            runs = self.plan(arguments)
+        except HydraException as error:  # a grid row that does not parse, a key set in two places
+            stop_with("%s", first_line(error))
         sweep_dir = Path(self.config.hydra.sweep.dir)
         if len(runs) > 20:
             log.info("Composing and checking the configs of %d runs ...", len(runs))
         planned = [self.inspect(number, run) for number, run in enumerate(runs)]
+        check_directories(planned, sweep_dir)
         first_of = {}
         for run in planned:
             if run.run_id in first_of and run.kind != "invalid":
                 run.kind, run.reason = "duplicate", f"the same run as #{first_of[run.run_id]}: runs once"
             first_of.setdefault(run.run_id, run.number)
+        missing = self.check_data(planned)
         counts = Counter(run.kind for run in planned)
         log.info("Sweep %s: %d runs: %s", sweep_dir, len(runs),
                  ", ".join(f"{counts[kind]} {label}" for kind, label in KINDS.items() if counts[kind] or kind in
                            ("skipped", "resumed", "new", "failed")))
+        for line in missing:
+            log.error("Missing data: %s", line)
         if self.dry_run:
             for run in planned:
-                print(f"#{run.number:<4} {run.kind:9} {' '.join(run.overrides)}"
-                      + (f"  ({run.reason})" if run.reason else ""))
+                reason = "its data is missing: above" if run.kind == "nodata" else run.reason
+                print(f"#{run.number:<4} {run.kind:9} {' '.join(run.overrides)}" + (f"  ({reason})" if reason else ""))
             print(f"{len(runs)} runs")
             return []
         conflicts = [run for run in planned if run.kind == "conflict"]
@@ -203,11 +262,11 @@ class GridSweeper(BasicSweeper):
         for run in planned:
             if run.kind in ("invalid", "duplicate", "running"):
                 log.warning("#%d %s: %s  (%s)", run.number, KINDS[run.kind], run.reason, " ".join(run.overrides))
-            if run.kind == "invalid":
+            if run.kind in NOT_LAUNCHED_ERRORS:
                 record_invalid(run)
-        todo = [run.overrides for run in planned if run.kind in ("resumed", "new", "failed")]
+        todo = [run.overrides for run in planned if run.kind in TO_TRAIN]
         if not todo:
-            return []
+            return self.finish(planned, [], sweep_dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         rundir.write_atomic(sweep_dir / rundir_format.MULTIRUN, OmegaConf.to_yaml(self.config).encode())
         # The whole plan, for `python -m multirun_analysis status` to tell which runs are still missing.
@@ -222,7 +281,55 @@ class GridSweeper(BasicSweeper):
             batch = self.get_job_batch()
             returns.append(self.launcher.launch(batch, initial_job_idx=initial_job_idx))
             initial_job_idx += len(batch)
-        return returns
+        return self.finish(planned, returns, sweep_dir)
+
+    def finish(self, planned: List[PlannedRun], returns: List[Sequence[JobReturn]], sweep_dir: Path) -> Any:
+        """The sweep's last line and exit status: 0 when no run failed (a diverged run is a result; runs
+        submitted without waiting are not known yet), else 1, naming the runs and where their errors are."""
+        by_overrides = {tuple(run.overrides): run for run in planned}
+        failed = [run for run in planned if run.kind in NOT_LAUNCHED_ERRORS]
+        ended, died = Counter(), False
+        for job_return in (r for batch in returns for r in batch):
+            status = outcome(job_return)[0]
+            ended[status] += 1
+            died |= job_return.status == JobStatus.FAILED
+            run = by_overrides.get(tuple(job_return.overrides or ()))
+            if status == "failed" and run is not None:
+                failed.append(run)
+        if not failed:
+            if ended:
+                log.info("Sweep %s: %s", sweep_dir, ", ".join(f"{n} {status}" for status, n in ended.items()))
+            return returns
+        failed.sort(key=lambda run: run.number)
+        shown = ", ".join(f"#{run.number} {run.job_dir.name if run.job_dir else ' '.join(run.overrides)}"
+                          for run in failed[:3]) + (", ..." if len(failed) > 3 else "")
+        log.error("Sweep %s: %d of %d runs failed or could not start (%s): each one's error is in its directory's "
+                  "%s and %s%s; all of them: python -m multirun_analysis status %s", sweep_dir, len(failed),
+                  len(planned), shown, rundir.RESULTS, rundir_format.LOG,
+                  " (of a job whose process died: in the log named above)" if died else "", sweep_dir)
+        sys.exit(1)
+
+
+DEFAULT_SUBDIR = "${sparsesweep.run_dirname:${hydra.job.override_dirname}}"
+
+
+def check_directories(planned: List[PlannedRun], sweep_dir: Path) -> None:
+    """Stops (exit 2) unless every run's directory is a direct child of the sweep directory, and its own."""
+    for run in planned:
+        if run.job_dir is not None and not names.is_direct_child(run.job_dir, sweep_dir):
+            stop_with("Run #%d (%s) would train in %s, which is not a directory directly below the sweep "
+                      "directory %s: set hydra.sweep.subdir to a single name per run (the default, %s, always "
+                      "is one)", run.number, " ".join(run.overrides), run.job_dir, sweep_dir, DEFAULT_SUBDIR)
+    first_in: Dict[Path, PlannedRun] = {}
+    for run in planned:
+        if run.job_dir is None:
+            continue
+        other = first_in.setdefault(run.job_dir, run)
+        if other is not run and (run.run_id is None or run.run_id != other.run_id):
+            stop_with("Runs #%d (%s) and #%d (%s) would both train in %s: nothing was launched; make the two "
+                      "differ in a key that names the directory (not a logger setting), or set "
+                      "hydra.sweep.subdir", other.number, " ".join(other.overrides), run.number,
+                      " ".join(run.overrides), run.job_dir)
 
 
 def first_line(error: Exception) -> str:
