@@ -65,14 +65,9 @@ def sizes(dry_run: bool, data: str) -> dict:
 
 
 def cifar10_on_disk() -> bool:
-    from sparsesweep.datasets import load_dataset
-    from sparsesweep.errors import ConfigError
+    from sparsesweep.datasets import missing_data
 
-    try:
-        load_dataset(compose_config(["dataset=cifar10"]).dataset)
-    except (ConfigError, OSError):
-        return False
-    return True
+    return not missing_data(compose_config(["dataset=cifar10"]))
 
 
 def dataset_overrides(size: dict) -> list[str]:

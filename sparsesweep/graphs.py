@@ -46,6 +46,8 @@ def why_not_capturable_config(cfg) -> str | None:
     """Why a run of this config cannot be captured, as far as its config says (one line), or None."""
     if setting(cfg) == "off":
         return "performance.cuda_graph=off"
+    if cfg.device == "cpu":
+        return "device=cpu"
     if cfg.performance.compile:
         return "performance.compile=true (torch.compile makes its own graphs)"
     if reads_image_folders(cfg.dataset):

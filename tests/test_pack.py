@@ -198,7 +198,8 @@ def test_on_a_gpu_the_graph_path_is_checked_and_agrees_with_eager_steps(make_con
 def test_a_run_that_fails_in_a_pack_is_on_record_at_once_and_stays_so_if_the_pack_is_killed_later(tmp_path):
     # The csv logger's file cannot be written: that run fails at its first epoch's end, the other trains on.
     grid = "hydra.sweeper.grid=[{optimizer:adam},{optimizer:sgd,logger:csv,logger.csv.file:nodir/x.csv}]"
-    common = [*SMOKE, "schedule.base_epochs=30", grid, "hydra.launcher.pack_size=2", "hydra.launcher.cpu_parallel=1",
+    common = [*SMOKE, "schedule.base_epochs=30", "checkpoint_interval_min=0", grid, "hydra.launcher.pack_size=2",
+              "hydra.launcher.cpu_parallel=1",
               f"hydra.sweep.dir={tmp_path / 'sweep'}"]
     sweep = subprocess.Popen([sys.executable, "-m", "sparsesweep", "-m", *common], cwd=tmp_path,
                              env={**os.environ, "PYTHONPATH": str(ROOT)}, text=True, stdout=subprocess.PIPE,

@@ -213,10 +213,10 @@ def test_the_preemption_signal_saves_the_step_then_hands_over_to_submitit(make_c
 @pytest.mark.parametrize("damage", ["truncated", "garbage", "both"])
 def test_a_corrupt_checkpoint_falls_back_to_the_previous_one_with_a_named_message(make_config, tmp_path,
                                                                                 monkeypatch, caplog, damage):
-    cfg = make_config(SMOKE + ["seed=3", "optimizer=sgd"])
+    cfg = make_config(SMOKE + ["seed=3", "optimizer=sgd", "checkpoint_interval_min=0"])  # one after every step
     pack.train(cfg, tmp_path / "straight")
     run_dir = tmp_path / "damaged"
-    signal_at_step(monkeypatch, 25, signal.SIGTERM)  # latest: step 25; previous: the end of epoch 1 (step 20)
+    signal_at_step(monkeypatch, 25, signal.SIGTERM)  # latest: step 25; previous: step 24 (epoch 1 done)
     with pytest.raises(interrupts.Interrupted):
         pack.train(cfg, run_dir)
     monkeypatch.undo()
@@ -234,7 +234,7 @@ def test_a_corrupt_checkpoint_falls_back_to_the_previous_one_with_a_named_messag
         assert len(warnings) == 2 and "starting afresh" in warnings[1] and "checkpoint.prev.pt" in warnings[1]
     else:
         assert len(warnings) == 1 and "resuming from checkpoint.prev.pt" in warnings[0]
-        assert "resuming from " + str(previous) + ": epoch 1, step 20" in caplog.text
+        assert "resuming from " + str(previous) + ": epoch 1, step 24" in caplog.text
     assert str(latest) in warnings[0] and "weights_only" not in warnings[0]
     aside = sorted(run_dir.glob("checkpoint.pt.corrupt-*"))
     assert len(aside) == 1 and aside[0].read_bytes() != content  # moved aside, not deleted
@@ -304,7 +304,7 @@ def test_jobs_stop_when_their_launcher_dies_or_is_interrupted_and_a_relaunch_res
     sweep = tmp_path / "sweep"
     args = ["-m", *SMOKE, *LONG, "seed=1,2", f"hydra.sweep.dir={sweep}", "hydra.launcher.cpu_parallel=2"]
     launcher = start(*args, cwd=tmp_path)
-    wait_for(lambda: len(list(sweep.rglob("checkpoint.pt"))) == 2)
+    wait_for(lambda: len(list(sweep.rglob("metrics.jsonl"))) == 2)  # both are past their first epoch
     jobs = [job for controller in children(launcher.pid) for job in children(controller)]
     assert len(jobs) == 2
     for job in jobs:  # frozen mid-run, so that neither can finish first on a fast machine

@@ -87,7 +87,7 @@ def test_a_preempted_job_is_requeued_and_resumes_from_its_checkpoint(tmp_path, m
     sweep = tmp_path / "sweep"
     overrides = ["optimizer=sgd", "schedule.base_epochs=60"]
     launcher = start_sweep(*SMOKE, *overrides, f"hydra.sweep.dir={sweep}", cwd=tmp_path)
-    wait_for(lambda: list(sweep.rglob("checkpoint.pt")))
+    wait_for(lambda: list(sweep.rglob("metrics.jsonl")))  # past its first epoch; no checkpoint until the signal
     # Preemption as SLURM delivers it (--signal=USR2): the signal reaches the process running the job, whose
     # submitit handler checkpoints and requeues it. (LocalJob._interrupt() signals the local controller
     # process instead, which has no handler for it in submitit 1.5 and just dies.) The controller's pid is
@@ -116,13 +116,14 @@ def test_the_slurm_launcher_submits_one_array_with_the_configured_resources(tmp_
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PATH": f"{fake_bin}:{os.environ['PATH']}",
            "SBATCH_SCRIPT_COPY": str(script)}
     done = subprocess.run(
-        [sys.executable, "-m", "sparsesweep", "-m", "optimizer=adam,sgd,adamax", *SMOKE, f"hydra.sweep.dir={tmp_path}/s",
+        [sys.executable, "-m", "sparsesweep", "-m", "optimizer=adam,sgd,adamax", *SMOKE, "device=auto", f"hydra.sweep.dir={tmp_path}/s",
          "hydra/launcher=slurm", "hydra.launcher.partition=gpu", "hydra.launcher.account=lab", "hydra.launcher.qos=high",
          "hydra.launcher.timeout_min=90", "hydra.launcher.gres=gpu:1", "hydra.launcher.array_parallelism=2",
          "hydra.launcher.wait=false", "hydra.launcher.setup=[module load cuda]"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
-    # With GPUs, pack_size=auto packs the 3 runs (which may share a pack) over the 2 tasks allowed at once.
+    # With GPUs, pack_size=auto packs the 3 runs (which may share a pack and a graph: device=auto) over the 2 tasks
+    # allowed at once.
     assert "Submitted SLURM array 4242: 2 tasks for 3 runs" in done.stdout + done.stderr
     lines = script.read_text().splitlines()
     for expected in ("#SBATCH --partition=gpu", "#SBATCH --account=lab", "#SBATCH --qos=high", "#SBATCH --time=90",

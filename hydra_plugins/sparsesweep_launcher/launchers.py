@@ -110,7 +110,9 @@ class PackCall(submitit.helpers.Checkpointable):
             members.append(jobs.Job(task, config.hydra, number))
             returns.append(JobReturn(overrides=list(overrides), cfg=task, hydra_cfg=OmegaConf.masked_copy(config, "hydra"),
                                      working_dir=os.getcwd(), task_name=config.hydra.job.name))
-        for job_return, said in zip(returns, jobs.train_jobs(members, in_sweep=True, own_logs=True)):
+        apart = self.launcher.params["pack_size"] == "auto"  # auto packs only runs its graph captures
+        for job_return, said in zip(returns, jobs.train_jobs(members, in_sweep=True, own_logs=True,
+                                                             apart_unless_captured=apart)):
             job_return.status, job_return._return_value = JobStatus.COMPLETED, said
         return returns
 
@@ -180,6 +182,7 @@ class _QueueingLauncher(BaseSubmititLauncher):
         size = self.params["pack_size"]
         if size == 1 or (size == "auto" and not gpus):
             return [[job] for job in numbered]
+        from sparsesweep.graphs import why_not_capturable_config
         from sparsesweep.pack import pack_key
 
         groups: dict[str, list[PlannedJob]] = {}
@@ -187,7 +190,14 @@ class _QueueingLauncher(BaseSubmititLauncher):
             key = f"#{job.number}"  # alone: a config that does not compose or resolve fails in its own job, saying why
             if job.config is not None:
                 with contextlib.suppress(OmegaConfBaseException, ValueError):
-                    key = pack_key(job.config)
+                    # auto packs only runs a CUDA graph may capture: K eager runs in one process are slower than K
+                    # processes
+                    reason = why_not_capturable_config(job.config) if size == "auto" else None
+                    if reason:
+                        log.info("#%d trains in a process of its own (pack_size=auto): no CUDA graph: %s", job.number,
+                                 reason)
+                    else:
+                        key = pack_key(job.config)
             groups.setdefault(key, []).append(job)
         packs = []
         for group in groups.values():
@@ -195,8 +205,10 @@ class _QueueingLauncher(BaseSubmititLauncher):
             packs += [group[i:i + k] for i in range(0, len(group), k)]
         packs.sort(key=lambda pack: pack[0].number)
         if any(len(pack) > 1 for pack in packs):
-            log.info("%d runs in %d pack%s (%s runs each)", len(numbered), len(packs), "s" * (len(packs) > 1),
-                     ", ".join(str(n) for n in sorted({len(pack) for pack in packs})))
+            log.info("%d runs in %d pack%s (%s runs each)%s", len(numbered), len(packs), "s" * (len(packs) > 1),
+                     ", ".join(str(n) for n in sorted({len(pack) for pack in packs})),
+                     ": a pack trains as one only if its CUDA-graph probe captures every run, else each run in a "
+                     "process of its own" if size == "auto" else "")
         return packs
 
     def body(self, pack: list[PlannedJob]) -> tuple:
