@@ -204,8 +204,8 @@ def test_a_run_that_fails_in_a_pack_is_on_record_at_once_and_stays_so_if_the_pac
     sweep = subprocess.Popen([sys.executable, "-m", "sparsesweep", "-m", *common], cwd=tmp_path,
                              env={**os.environ, "PYTHONPATH": str(ROOT)}, text=True, stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT)
-    trains = tmp_path / "sweep" / "+experiment=smoke,optimizer=adam,schedule.base_epochs=30"
-    failed = tmp_path / "sweep" / "+experiment=smoke,optimizer=sgd,schedule.base_epochs=30"
+    trains = tmp_path / "sweep" / "+experiment=smoke,checkpoint_interval_min=0,optimizer=adam,schedule.base_epochs=30"
+    failed = tmp_path / "sweep" / "+experiment=smoke,checkpoint_interval_min=0,optimizer=sgd,schedule.base_epochs=30"
     wait_for(lambda: rundir.read_json(failed / "results.json").get("status") == "failed", timeout=60)
     pid = training_pid(trains)
     assert pid is not None and not (trains / "results.json").exists()  # the pack trains on

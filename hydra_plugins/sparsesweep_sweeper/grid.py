@@ -13,7 +13,7 @@ Before launching anything, every planned run's config is composed and checked, a
 (the identity it records, its lock, its files):
   skipped   completed (or diverged) with this identity
   resumed   this run's checkpoint is there: the trainer resumes from it
-  failed    failed before: run again;  new: nothing there yet
+  failed    failed before: run again (from its checkpoint, if it has one);  new: nothing there yet
   invalid   its config does not compose or fails the checks: not launched, recorded as failed with the reason
   no data   its dataset is missing on disk (sparsesweep.datasets.missing_data): not launched, recorded as failed
   duplicate the same identity as an earlier grid point: runs once
@@ -183,10 +183,10 @@ class GridSweeper(BasicSweeper):
             planned.kind, planned.foreign = "conflict", foreign
         elif results.get("status") in rundir.FINISHED and results.get("run_id") == planned.run_id:
             planned.kind = "skipped"
+        elif results.get("status") == "failed":  # run again (from its checkpoint, if it has one)
+            planned.kind = "failed"
         elif rundir.has_checkpoint(job_dir):
             planned.kind = "resumed"
-        elif results.get("status") == "failed":
-            planned.kind = "failed"
         return planned
 
     def job_dir_without_config(self, overrides: List[str]) -> Optional[Path]:
