@@ -252,6 +252,24 @@ def test_run_files_get_the_users_umask(tmp_path, umask, mode):
     assert (tmp_path / "results.json").stat().st_mode & 0o777 == mode
 
 
+def test_temporary_files_a_kill_left_are_removed_when_the_run_resumes(make_config, tmp_path, monkeypatch):
+    cfg = make_config(SMOKE + ["checkpoint_interval_min=0"])
+    signal_at_step(monkeypatch, 25, signal.SIGTERM)
+    with pytest.raises(interrupts.Interrupted):
+        pack.train(cfg, tmp_path)
+    monkeypatch.undo()
+    # What a SIGKILL in the middle of write_atomic leaves: a temp file beside the one it was replacing.
+    left = [tmp_path / ".checkpoint.pt.k1ll3d.tmp", tmp_path / ".results.json.x9y8z7.tmp"]
+    for path in left:
+        path.write_bytes(b"half a file")
+    kept = [tmp_path / "notes.tmp", tmp_path / ".notes.txt"]  # not ours: left alone
+    for path in kept:
+        path.write_text("mine")
+    pack.train(cfg, tmp_path)
+    assert not any(path.exists() for path in left) and all(path.exists() for path in kept)
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
 def test_a_full_disk_keeps_the_old_file_and_leaves_no_temporary(tmp_path, monkeypatch):
     target = tmp_path / "results.json"
     target.write_bytes(b"old")
