@@ -6,13 +6,17 @@ PIP = $(PYTHON) -m pip install --quiet --disable-pip-version-check
 
 .PHONY: install-cpu quickstart check test
 
-# CPU-only PyTorch, pinned: an unpinned torch/torchvision pulls a multi-GB CUDA build.
+# PyTorch pinned, CPU build: from PyTorch's CPU wheel index when it answers (within 10 s, no retries), else from
+# the default index, where the same versions are a multi-GB CUDA build on x86-64 Linux (it runs on a CPU too).
+TORCH = torch==2.13.0 torchvision==0.28.0
+CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 install-cpu:
-	$(PIP) torch==2.13.0 torchvision==0.28.0
+	$(PIP) --index-url $(CPU_INDEX) --timeout 10 --retries 0 $(TORCH) \
+	  || { echo "PyTorch's CPU wheel index did not answer: installing $(TORCH) from the default index"; $(PIP) $(TORCH); }
 	$(PIP) -e '.[test]'
 
 quickstart: install-cpu
-	$(PYTHON) -m sparsesweep +experiment=quickstart hydra.sweep.dir=multirun/quickstart
+	$(PYTHON) -m sparsesweep +experiment=quickstart
 	$(PYTHON) -m multirun_analysis multirun/quickstart
 
 # The test modules are spread over TEST_WORKERS processes (pytest-xdist; a module's fixtures are built once,
