@@ -3,8 +3,9 @@ import pytest
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
-from conftest import CONF, cli, read_results
-from sparsesweep import validate
+from conftest import CONF, ROOT, cli, read_results
+from sparsesweep import schema, validate
+from sparsesweep.errors import ConfigError
 
 GROUPS = ["model", "dataset", "optimizer", "regularizer", "schedule", "experiment"]
 OPTIONS = [(group, path.stem) for group in GROUPS for path in sorted((CONF / group).glob("*.yaml"))]
@@ -44,8 +45,28 @@ def test_optimizer_base_learning_rates_are_the_papers(make_config, name, lr):
 
 
 def test_a_coefficient_of_the_wrong_regularizer_is_rejected(make_config):
-    with pytest.raises(ConfigCompositionException, match=r"Could not override 'regularizer\.l2'"):
-        make_config(["regularizer=wd", "regularizer.l2=1e-4"])
+    with pytest.raises(ConfigError, match=r"^regularizer\.l2=0\.0001: regularizer=wd has no key l2: use regularizer=l2 "):
+        validate.check_config(make_config(["regularizer=wd", "regularizer.l2=1e-4"]))
+
+
+@pytest.mark.parametrize("group, option", [(g, o) for g, o in OPTIONS if g != "experiment"],
+                         ids=[f"{g}={o}" for g, o in OPTIONS if g != "experiment"])
+def test_every_option_composes_onto_its_registered_schema(make_config, group, option):
+    """schema.SCHEMAS names every built-in option's schema, and the option's file extends it: the node is of
+    that type (schedules extend step's)."""
+    override = f"logger=[{option}]" if group in schema.COMBINABLE_GROUPS else f"{group}={option}"
+    node = make_config([override])[group]
+    node = node[option] if group in schema.COMBINABLE_GROUPS else node
+    assert OmegaConf.get_type(node) is schema.SCHEMAS[group][option]
+    assert set(node) == set(validate._fields(schema.SCHEMAS[group][option]))  # the schema adds no key
+
+
+def test_the_schema_types_every_value_as_it_composes(make_config):
+    cfg = make_config(["optimizer=sgd", "optimizer.momentum=0", "regularizer.l2=0", "prune.after_training=yes"])
+    assert cfg.optimizer.momentum == 0.0 and type(cfg.optimizer.momentum) is float
+    assert type(cfg.regularizer.l2) is float and cfg.prune.after_training is True
+    with pytest.raises(ConfigCompositionException):
+        make_config(["batch_size=abc"])
 
 
 @pytest.mark.slow
@@ -66,3 +87,35 @@ def test_the_design_card_sweep_runs_six_jobs_at_most_two_at_once(tmp_path):
     code, summary = cli("multirun_analysis", str(tmp_path), cwd=tmp_path)
     rows = [line for line in summary.splitlines() if "optimizer=" in line]
     assert code == 0 and len(rows) == 6 and all("completed" in row for row in rows), summary
+
+
+HELP_GROUPS = ["model", "dataset", "optimizer", "regularizer", "schedule", "experiment", "logger"]
+
+
+def run_module_noting_torch(*args) -> tuple[int, str, bool]:
+    """`python -m sparsesweep ARGS` in a process that says at its end whether it imported torch."""
+    import subprocess
+    import sys
+
+    code = ("import atexit, runpy, sys; atexit.register(lambda: print('torch imported:', 'torch' in sys.modules)); "
+            f"sys.argv = ['sparsesweep', *{list(args)!r}]; runpy.run_module('sparsesweep', run_name='__main__')")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    return done.returncode, done.stdout + done.stderr, "torch imported: True" in done.stdout
+
+
+def test_help_says_what_it_does_every_group_with_its_options_the_example_and_where_results_go():
+    code, output, torch_imported = run_module_noting_torch("--help")
+    assert code == 0 and not torch_imported, output
+    assert "filters that never fire" in output and "powered by Hydra" not in output
+    for group in HELP_GROUPS:
+        options = sorted(path.stem for path in (CONF / group).glob("*.yaml"))
+        assert f"{group}: {', '.join(options)}" in output, group
+    assert "python -m sparsesweep -m optimizer=adam,sgd,adamax regularizer.l2=1e-4,1e-5" in output
+    assert "outputs/DATE/TIME/" in output and "multirun/DATE/TIME/" in output
+    assert "schema_" not in output  # the schemas are no config group
+
+
+@pytest.mark.parametrize("args", [["--cfg", "job", "+experiment=smoke"], ["+experiment=smoke", "optimizer.lr=inf"]])
+def test_printing_the_config_or_refusing_a_value_imports_no_torch(args):
+    code, output, torch_imported = run_module_noting_torch(*args)
+    assert code == (0 if "--cfg" in args else 2) and not torch_imported, output

@@ -204,10 +204,10 @@ def test_a_sweep_with_a_typo_in_one_job_runs_the_others_and_says_why(tmp_path):
     code, output = cli("sparsesweep", *args, cwd=tmp_path)
     assert code == 0, output
     assert "1 new, 0 failed before (rerun), 1 invalid (not launched)" in output, output
-    assert "In 'config': Could not find 'optimizer/adma'" in output
+    assert "optimizer=adma: not an option in conf/optimizer/: did you mean optimizer=adam?" in output
     code, status = cli("multirun_analysis", "status", str(sweep), cwd=tmp_path)
     lines = {line.split()[0]: line for line in status.splitlines()[1:-1]}
-    assert set(lines) == {"completed", "failed"} and "Could not find 'optimizer/adma'" in lines["failed"], status
+    assert set(lines) == {"completed", "failed"} and "optimizer=adma: not an option" in lines["failed"], status
 
     code, output = cli("sparsesweep", *args, cwd=tmp_path)  # the relaunch neither aborts nor redoes the valid run
     assert code == 0 and "2 runs: 1 skipped (completed), 0 resumed, 0 new, 0 failed before (rerun), 1 invalid" \

@@ -42,7 +42,7 @@ import rundir_format
 from sparsesweep import rundir
 from sparsesweep.hydra_compat import BasicSweeper, get_overrides_dirname
 from sparsesweep.errors import ConfigError
-from sparsesweep.validate import check_config
+from sparsesweep.validate import check_config, explain
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +133,7 @@ class GridSweeper(BasicSweeper):
             planned.run_id, planned.config = rundir.run_identity(config), rundir.run_config(config)
             planned.composed = config
         except (HydraException, OmegaConfBaseException, ConfigError) as error:
-            planned.kind, planned.reason = "invalid", first_line(error)
+            planned.kind, planned.reason = "invalid", explain(error, overrides)
             planned.job_dir = planned.job_dir or self.job_dir_without_config(overrides)
             return planned
         job_dir = planned.job_dir
@@ -223,10 +223,6 @@ class GridSweeper(BasicSweeper):
             returns.append(self.launcher.launch(batch, initial_job_idx=initial_job_idx))
             initial_job_idx += len(batch)
         return returns
-
-
-def first_line(error: Exception) -> str:
-    return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
 def move_aside(job_dir: Path, sweep_dir: Path, run_id: str) -> Path:
