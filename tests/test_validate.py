@@ -297,7 +297,9 @@ ON_THE_COMMAND_LINE = [
 @pytest.mark.parametrize("args, message", ON_THE_COMMAND_LINE, ids=[" ".join(args) for args, _ in ON_THE_COMMAND_LINE])
 def test_bad_values_give_a_one_line_error_on_the_command_line_before_training(tmp_path, args, message):
     run_dir = tmp_path / "run"
-    code, output = cli("sparsesweep", *SMOKE, f"hydra.run.dir={run_dir}", *args, cwd=tmp_path)
+    flags = [arg for arg in args if arg.startswith("-")]  # Hydra's flags come before the overrides
+    code, output = cli("sparsesweep", *flags, *SMOKE, f"hydra.run.dir={run_dir}", *(a for a in args if a not in flags),
+                       cwd=tmp_path)
     assert code == 2
     errors = [line for line in output.splitlines() if "ERROR" in line]
     assert len(errors) == 1 and message in errors[0], output
