@@ -104,6 +104,8 @@ def _hydra(args):
 def unwritable(key: str, directory) -> str | None:
     """Why `directory` cannot become a run's (or a sweep's) directory, or None. Tried by making and removing
     a temporary directory in its nearest existing folder, so that nothing is left behind."""
+    if not str(directory).strip():
+        return f"{key}={directory}: must be a directory, e.g. {key}=outputs/run1"
     path = Path(str(directory))
     existing = path
     while not existing.exists() and existing != existing.parent:

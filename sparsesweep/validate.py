@@ -30,7 +30,7 @@ from typing import Any, Callable
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from sparsesweep import schema
+from sparsesweep import loggers, schema
 from sparsesweep.errors import ConfigError
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -58,8 +58,6 @@ def check_config(cfg) -> None:
     _check_together(config)
     for check in later:
         check()
-    from sparsesweep import loggers
-
     loggers.check_installed(cfg)
 
 
@@ -85,7 +83,7 @@ class Rule:
     requirement: str | Callable[[], str]  # what the value must be: "a positive integer", "> 0"
     example: Any = None               # for the message, in place of the option's default
     fix: str | None = None            # replaces ", e.g. KEY=EXAMPLE"; may use {value}
-    replaces_type: bool = False       # the rule alone decides, whatever the default's type
+    replaces_type: bool = False       # the rule alone decides, whatever the key's type
     needs_torch: bool = False         # checked after everything else
 
     def message(self, dotted: str, value, default, optional: bool) -> str:
@@ -174,7 +172,7 @@ RULES = {
                           "> 0 (Adafactor: a list of null or > 0)"),
     "optimizer.betas": Rule(lambda v: len(v) == 2 and all(0 <= b < 1 for b in v), "two numbers in [0, 1)"),
     "optimizer.rho": UNIT, "optimizer.alpha": UNIT,
-    # An optimizer's own (decoupled) decay, where its file sets one (AdamW, Adafactor); see _check_together.
+    # An optimizer's own (decoupled) decay, where its schema has one (AdamW, Adafactor); see _check_option.
     "optimizer.weight_decay": NONNEGATIVE,
     "optimizer.momentum_decay": NONNEGATIVE,
     "optimizer.beta2_decay": _number(lambda v: v <= 0, "<= 0"), "optimizer.d": _number(lambda v: v >= 1, ">= 1"),
@@ -244,8 +242,7 @@ def _type_message(dotted: str, value, annotation, default) -> str:
     """A value of the wrong type. Where null is allowed, a rule states the rest (threads: null or a positive
     integer); elsewhere the type does."""
     rule = RULES.get(dotted)
-    inner, optional = _optional(annotation)
-    if rule and optional:
+    if rule and _optional(annotation)[1]:
         return rule.message(dotted, value, default, optional=True)
     return _must(dotted, value, _words(annotation), default)
 
@@ -299,8 +296,7 @@ def _matches(value, default) -> bool:
 def _kind(default) -> str:
     """What _matches asks for, in words."""
     if isinstance(default, (list, tuple)):
-        element = {bool: "booleans", int: "integers", float: "numbers", str: "strings"}.get(type(default[0])) \
-            if default else None
+        element = _WORDS.get(type(default[0]), (None, None))[1] if default else None
         return f"a list of {element}" if element else "a list"
     return _words(type(default))
 
@@ -451,12 +447,13 @@ def _has_cuda() -> bool:
 
 def _default(dotted: str, option: str | None = None):
     """The value of a key in conf/ before any experiment or override: for a group's key, the chosen option's
-    file (option None: the first built-in option that has the key); None where there is none."""
+    file (for an option not in conf/: the first built-in option that has the key); None where there is none."""
     group, _, rest = dotted.partition(".")
     if group in schema.SCHEMAS and rest:
         if group in schema.COMBINABLE_GROUPS:
             option = rest.split(".")[0]
-        candidates = [option] if option else list(schema.SCHEMAS[group])
+        # an option outside conf/ (a --config-dir's): the built-in options' defaults
+        candidates = [option] if option in schema.SCHEMAS[group] else list(schema.SCHEMAS[group])
         for candidate in candidates:
             found = _select(_file_defaults(group, candidate), rest)
             if found is not _ABSENT:
@@ -531,12 +528,15 @@ def explain(error: BaseException, overrides=()) -> str:
         reason = error.message.strip().splitlines()[0] if error.message.strip() else "unreadable"
         return (f"{error.override}: not an override Hydra can read ({reason}): quote a value with special "
                 f"characters, e.g. key='a value'")
-    if isinstance(error, MissingConfigException) and error.options is not None and "/" in error.missing_cfg_file:
+    if isinstance(error, MissingConfigException) and "/" in (error.missing_cfg_file or "") \
+            and not error.missing_cfg_file.startswith("schema_"):
         group, _, name = error.missing_cfg_file.rpartition("/")
-        close = closest(name, error.options)
-        fix = f"did you mean {group}={close[0]}?" if close else f"choose {group}={' | '.join(error.options)}"
+        close = closest(name, error.options or [])
+        fix = (f"did you mean {group}={close[0]}?" if close else f"choose {group}={' | '.join(error.options)}"
+               if error.options else "python -m sparsesweep --help lists the options")
         return f"{group}={name}: not an option in conf/{group}/: {fix}"
-    cause = error if isinstance(error, OmegaConfBaseException) else error.__cause__
+    # Hydra raises some composition errors from the OmegaConf error they met, others while handling it.
+    cause = error if isinstance(error, OmegaConfBaseException) else error.__cause__ or error.__context__
     if isinstance(cause, OmegaConfBaseException) and cause.full_key:
         return _explain_omegaconf(cause, list(overrides))
     return _first_line(error)
@@ -562,7 +562,7 @@ def _explain_omegaconf(cause: OmegaConfBaseException, overrides: list[str]) -> s
         return _unknown_message(dotted, value, known, owner, chosen=chosen)
     if isinstance(cause, ValidationError):
         if isinstance(parent, ListConfig):   # an element of a list: the list's whole type
-            annotation, option = _list_type(dotted), None
+            annotation, option = _list_type(dotted)
         else:
             annotation = _fields(cause.object_type).get(cause.key) if dataclasses.is_dataclass(cause.object_type) \
                 else None
@@ -574,16 +574,17 @@ def _explain_omegaconf(cause: OmegaConfBaseException, overrides: list[str]) -> s
     return f"{dotted}={show(value)}: {_first_line(cause)}"
 
 
-def _list_type(dotted: str):
-    """The type of a list key, from the schemas that have it."""
-    path = dotted.split(".")
-    classes = schema.SCHEMAS.get(path[0], {}).values() if len(path) == 2 else [schema.Config]
-    key = path[-1]
-    for cls in classes:
+def _list_type(dotted: str) -> tuple[Any, str | None]:
+    """(the type of a list key, an option that has it) from the schemas: where a group's options differ
+    (optimizer.eps), the one that makes it a list."""
+    group, _, key = dotted.rpartition(".")
+    candidates = [(cls, option) for option, cls in schema.SCHEMAS[group].items()] if group in schema.SCHEMAS \
+        else [(schema.Config, None)]
+    for cls, option in candidates:
         annotation = _fields(cls).get(key)
         if annotation is not None and typing.get_origin(_optional(annotation)[0]) in (list, typing.List):
-            return annotation
-    return None
+            return annotation, option
+    return None, None
 
 
 def closest(word: str, candidates) -> list[str]:

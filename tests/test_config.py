@@ -119,3 +119,17 @@ def test_help_says_what_it_does_every_group_with_its_options_the_example_and_whe
 def test_printing_the_config_or_refusing_a_value_imports_no_torch(args):
     code, output, torch_imported = run_module_noting_torch(*args)
     assert code == (0 if "--cfg" in args else 2) and not torch_imported, output
+
+
+def test_the_configuration_page_names_every_group_option_and_top_level_key():
+    page = (ROOT / "docs" / "configuration.md").read_text()
+    for group in HELP_GROUPS:
+        assert f"### `{group}`" in page, group
+        for path in (CONF / group).glob("*.yaml"):
+            assert f"`{path.stem}`" in page, f"{group}={path.stem}"
+    for key, annotation in validate._fields(schema.Config).items():
+        nested = validate._optional(annotation)[0]
+        keys = [f"{key}.{sub}" for sub in validate._fields(nested)] if hasattr(nested, "__dataclass_fields__") \
+            else [key]
+        for dotted in keys:
+            assert f"`{dotted}`" in page, dotted

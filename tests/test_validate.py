@@ -13,7 +13,7 @@ from hydra import compose, initialize_config_dir
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import CONF, SMOKE, cli
+from conftest import CONF, SMOKE, cli, read_results
 from sparsesweep import hydra_compat, schema, shapes, validate
 from sparsesweep.__main__ import refusal
 from sparsesweep.errors import ConfigError
@@ -102,6 +102,12 @@ BAD_VALUES = [
     ("+experiment=nope", "experiment=nope: not an option in conf/experiment/: choose experiment=claims | claims_cpu "
                          "| difficulty | quickstart | smoke | table1 | table2 | table3 | table4 | table5 | table6 | "
                          "table7"),
+    ("logger=[csv,nope]", "logger=nope: not an option in conf/logger/: python -m sparsesweep --help lists the "
+                          "options"),
+    ("optimizer=null", "optimizer=null: not an option in conf/optimizer/: choose optimizer=adadelta | adafactor | "
+                       "adagrad | adam | adamax | adamw | amsgrad | nadam | radam | rmsprop | sgd"),
+    ("optimizer=adafactor optimizer.eps=[null,abc]",
+     "optimizer.eps=[null,abc]: must be a list of numbers, e.g. optimizer.eps=[null,0.001]"),
     ("model.name=vgg19", "model.name=vgg19: not an option in conf/model/: choose "
                          "model=basicnet | resnet50 | vgg11 | vgg16"),
     ("model.name=vgg16", "model.name=vgg16: names another option: use model=vgg16"),
@@ -193,6 +199,8 @@ def test_an_unwritable_output_directory_is_one_line(tmp_path):
         f"hydra.run.dir=DIR"
     assert re.fullmatch(r"hydra\.run\.dir=/proc/x/run: cannot be created \(/proc: .*\): choose a directory you can "
                         r"write to: hydra\.run\.dir=DIR", problem(*SMOKE, "hydra.run.dir=/proc/x/run", cwd=tmp_path))
+    assert problem(*SMOKE, "hydra.run.dir=", cwd=tmp_path) == "hydra.run.dir=: must be a directory, e.g. " \
+                                                                "hydra.run.dir=outputs/run1"
     assert problem("-m", *SMOKE, "seed=0,1", "hydra.sweep.dir=/proc/x", cwd=tmp_path).startswith(
         "hydra.sweep.dir=/proc/x: cannot be created")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
@@ -208,6 +216,7 @@ CONFIG_DIR_OPTIONS = {
                         "negative_slope: 0.0\n",
     "model/mynet.yaml": "defaults:\n  - /schema_model_basicnet@_here_\n  - _self_\n\nname: mynet\nwidths: [8]\n"
                         "width_multiplier: 1.0\npool_after: [1]\nhidden: 8\nnegative_slope: 0.0\n",
+    "optimizer/slow.yaml": "defaults:\n  - adam\n  - _self_\n\nname: slow\nlr: fast\n",
     "model/typo.yaml": "defaults:\n  - /schema_model_basicnet@_here_\n  - _self_\n\nname: basicnet\nwidths: [8]\n"
                        "width_multiplier: 1.0\npool_after: [1]\nhiden: 8\nnegative_slope: 0.0\n",
 }
@@ -218,6 +227,7 @@ CONFIG_DIR_OPTIONS = {
     ("optimizer=myadam optimizer.lr=inf", "optimizer.lr=inf: must be a finite number, e.g. optimizer.lr=0.001"),
     ("optimizer=myadam +optimizer.lrr=1", "optimizer.lrr=1: torch.optim.Adam has no argument lrr: did you mean "
                                           "optimizer.lr=1?"),
+    ("optimizer=slow", "optimizer.lr=fast: must be a number, e.g. optimizer.lr=0.001"),
     ("model=tiny", None),
     ("model=tiny model.hidden=abc", "model.hidden=abc: must be an integer, e.g. model.hidden=256"),
     ("model=tiny model.widths=[8,0]", "model.widths=[8,0]: must be a non-empty list of positive integers, "
@@ -310,3 +320,17 @@ def test_bad_values_give_a_one_line_error_on_the_command_line_before_training(tm
         assert "epoch" not in output
     else:
         assert output.splitlines() == errors and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_in_a_sweep_an_invalid_job_is_recorded_with_its_line_and_the_valid_one_runs(tmp_path):
+    sweep = tmp_path / "sweep"
+    code, output = cli("sparsesweep", "-m", *SMOKE, "optimizer.lr=inf,0.001", f"hydra.sweep.dir={sweep}",
+                       cwd=tmp_path)
+    assert code == 0, output
+    assert "#0 invalid (not launched): optimizer.lr=inf: must be a finite number, e.g. optimizer.lr=0.001" in output
+    statuses = {run: (results["status"], results.get("error")) for run, results in read_results(sweep).items()}
+    assert statuses == {"optimizer.lr=inf": ("failed", "optimizer.lr=inf: must be a finite number, e.g. "
+                                                       "optimizer.lr=0.001"),
+                        "optimizer.lr=0.001": ("completed", None)}
+    assert not any((sweep / "optimizer.lr=inf").glob(".lock"))
