@@ -259,22 +259,22 @@ def _check_value(dotted: str, value, annotation, default, later: list) -> None:
         fits = _fits(value, annotation)
     if not fits and not (rule and rule.replaces_type):
         raise ConfigError(_type_message(dotted, value, annotation, default) if annotation is not None
-                          else _must(dotted, value, _kind(default), default))
+                          else _must(dotted, value, _kind(default), default), dotted)
     if value is None and optional:
         return
     values = value if isinstance(value, list) else [value]
     if any(isinstance(v, float) and not math.isfinite(v) for v in values):
         raise ConfigError(_must(dotted, value, "finite numbers" if isinstance(value, list) else "a finite number",
-                                default))
+                                default), dotted)
     if rule:
         def check() -> None:
             if not rule.holds(value):
-                raise ConfigError(rule.message(dotted, value, default, optional))
+                raise ConfigError(rule.message(dotted, value, default, optional), dotted)
         later.append(check) if rule.needs_torch else check()
     limit = LIMITS.get(dotted, INT_LIMIT)
     if any(_is_int(v) and abs(v) > limit for v in values):
         raise ConfigError(_must(dotted, value, f"each at most {limit}" if isinstance(value, list)
-                                else f"at most {limit}", default))
+                                else f"at most {limit}", default), dotted)
 
 
 def _matches(value, default) -> bool:
@@ -323,7 +323,7 @@ def _refuse_unknown(dotted: str, value, known, owner: str, noun: str = "key",
     a key an experiment sets for every option of a group is ignored by the options without it."""
     if chosen and any(path == dotted or path.startswith(f"{dotted}.") for path in _experiment_keys()):
         return
-    raise ConfigError(_unknown_message(dotted, value, known, owner, noun, chosen))
+    raise ConfigError(_unknown_message(dotted, value, known, owner, noun, chosen), dotted)
 
 
 def _unknown_message(dotted: str, value, known, owner: str, noun: str = "key",
@@ -523,7 +523,7 @@ def explain(error: BaseException, overrides=()) -> str:
     from hydra.errors import MissingConfigException, OverrideParseException
 
     if isinstance(error, ConfigError):
-        return str(error)
+        return _as_written(str(error), error.key, overrides)
     if isinstance(error, OverrideParseException):
         reason = error.message.strip().splitlines()[0] if error.message.strip() else "unreadable"
         return (f"{error.override}: not an override Hydra can read ({reason}): quote a value with special "
@@ -572,6 +572,22 @@ def _explain_omegaconf(cause: OmegaConfBaseException, overrides: list[str]) -> s
     if isinstance(cause, InterpolationResolutionError):
         return f"{dotted}={show(value)}: cannot be resolved ({_first_line(cause)})"
     return f"{dotted}={show(value)}: {_first_line(cause)}"
+
+
+def _as_written(line: str, key: str | None, overrides) -> str:
+    """line, beginning with KEY=VALUE as the command line wrote the value where it set the key (the schema
+    may have converted it: optimizer.lr=0 is 0.0 in the config)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
+
+    try:
+        setting = [o for o in OverridesParser.create().parse_overrides(list(overrides)) if o.key_or_group == key]
+    except OverrideParseException:
+        return line
+    head, separator, rest = line.partition(": ")
+    if not (key and setting and separator and head.startswith(f"{key}=") and " " not in head):
+        return line
+    return f"{key}={show(setting[-1].value())}: {rest}"
 
 
 def _list_type(dotted: str) -> tuple[Any, str | None]:

@@ -92,19 +92,36 @@ def test_the_design_card_sweep_runs_six_jobs_at_most_two_at_once(tmp_path):
 HELP_GROUPS = ["model", "dataset", "optimizer", "regularizer", "schedule", "experiment", "logger"]
 
 
-def run_module_noting_torch(*args) -> tuple[int, str, bool]:
-    """`python -m sparsesweep ARGS` in a process that says at its end whether it imported torch."""
+# One process runs the command line three ways and says after each whether torch is imported yet.
+COMMANDS = {"help": ["--help"], "cfg": ["--cfg", "job", "+experiment=smoke"],
+            "bad value": ["+experiment=smoke", "optimizer.lr=inf"]}
+
+
+@pytest.fixture(scope="module")
+def command_lines() -> dict[str, tuple[int, str, bool]]:
+    """{command: (exit code, output, whether torch was imported)}."""
     import subprocess
     import sys
 
-    code = ("import atexit, runpy, sys; atexit.register(lambda: print('torch imported:', 'torch' in sys.modules)); "
-            f"sys.argv = ['sparsesweep', *{list(args)!r}]; runpy.run_module('sparsesweep', run_name='__main__')")
+    code = ("import contextlib, io, runpy, sys\n"
+            f"for name, args in {COMMANDS!r}.items():\n"
+            "    out, sys.argv = io.StringIO(), ['sparsesweep', *args]\n"
+            "    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):\n"
+            "        try:\n"
+            "            runpy.run_module('sparsesweep', run_name='__main__')\n"
+            "            status = 0\n"
+            "        except SystemExit as stop:\n"
+            "            status = stop.code or 0\n"
+            "    print(repr((name, status, out.getvalue(), 'torch' in sys.modules)))\n")
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    return done.returncode, done.stdout + done.stderr, "torch imported: True" in done.stdout
+    assert done.returncode == 0, done.stderr
+    import ast
+
+    return {name: rest for name, *rest in map(ast.literal_eval, done.stdout.splitlines())}
 
 
-def test_help_says_what_it_does_every_group_with_its_options_the_example_and_where_results_go():
-    code, output, torch_imported = run_module_noting_torch("--help")
+def test_help_says_what_it_does_every_group_with_its_options_the_example_and_where_results_go(command_lines):
+    code, output, torch_imported = command_lines["help"]
     assert code == 0 and not torch_imported, output
     assert "filters that never fire" in output and "powered by Hydra" not in output
     for group in HELP_GROUPS:
@@ -115,10 +132,11 @@ def test_help_says_what_it_does_every_group_with_its_options_the_example_and_whe
     assert "schema_" not in output  # the schemas are no config group
 
 
-@pytest.mark.parametrize("args", [["--cfg", "job", "+experiment=smoke"], ["+experiment=smoke", "optimizer.lr=inf"]])
-def test_printing_the_config_or_refusing_a_value_imports_no_torch(args):
-    code, output, torch_imported = run_module_noting_torch(*args)
-    assert code == (0 if "--cfg" in args else 2) and not torch_imported, output
+def test_printing_the_config_or_refusing_a_value_imports_no_torch(command_lines):
+    code, output, torch_imported = command_lines["cfg"]
+    assert code == 0 and "width_multiplier: 0.125" in output and not torch_imported, output
+    code, output, torch_imported = command_lines["bad value"]
+    assert code == 2 and "optimizer.lr=inf: must be a finite number" in output and not torch_imported, output
 
 
 def test_the_configuration_page_names_every_group_option_and_top_level_key():

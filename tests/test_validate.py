@@ -49,7 +49,7 @@ BAD_VALUES = [
     ("batch_size=99999999999", "batch_size=99999999999: must be at most 2147483647, e.g. batch_size=40"),
     # ranges
     ("batch_size=0", "batch_size=0: must be a positive integer, e.g. batch_size=40"),
-    ("optimizer.lr=0", "optimizer.lr=0.0: must be > 0, e.g. optimizer.lr=0.001"),
+    ("optimizer.lr=0", "optimizer.lr=0: must be > 0, e.g. optimizer.lr=0.001"),
     ("regularizer.l2=-1e-4", "regularizer.l2=-0.0001: must be >= 0 (use regularizer=none for no regularization)"),
     ("threads=-1", "threads=-1: must be null or a positive integer, e.g. threads=1"),
     ("dataset.resolution=0", "dataset.resolution=0: must be an integer >= 8, e.g. dataset.resolution=32"),
@@ -59,13 +59,13 @@ BAD_VALUES = [
      f"dataset.num_classes=1: must be from 2 to {shapes.MAX_CLASSES}, e.g. dataset.num_classes=10"),
     ("model.widths=[]", "model.widths=[]: must be a non-empty list of positive integers, "
                         "e.g. model.widths=[64,128,128,256,256,512,512]"),
-    ("model.width_multiplier=0", "model.width_multiplier=0.0: must be > 0, e.g. model.width_multiplier=1.0"),
-    ("model=vgg16 model.dropout=1", "model.dropout=1.0: must be in [0, 1), e.g. model.dropout=0.5"),
+    ("model.width_multiplier=0", "model.width_multiplier=0: must be > 0, e.g. model.width_multiplier=1.0"),
+    ("model=vgg16 model.dropout=1", "model.dropout=1: must be in [0, 1), e.g. model.dropout=0.5"),
     ("model=vgg16 model.head=big", "model.head=big: must be auto, cifar or imagenet, e.g. model.head=auto"),
     ("optimizer=sgd optimizer.momentum=-0.9", "optimizer.momentum=-0.9: must be >= 0, e.g. optimizer.momentum=0.9"),
     ("optimizer.betas=[0.9,1.0]", "optimizer.betas=[0.9,1.0]: must be two numbers in [0, 1), "
                                   "e.g. optimizer.betas=[0.9,0.99]"),
-    ("measure.gamma_threshold=0", "measure.gamma_threshold=0.0: must be > 0, e.g. measure.gamma_threshold=0.001"),
+    ("measure.gamma_threshold=0", "measure.gamma_threshold=0: must be > 0, e.g. measure.gamma_threshold=0.001"),
     ("device=gpu", "device=gpu: must be auto, cpu, cuda or cuda:N, e.g. device=auto"),
     ("performance.data_on_device=yes",
      "performance.data_on_device=yes: must be auto, true or false, e.g. performance.data_on_device=auto"),
