@@ -3,7 +3,7 @@
 Every option file conf/<group>/<option>.yaml starts with its schema in its defaults list,
 
     defaults:
-      - /schema_model_basicnet@_here_
+      - /schema_BasicNet@_here_
       - _self_
 
 and gives the values (the defaults, with why, stay in the YAML). Hydra then refuses a value of the wrong
@@ -16,7 +16,7 @@ schema lacks as they compose, because an experiment may set a key for every opti
 model.hidden, which only BasicNet has); validate refuses any other.
 
 A new option: its dataclass here (a subclass of its group's base, or an existing one), one line in SCHEMAS,
-and its file starting with `- /schema_<group>_<option>@_here_`. An option in a --config-dir extends a built-in
+and its file starting with `- /schema_<its dataclass>@_here_`. An option in a --config-dir extends a built-in
 option (`- adam`) or a schema the same way, and is checked as the built-in ones are.
 
 Nothing here imports torch: composing and checking a config costs no torch import.
@@ -238,7 +238,7 @@ class Schedule(Option):
 
 
 # The logger group is chosen several at once (logger=[tensorboard,csv]): each option's file holds one mapping
-# under its own name, so its schema sits one level down (`- /schema_logger_csv@csv`).
+# under its own name, so its schema sits one level down (`- /schema_CSVLogger@csv`).
 @dataclass
 class TensorBoardLogger:
     subdir: str = MISSING
@@ -262,7 +262,8 @@ class CSVLogger:
     file: str = MISSING
 
 
-# Every built-in option's schema, by group and option: the ConfigStore holds each as schema_<group>_<option>.
+# Every built-in option's schema, by group and option. The ConfigStore holds each dataclass once, as
+# schema_<its name>: every composition copies the whole ConfigStore, so it holds nothing twice.
 SCHEMAS: Dict[str, Dict[str, type]] = {
     "model": {"basicnet": BasicNet, "vgg11": VGG, "vgg16": VGG, "resnet50": ResNet},
     "dataset": {"cifar10": TorchvisionDataset, "cifar100": TorchvisionDataset, "fashion_mnist": FashionMNIST,
@@ -277,11 +278,6 @@ SCHEMAS: Dict[str, Dict[str, type]] = {
 }
 # Groups whose options are chosen several at once; their node is {option: its settings}.
 COMBINABLE_GROUPS = ("logger",)
-TOP_LEVEL = "schema_config"
-
-
-def store_name(group: str, option: str) -> str:
-    return f"schema_{group}_{option}"
 
 
 def options_with(group: str, schema: type) -> list[str]:
@@ -300,10 +296,8 @@ def register() -> None:
     """Puts every schema into Hydra's ConfigStore (at the root of the search path, so that `--help` lists
     only the config groups); importing this module does it."""
     store = ConfigStore.instance()
-    store.store(name=TOP_LEVEL, node=_open(Config), provider="sparsesweep")
-    for group, options in SCHEMAS.items():
-        for option, schema in options.items():
-            store.store(name=store_name(group, option), node=_open(schema), provider="sparsesweep")
+    for schema in dict.fromkeys([Config, *(cls for options in SCHEMAS.values() for cls in options.values())]):
+        store.store(name=f"schema_{schema.__name__}", node=_open(schema), provider="sparsesweep")
 
 
 register()

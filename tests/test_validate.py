@@ -210,14 +210,14 @@ def test_an_unwritable_output_directory_is_one_line(tmp_path):
 # extends a schema, and one written without its schema, checked by the option its name names.
 CONFIG_DIR_OPTIONS = {
     "optimizer/myadam.yaml": "defaults:\n  - adam\n  - _self_\n\nname: myadam\nlr: 2.0e-3\n",
-    "model/tiny.yaml": "defaults:\n  - /schema_model_basicnet@_here_\n  - _self_\n\nname: basicnet\nwidths: [8, 16]\n"
+    "model/tiny.yaml": "defaults:\n  - /schema_BasicNet@_here_\n  - _self_\n\nname: basicnet\nwidths: [8, 16]\n"
                        "width_multiplier: 1.0\npool_after: [1]\nhidden: 8\nnegative_slope: 0.0\n",
     "model/plain.yaml": "name: basicnet\nwidths: [8, 16]\nwidth_multiplier: 1.0\npool_after: [1]\nhidden: 8\n"
                         "negative_slope: 0.0\n",
-    "model/mynet.yaml": "defaults:\n  - /schema_model_basicnet@_here_\n  - _self_\n\nname: mynet\nwidths: [8]\n"
+    "model/mynet.yaml": "defaults:\n  - /schema_BasicNet@_here_\n  - _self_\n\nname: mynet\nwidths: [8]\n"
                         "width_multiplier: 1.0\npool_after: [1]\nhidden: 8\nnegative_slope: 0.0\n",
     "optimizer/slow.yaml": "defaults:\n  - adam\n  - _self_\n\nname: slow\nlr: fast\n",
-    "model/typo.yaml": "defaults:\n  - /schema_model_basicnet@_here_\n  - _self_\n\nname: basicnet\nwidths: [8]\n"
+    "model/typo.yaml": "defaults:\n  - /schema_BasicNet@_here_\n  - _self_\n\nname: basicnet\nwidths: [8]\n"
                        "width_multiplier: 1.0\npool_after: [1]\nhiden: 8\nnegative_slope: 0.0\n",
 }
 
