@@ -18,7 +18,7 @@ from pathlib import Path
 import hydra
 
 from sparsesweep import hydra_compat, schema, validate  # noqa: F401  (schema: registers the config's schema)
-from sparsesweep.errors import LOG_FORMAT
+from sparsesweep.errors import LOG_FORMAT, ConfigError
 
 CONFIG_PATH, CONFIG_NAME = "../conf", "config"
 
@@ -53,7 +53,9 @@ def refusal(args) -> str | None:
     reads the config files and writes nothing. Help, --cfg, --info and the like are Hydra's own."""
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
     from hydra.types import RunMode
+    from omegaconf.errors import OmegaConfBaseException
 
     if args.help or args.hydra_help or args.cfg or args.info or args.shell_completion or args.experimental_rerun:
         return None
@@ -71,9 +73,10 @@ def refusal(args) -> str | None:
             if group in groups and not (isinstance(value, str) or sweep is override or
                                         isinstance(value, list) and all(isinstance(v, str) for v in value)):
                 options = composer.config_loader.get_group_options(group)
-                return f"{override.input_line}: not an option in conf/{group}/: choose {group}={' | '.join(options)}"
+                return validate.not_an_option(override.input_line, group, options)
         # A config may make itself a sweep (hydra.mode: MULTIRUN, as +experiment=quickstart does).
-        multirun = args.multirun or (sweep is not None and composer.get_mode(config_name, overrides) == RunMode.MULTIRUN)
+        multirun = args.multirun or (sweep is not None and
+                                     composer.get_mode(config_name, overrides) == RunMode.MULTIRUN)
         if sweep is not None and not multirun:
             key, _, values = sweep.input_line.partition("=")
             return (f"{sweep.input_line}: a sweep needs -m (python -m sparsesweep -m ... {sweep.input_line}); "
@@ -83,7 +86,8 @@ def refusal(args) -> str | None:
             return unwritable("hydra.sweep.dir", cfg.hydra.sweep.dir)
         validate.check_config(cfg)
         return unwritable("hydra.run.dir", cfg.hydra.run.dir)
-    except Exception as error:  # noqa: BLE001  (whatever refuses the config is said in one line)
+    except (HydraException, OmegaConfBaseException, ConfigError, ValueError, OSError) as error:
+        # what refuses a config: Hydra's and OmegaConf's errors, check_config's, and Hydra's plain ValueErrors
         return validate.explain(error, overrides)
     finally:
         GlobalHydra.instance().clear()

@@ -332,7 +332,8 @@ def _unknown_message(dotted: str, value, known, owner: str, noun: str = "key",
     elsewhere = []
     if chosen and dotted.count(".") == 1:
         group, current = chosen
-        elsewhere = [option for option, cls in schema.SCHEMAS[group].items() if option != current and key in _fields(cls)]
+        elsewhere = [option for option, cls in schema.SCHEMAS[group].items()
+                     if option != current and key in _fields(cls)]
     close = closest(key, known)
     if elsewhere:
         fix = f"use {group}={elsewhere[0]} {setting}"
@@ -352,14 +353,11 @@ def _check_option(group: str, node: dict, typed: type | None, later: list) -> No
     name = node.get("name")
     options = schema.SCHEMAS[group]
     cls = typed if dataclasses.is_dataclass(typed) else options.get(name)
-    if cls is None:
-        raise ConfigError(f"{group}.name={show(name)}: not an option in conf/{group}/: choose "
-                          f"{group}={' | '.join(sorted(options))}")
-    builds = schema.options_with(group, cls)
-    if not cls.any_name and builds and name not in builds:
-        fix = (f"names another option: use {group}={name}" if name in options else
-               f"not an option in conf/{group}/: choose {group}={' | '.join(sorted(options))}")
-        raise ConfigError(f"{group}.name={show(name)}: {fix}")
+    builds = schema.options_with(group, cls) if cls else []
+    if cls is None or not cls.any_name and builds and name not in builds:
+        if name in options:
+            raise ConfigError(f"{group}.name={show(name)}: names another option: use {group}={name}")
+        raise ConfigError(not_an_option(f"{group}.name={show(name)}", group, sorted(options)))
     option = name if name in options else None
     if group == "optimizer":
         if "weight_decay" in node and "weight_decay" not in _fields(cls):
@@ -393,8 +391,7 @@ def _check_combined(group: str, node: dict, later: list) -> None:
     options = schema.SCHEMAS[group]
     for option, settings in node.items():
         if option not in options:
-            raise ConfigError(f"{group}.{option}: not an option in conf/{group}/: choose "
-                              f"{group}={' | '.join(sorted(options))} (several: {group}=[a,b])")
+            raise ConfigError(not_an_option(f"{group}.{option}", group, sorted(options)) + f" (several: {group}=[a,b])")
         _check_mapping(settings or {}, options[option], f"{group}.{option}.", later, option,
                        owner=f"{group}={option}")
 
@@ -531,10 +528,7 @@ def explain(error: BaseException, overrides=()) -> str:
     if isinstance(error, MissingConfigException) and "/" in (error.missing_cfg_file or "") \
             and not error.missing_cfg_file.startswith("schema_"):
         group, _, name = error.missing_cfg_file.rpartition("/")
-        close = closest(name, error.options or [])
-        fix = (f"did you mean {group}={close[0]}?" if close else f"choose {group}={' | '.join(error.options)}"
-               if error.options else "python -m sparsesweep --help lists the options")
-        return f"{group}={name}: not an option in conf/{group}/: {fix}"
+        return not_an_option(f"{group}={name}", group, error.options, guess=name)
     # Hydra raises some composition errors from the OmegaConf error they met, others while handling it.
     cause = error if isinstance(error, OmegaConfBaseException) else error.__cause__ or error.__context__
     if isinstance(cause, OmegaConfBaseException) and cause.full_key:
@@ -601,6 +595,15 @@ def _list_type(dotted: str) -> tuple[Any, str | None]:
         if annotation is not None and typing.get_origin(_optional(annotation)[0]) in (list, typing.List):
             return annotation, option
     return None, None
+
+
+def not_an_option(setting: str, group: str, options: list[str] | None, guess: str | None = None) -> str:
+    """`SETTING: not an option in conf/GROUP/: ...`: the option `guess` (a typo) most likely meant, else the
+    options there are."""
+    close = closest(guess, options or []) if guess else []
+    fix = (f"did you mean {group}={close[0]}?" if close else
+           f"choose {group}={' | '.join(options)}" if options else "python -m sparsesweep --help lists the options")
+    return f"{setting}: not an option in conf/{group}/: {fix}"
 
 
 def closest(word: str, candidates) -> list[str]:

@@ -45,7 +45,8 @@ def test_optimizer_base_learning_rates_are_the_papers(make_config, name, lr):
 
 
 def test_a_coefficient_of_the_wrong_regularizer_is_rejected(make_config):
-    with pytest.raises(ConfigError, match=r"^regularizer\.l2=0\.0001: regularizer=wd has no key l2: use regularizer=l2 "):
+    with pytest.raises(ConfigError, match=r"^regularizer\.l2=0\.0001: regularizer=wd has no key l2: "
+                                          r"use regularizer=l2 "):
         validate.check_config(make_config(["regularizer=wd", "regularizer.l2=1e-4"]))
 
 

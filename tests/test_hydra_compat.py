@@ -23,7 +23,8 @@ def test_no_other_module_imports_hydras_private_api():
     offenders = [str(path.relative_to(ROOT)) for folder in ("sparsesweep", "hydra_plugins", "multirun_analysis",
                                                               "rundir_format", "tests", "benchmarks")
                  for path in (ROOT / folder).rglob("*.py")
-                 if path.name != "hydra_compat.py" and re.search(r"^\s*(from|import)\s+hydra\._internal", path.read_text(), re.MULTILINE)]
+                 if path.name != "hydra_compat.py"
+                 and re.search(r"^\s*(from|import)\s+hydra\._internal", path.read_text(), re.MULTILINE)]
     assert offenders == []
 
 

@@ -121,7 +121,8 @@ BAD_VALUES = [
                                             "use a torch.optim class, e.g. optimizer._target_=torch.optim.Adam"),
     ("+optimizer.weight_decay=1e-3", "optimizer.weight_decay=0.001: must be unset (the regularizer sets it): "
                                      "use regularizer=l2 regularizer.l2=0.001"),
-    ("optimizer=sgd +optimizer.nesterov=maybe", "optimizer.nesterov=maybe: must be true or false, e.g. optimizer.nesterov=false"),
+    ("optimizer=sgd +optimizer.nesterov=maybe",
+     "optimizer.nesterov=maybe: must be true or false, e.g. optimizer.nesterov=false"),
 ]
 
 
@@ -189,7 +190,8 @@ def test_the_hydra_key_is_ignored_and_a_check_is_cheap():
 def test_check_config_says_a_value_that_does_not_resolve_in_one_line(make_config):
     with pytest.raises(ConfigError, match=r"^dataset\.root=\$\{oc\.env:SPARSESWEEP_NO_SUCH_VARIABLE\}: cannot be "
                                           r"resolved \(.*SPARSESWEEP_NO_SUCH_VARIABLE.*\)$"):
-        validate.check_config(make_config(SMOKE + ["dataset=cifar10", "dataset.root=${oc.env:SPARSESWEEP_NO_SUCH_VARIABLE}"]))
+        validate.check_config(make_config(SMOKE + ["dataset=cifar10",
+                                                   "dataset.root=${oc.env:SPARSESWEEP_NO_SUCH_VARIABLE}"]))
 
 
 def test_an_unwritable_output_directory_is_one_line(tmp_path):
@@ -235,7 +237,7 @@ CONFIG_DIR_OPTIONS = {
     ("model=plain", None),
     ("model=plain model.hidden=abc", "model.hidden=abc: must be an integer, e.g. model.hidden=256"),
     ("model=mynet", "model.name=mynet: not an option in conf/model/: choose model=basicnet | resnet50 | vgg11 | vgg16"),
-    ("model=typo", f"model.hiden=8: model=basicnet has no key hiden: did you mean model.hidden=8?"),
+    ("model=typo", "model.hiden=8: model=basicnet has no key hiden: did you mean model.hidden=8?"),
 ])
 def test_an_option_from_a_config_dir_is_checked_like_a_built_in_one(tmp_path, overrides, message):
     extra = tmp_path / "extra"
