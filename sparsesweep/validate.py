@@ -251,15 +251,10 @@ def _check_value(dotted: str, value, annotation, default, later: list) -> None:
     """A value against its type (annotation; None: its default's type, for an optimizer argument the schema
     does not declare), then finite, then its rule, then within what a machine holds."""
     rule = RULES.get(dotted)
-    if annotation is None:
-        optional = default is None
-        fits = optional or _matches(value, default)
-    else:
-        _, optional = _optional(annotation)
-        fits = _fits(value, annotation)
-    if not fits and not (rule and rule.replaces_type):
-        raise ConfigError(_type_message(dotted, value, annotation, default) if annotation is not None
-                          else _must(dotted, value, _kind(default), default), dotted)
+    annotation = _annotation_of(default) if annotation is None else annotation
+    _, optional = _optional(annotation)
+    if not _fits(value, annotation) and not (rule and rule.replaces_type):
+        raise ConfigError(_type_message(dotted, value, annotation, default), dotted)
     if value is None and optional:
         return
     values = value if isinstance(value, list) else [value]
@@ -277,28 +272,16 @@ def _check_value(dotted: str, value, annotation, default, later: list) -> None:
                                 else f"at most {limit}", default), dotted)
 
 
-def _matches(value, default) -> bool:
-    """Whether value has the type of a default: an int is a number too; a null default takes anything."""
+def _annotation_of(default):
+    """The type an optimizer argument's default implies: null takes anything; an int default is a number
+    (torch annotates its 0-defaults as floats: momentum: float = 0)."""
     if default is None:
-        return True
-    if isinstance(default, bool):
-        return isinstance(value, bool)
-    if _is_int(default):
-        return _is_int(value)
-    if isinstance(default, float):
-        return _is_number(value)
+        return typing.Optional[Any]
     if isinstance(default, (list, tuple)):
-        return isinstance(value, list) and all(any(_matches(v, d) for d in default) for v in value) \
-            if default else isinstance(value, list)
-    return isinstance(value, type(default))
-
-
-def _kind(default) -> str:
-    """What _matches asks for, in words."""
-    if isinstance(default, (list, tuple)):
-        element = _WORDS.get(type(default[0]), (None, None))[1] if default else None
-        return f"a list of {element}" if element else "a list"
-    return _words(type(default))
+        elements = {_annotation_of(d) for d in default if d is not None}
+        element = elements.pop() if len(elements) == 1 else Any
+        return typing.List[typing.Optional[element] if None in default else element]
+    return float if _is_number(default) and not isinstance(default, bool) else type(default)
 
 
 def _check_mapping(values: dict, cls: type, prefix: str, later: list, option: str | None = None,
@@ -407,9 +390,7 @@ def _optimizer_arguments(target, option: str | None) -> dict:
         example = _default("optimizer._target_", option) or "torch.optim.Adam"
         raise ConfigError(f"optimizer._target_={show(target)}: not an importable class: use a torch.optim class, "
                           f"e.g. optimizer._target_={example}")
-    # torch.optim annotates its 0-defaults as floats (momentum: float = 0): accept any number there.
-    return {name: float(p.default) if _is_int(p.default) else p.default
-            for name, p in inspect.signature(cls).parameters.items() if p.default is not p.empty}
+    return {name: p.default for name, p in inspect.signature(cls).parameters.items() if p.default is not p.empty}
 
 
 def _check_together(config: dict) -> None:
