@@ -71,6 +71,8 @@ def show(value) -> str:
         return "[" + ",".join(map(show, value)) + "]"
     if isinstance(value, dict):
         return "{" + ",".join(f"{k}:{show(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, str) and not value.isprintable():
+        return repr(value)  # a newline or a control character, escaped: the message stays one line
     return str(value)
 
 
@@ -497,7 +499,11 @@ def explain(error: BaseException, overrides=()) -> str:
     """One line for anything that refuses a config: a ConfigError (check_config), Hydra's refusal as the
     config composes (an option that is not there, a value of the wrong type, a key a struct node lacks, an
     override it cannot parse), or a value that does not resolve. overrides: the command line's, to show a
-    value as the user wrote it."""
+    value as the user wrote it. A character that would break the line (a newline in a value) is escaped."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in _explain(error, overrides))
+
+
+def _explain(error: BaseException, overrides) -> str:
     from hydra.errors import MissingConfigException, OverrideParseException
 
     if isinstance(error, ConfigError):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from conftest import CONF, SMOKE, cli, read_results
@@ -273,6 +273,7 @@ KEYS = ["optimizer.lr", "regularizer.l2", "batch_size", "seed", "device", "threa
 
 @settings(max_examples=20, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 @given(key=st.sampled_from(KEYS), value=VALUES)
+@example(key="optimizer.lr", value="\n")  # a newline in a value stays escaped in the one line
 def test_any_value_is_either_taken_or_refused_in_one_line_naming_the_key_and_nothing_is_written(key, value):
     with tempfile.TemporaryDirectory() as base:
         said = problem(*SMOKE, f"{key}={hydra_value(value)}", cwd=Path(base))
