@@ -50,14 +50,15 @@ def main() -> None:
 
 def refusal(args) -> str | None:
     """The line that refuses the command line `args` (Hydra's parsed arguments) for a run or a sweep, or None;
-    reads the config files and writes nothing. Help, --cfg, --info and the like are Hydra's own."""
+    reads the config files and writes nothing. For --cfg only the config's composition is checked (it prints
+    what it composes); help, --info and the like are Hydra's own."""
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
     from hydra.types import RunMode
     from omegaconf.errors import OmegaConfBaseException
 
-    if args.help or args.hydra_help or args.cfg or args.info or args.shell_completion or args.experimental_rerun:
+    if args.help or args.hydra_help or args.info or args.shell_completion or args.experimental_rerun:
         return None
     if args.config_dir is not None and not os.path.isdir(args.config_dir):
         return f"--config-dir={args.config_dir}: not a directory: give the folder that holds your config groups"
@@ -77,11 +78,13 @@ def refusal(args) -> str | None:
         # A config may make itself a sweep (hydra.mode: MULTIRUN, as +experiment=quickstart does).
         multirun = args.multirun or (sweep is not None and
                                      composer.get_mode(config_name, overrides) == RunMode.MULTIRUN)
-        if sweep is not None and not multirun:
+        if sweep is not None and not multirun and not args.cfg:
             key, _, values = sweep.input_line.partition("=")
             return (f"{sweep.input_line}: a sweep needs -m (python -m sparsesweep -m ... {sweep.input_line}); "
                     f"one value that holds a comma is quoted: {key}='{values}'")
         cfg = composer.compose_config(config_name, overrides, run_mode=RunMode.MULTIRUN if multirun else RunMode.RUN)
+        if args.cfg:
+            return None
         if multirun or cfg.hydra.mode == RunMode.MULTIRUN:  # each job is checked as the sweep is planned
             return unwritable("hydra.sweep.dir", cfg.hydra.sweep.dir)
         validate.check_config(cfg)

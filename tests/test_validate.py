@@ -247,6 +247,12 @@ def test_an_option_from_a_config_dir_is_checked_like_a_built_in_one(tmp_path, ov
     assert problem("--config-dir", str(extra), *SMOKE, *overrides.split(), cwd=tmp_path) == message
 
 
+def test_printing_the_config_checks_only_that_it_composes(tmp_path):
+    assert problem("--cfg", "job", "optimizer=adma", cwd=tmp_path) == \
+        "optimizer=adma: not an option in conf/optimizer/: did you mean optimizer=adam?"
+    assert problem("--cfg", "job", "optimizer.lr=inf", cwd=tmp_path) is None  # printed as it is
+
+
 def test_a_missing_config_dir_is_one_line(tmp_path):
     assert problem("--config-dir", str(tmp_path / "nope"), cwd=tmp_path) == \
         f"--config-dir={tmp_path}/nope: not a directory: give the folder that holds your config groups"
