@@ -19,7 +19,7 @@ A new option: its dataclass here (a subclass of its group's base, or an existing
 and its file starting with `- /schema_<its dataclass>@_here_`. An option in a --config-dir extends a built-in
 option (`- adam`) or a schema the same way, and is checked as the built-in ones are.
 
-Nothing here imports torch: composing and checking a config costs no torch import.
+Nothing here imports torch: composing a config costs no torch import.
 """
 from __future__ import annotations
 
