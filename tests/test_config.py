@@ -3,8 +3,9 @@ import pytest
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
-from conftest import CONF, cli, read_results
-from sparsesweep import validate
+from conftest import CONF, ROOT, cli, read_results
+from sparsesweep import schema, validate
+from sparsesweep.errors import ConfigError
 
 GROUPS = ["model", "dataset", "optimizer", "regularizer", "schedule", "experiment"]
 OPTIONS = [(group, path.stem) for group in GROUPS for path in sorted((CONF / group).glob("*.yaml"))]
@@ -44,8 +45,29 @@ def test_optimizer_base_learning_rates_are_the_papers(make_config, name, lr):
 
 
 def test_a_coefficient_of_the_wrong_regularizer_is_rejected(make_config):
-    with pytest.raises(ConfigCompositionException, match=r"Could not override 'regularizer\.l2'"):
-        make_config(["regularizer=wd", "regularizer.l2=1e-4"])
+    with pytest.raises(ConfigError, match=r"^regularizer\.l2=0\.0001: regularizer=wd has no key l2: "
+                                          r"use regularizer=l2 "):
+        validate.check_config(make_config(["regularizer=wd", "regularizer.l2=1e-4"]))
+
+
+@pytest.mark.parametrize("group, option", [(g, o) for g, o in OPTIONS if g != "experiment"],
+                         ids=[f"{g}={o}" for g, o in OPTIONS if g != "experiment"])
+def test_every_option_composes_onto_its_registered_schema(make_config, group, option):
+    """schema.SCHEMAS names every built-in option's schema, and the option's file extends it: the node is of
+    that type (schedules extend step's)."""
+    override = f"logger=[{option}]" if group in schema.COMBINABLE_GROUPS else f"{group}={option}"
+    node = make_config([override])[group]
+    node = node[option] if group in schema.COMBINABLE_GROUPS else node
+    assert OmegaConf.get_type(node) is schema.SCHEMAS[group][option]
+    assert set(node) == set(validate._fields(schema.SCHEMAS[group][option]))  # the schema adds no key
+
+
+def test_the_schema_types_every_value_as_it_composes(make_config):
+    cfg = make_config(["optimizer=sgd", "optimizer.momentum=0", "regularizer.l2=0", "prune.after_training=yes"])
+    assert cfg.optimizer.momentum == 0.0 and type(cfg.optimizer.momentum) is float
+    assert type(cfg.regularizer.l2) is float and cfg.prune.after_training is True
+    with pytest.raises(ConfigCompositionException):
+        make_config(["batch_size=abc"])
 
 
 @pytest.mark.slow
@@ -66,3 +88,67 @@ def test_the_design_card_sweep_runs_six_jobs_at_most_two_at_once(tmp_path):
     code, summary = cli("multirun_analysis", str(tmp_path), cwd=tmp_path)
     rows = [line for line in summary.splitlines() if "optimizer=" in line]
     assert code == 0 and len(rows) == 6 and all("completed" in row for row in rows), summary
+
+
+HELP_GROUPS = ["model", "dataset", "optimizer", "regularizer", "schedule", "experiment", "logger"]
+
+
+# One process runs the command line three ways and says after each whether torch is imported yet.
+COMMANDS = {"help": ["--help"], "cfg": ["--cfg", "job", "+experiment=smoke"],
+            "bad value": ["+experiment=smoke", "optimizer.lr=inf"]}
+
+
+@pytest.fixture(scope="module")
+def command_lines() -> dict[str, tuple[int, str, bool]]:
+    """{command: (exit code, output, whether torch was imported)}."""
+    import subprocess
+    import sys
+
+    code = ("import contextlib, io, runpy, sys\n"
+            f"for name, args in {COMMANDS!r}.items():\n"
+            "    out, sys.argv = io.StringIO(), ['sparsesweep', *args]\n"
+            "    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):\n"
+            "        try:\n"
+            "            runpy.run_module('sparsesweep', run_name='__main__')\n"
+            "            status = 0\n"
+            "        except SystemExit as stop:\n"
+            "            status = stop.code or 0\n"
+            "    print(repr((name, status, out.getvalue(), 'torch' in sys.modules)))\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    import ast
+
+    return {name: rest for name, *rest in map(ast.literal_eval, done.stdout.splitlines())}
+
+
+def test_help_says_what_it_does_every_group_with_its_options_the_example_and_where_results_go(command_lines):
+    code, output, torch_imported = command_lines["help"]
+    assert code == 0 and not torch_imported, output
+    assert "filters that never fire" in output and "powered by Hydra" not in output
+    for group in HELP_GROUPS:
+        options = sorted(path.stem for path in (CONF / group).glob("*.yaml"))
+        assert f"{group}: {', '.join(options)}" in output, group
+    assert "python -m sparsesweep -m optimizer=adam,sgd,adamax regularizer.l2=1e-4,1e-5" in output
+    assert "outputs/DATE/TIME/" in output and "multirun/DATE/TIME/" in output
+    assert "schema_" not in output  # the schemas are no config group
+
+
+def test_printing_the_config_or_refusing_a_value_imports_no_torch(command_lines):
+    code, output, torch_imported = command_lines["cfg"]
+    assert code == 0 and "width_multiplier: 0.125" in output and not torch_imported, output
+    code, output, torch_imported = command_lines["bad value"]
+    assert code == 2 and "optimizer.lr=inf: must be a finite number" in output and not torch_imported, output
+
+
+def test_the_configuration_page_names_every_group_option_and_top_level_key():
+    page = (ROOT / "docs" / "configuration.md").read_text()
+    for group in HELP_GROUPS:
+        assert f"### `{group}`" in page, group
+        for path in (CONF / group).glob("*.yaml"):
+            assert f"`{path.stem}`" in page, f"{group}={path.stem}"
+    for key, annotation in validate._fields(schema.Config).items():
+        nested = validate._optional(annotation)[0]
+        keys = [f"{key}.{sub}" for sub in validate._fields(nested)] if hasattr(nested, "__dataclass_fields__") \
+            else [key]
+        for dotted in keys:
+            assert f"`{dotted}`" in page, dotted

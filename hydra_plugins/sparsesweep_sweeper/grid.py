@@ -55,7 +55,7 @@ from sparsesweep import rundir
 from sparsesweep.datasets import missing_data
 from sparsesweep.errors import ConfigError
 from sparsesweep.hydra_compat import BasicSweeper
-from sparsesweep.validate import check_config
+from sparsesweep.validate import check_config, explain
 
 log = logging.getLogger(__name__)
 
@@ -168,7 +168,7 @@ class GridSweeper(BasicSweeper):
             planned.run_id, planned.config = rundir.run_identity(config), rundir.run_config(config)
             planned.composed = config
         except (HydraException, OmegaConfBaseException, ConfigError) as error:
-            planned.kind, planned.reason = "invalid", first_line(error)
+            planned.kind, planned.reason = "invalid", explain(error, overrides)
             planned.job_dir = planned.job_dir or self.job_dir_without_config(overrides)
             return planned
         job_dir = planned.job_dir
@@ -220,7 +220,7 @@ class GridSweeper(BasicSweeper):
         try:
             runs = self.plan(arguments)
         except HydraException as error:  # a grid row that does not parse, a key set in two places
-            stop_with("%s", first_line(error))
+            stop_with("%s", explain(error, arguments))
         sweep_dir = Path(self.config.hydra.sweep.dir)
         if len(runs) > 20:
             log.info("Composing and checking the configs of %d runs ...", len(runs))
@@ -330,10 +330,6 @@ def check_directories(planned: List[PlannedRun], sweep_dir: Path) -> None:
                       "differ in a key that names the directory (not a logger setting), or set "
                       "hydra.sweep.subdir", other.number, " ".join(other.overrides), run.number,
                       " ".join(run.overrides), run.job_dir)
-
-
-def first_line(error: Exception) -> str:
-    return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
 def move_aside(job_dir: Path, sweep_dir: Path, run_id: str) -> Path:
