@@ -316,8 +316,8 @@ def check_self_check(size: dict, out: Path) -> tuple[bool, str]:
         runs, datasets = [], {}
         for seed in (0, 1):
             spec = pack.RunSpec(compose_config(run_overrides(size, seed, ["regularizer.l2=1e-4"])), out / str(seed))
-            open_directory(spec.cfg, spec.out_dir, [], None, resources)
-            runs.append(pack.open_run(spec, resources, datasets, first=not runs))
+            run_id, _ = open_directory(spec.cfg, spec.out_dir, [], None, resources)
+            runs.append(pack.open_run(spec, run_id, resources, datasets, first=not runs))
         shared = graphs.GraphResources(runs[0].device)
         with shared.on_side_stream():
             for _ in range(graphs.WARMUP_STEPS):
@@ -396,7 +396,8 @@ def markdown(report: dict) -> str:
               "|---|---|---|"]
     lines += [f"| {name} | {'pass' if ok else 'FAIL'} | {detail} |" for name, (ok, detail) in report["checks"].items()]
     lines += ["", "## Throughput", "",
-              "| row | runs | steps/s per run | steps/s aggregate | images/s aggregate | peak GPU MB | graph | windows |",
+              "| row | runs | steps/s per run | steps/s aggregate | images/s aggregate | peak GPU MB | graph "
+              "| windows |",
               "|---|---|---|---|---|---|---|---|"]
     for name, row in report["rows"].items():
         if "error" in row:
@@ -407,7 +408,8 @@ def markdown(report: dict) -> str:
         memory = "–" if row["peak_memory_mb"] is None else f"{row['peak_memory_mb']:.0f}"
         spread = ", ".join(f"{w:.1f}" for w in row["window_steps_per_s"]) if "window_steps_per_s" in row else \
             "(each process's median)"
-        lines.append(f"| {name} | {row['runs']} | {row['per_run_steps_per_s']:.1f} | {row['aggregate_steps_per_s']:.1f} | "
+        lines.append(f"| {name} | {row['runs']} | {row['per_run_steps_per_s']:.1f} | "
+                     f"{row['aggregate_steps_per_s']:.1f} | "
                      f"{40 * row['aggregate_steps_per_s']:.0f} | {memory} | {graph} | {spread} |")
     sweep = report["sweep"]
     first = "–" if sweep.get("first_result_s") is None else f"{sweep['first_result_s']:.1f} s"
@@ -462,11 +464,13 @@ def main() -> int:
     device = torch.cuda.get_device_name() if not args.dry_run else f"CPU ({os.cpu_count()} cores)"
     report = {"device": device, "dry_run": args.dry_run, "torch": torch.__version__,
               "setting": f"BasicNet x{size['width']}, {size['resolution']}x{size['resolution']}, batch 40, "
-                         f"{' '.join(dataset_overrides(size)[:1])}, {size['train']} training images, {EPOCHS} epochs per row",
+                         f"{' '.join(dataset_overrides(size)[:1])}, {size['train']} training images, {EPOCHS} "
+                         f"epochs per row",
               "checks": {}, "rows": {}}
     print(f"gpu_check on {device}{' (dry run)' if args.dry_run else ''}", flush=True)
     with tempfile.TemporaryDirectory() as scratch:
-        for name, check in (("device", lambda: check_device(size)), ("graph", lambda: check_graph(size, Path(scratch) / "g")),
+        for name, check in (("device", lambda: check_device(size)),
+                            ("graph", lambda: check_graph(size, Path(scratch) / "g")),
                             ("self-check", lambda: check_self_check(size, Path(scratch) / "s")),
                             ("resume", lambda: check_resume(size, Path(scratch) / "r")),
                             ("layout", lambda: check_layout(size))):

@@ -88,14 +88,15 @@ def train_runs(specs: list[RunSpec], apart_unless_captured: bool = False
                 if shared is not None:
                     raise ConfigError(f"{spec.out_dir} is also the directory of run #{shared} of this pack: a "
                                       f"directory holds one run; give each its own (hydra.sweep.subdir)")
-                finished = open_directory(spec.cfg, Path(spec.out_dir), spec.overrides, spec.on_open, resources)
+                run_id, finished = open_directory(spec.cfg, Path(spec.out_dir), spec.overrides, spec.on_open,
+                                                  resources)
                 if finished:
                     spec.log.info("run %s is already %s in %s: nothing to do", finished["run_id"], finished["status"],
                                   spec.out_dir)
                     outcomes[number] = (finished, None)
                     resources.close()
                     continue
-                runs[number] = open_run(spec, resources, datasets, first=not runs)
+                runs[number] = open_run(spec, run_id, resources, datasets, first=not runs)
             except interrupts.Interrupted:
                 raise
             except Exception as error:  # noqa: BLE001 (one bad run never takes down a pack)
@@ -116,7 +117,7 @@ def train_runs(specs: list[RunSpec], apart_unless_captured: bool = False
     return outcomes
 
 
-def open_run(spec: RunSpec, resources, datasets: dict, first: bool) -> Run:
+def open_run(spec: RunSpec, run_id: str, resources, datasets: dict, first: bool) -> Run:
     cfg = spec.cfg
     device = assemble.pick_device(cfg.device)
     if first:  # process-wide settings: equal for every run of a pack (pack_key)
@@ -129,7 +130,7 @@ def open_run(spec: RunSpec, resources, datasets: dict, first: bool) -> Run:
     key = json.dumps([OmegaConf.to_container(cfg.dataset, resolve=True), str(device), cfg.performance.data_on_device])
     if key not in datasets:
         datasets[key] = assemble.data_for(cfg, device)
-    return Run(cfg, Path(spec.out_dir), spec.overrides, datasets[key], device,
+    return Run(cfg, run_id, Path(spec.out_dir), spec.overrides, datasets[key], device,
                capturable=device.type == "cuda" and graph != "off", log=spec.log, resources=resources)
 
 

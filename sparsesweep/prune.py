@@ -258,7 +258,8 @@ def prune_trained(run_dir: Path, cfg, data, model: nn.Module, threshold: float =
         _, error_before, top5_before = evaluate(model, data, data.test, cfg.eval_batch_size, device)
         _, error_after, top5_after = evaluate(pruned, data, data.test, cfg.eval_batch_size, device)
         measured = compare(model, pruned, input_shape, batch_size=batch_size, repeats=repeats)
-    result = {"schema": PRUNE_SCHEMA, "run_id": rundir.run_identity(cfg), "threshold": threshold,
+    run_id = rundir.read_json(run_dir / rundir.RESULTS).get("run_id") or rundir.run_identity(cfg)  # its own
+    result = {"schema": PRUNE_SCHEMA, "run_id": run_id, "threshold": threshold,
               "features": report.features(), **measured,
               "test_error": {"before": error_before, "after": error_after},
               "test_top5_error": {"before": top5_before, "after": top5_after},

@@ -36,11 +36,10 @@ TRAINING, TRAINED = "training", "trained"  # then COMPLETED, DIVERGED or FAILED 
 class Run:
     """A run whose directory is open (rundir.open_directory), from its first step or its latest checkpoint."""
 
-    def __init__(self, cfg, out_dir: Path, overrides, data: Dataset, device: torch.device, capturable: bool,
-                 log: logging.Logger, resources: contextlib.ExitStack):
-        self.cfg, self.out_dir, self.overrides, self.data = cfg, Path(out_dir), list(overrides), data
-        self.log, self.resources, self.capturable = log, resources, capturable
-        self.run_id = rundir.run_identity(cfg)
+    def __init__(self, cfg, run_id: str, out_dir: Path, overrides, data: Dataset, device: torch.device,
+                 capturable: bool, log: logging.Logger, resources: contextlib.ExitStack):
+        self.cfg, self.run_id, self.out_dir, self.overrides = cfg, run_id, Path(out_dir), list(overrides)
+        self.data, self.log, self.resources, self.capturable = data, log, resources, capturable
         self.model = assemble.model_for(cfg, data, device)
         # The compiled module shares the parameters; checkpoints, hooks and evaluation use the plain one.
         self.forward = torch.compile(self.model) if cfg.performance.compile else self.model

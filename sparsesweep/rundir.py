@@ -4,6 +4,7 @@ The format itself (file names, statuses, atomic writes) is rundir_format's, shar
 from __future__ import annotations
 
 import contextlib
+import copy
 import fcntl
 import hashlib
 import io
@@ -35,14 +36,34 @@ def run_config(cfg) -> dict:
 def run_identity(cfg) -> str:
     """A short hash of the resolved config without the run-irrelevant keys: equal for two runs that must
     give the same results."""
-    plain = run_config(cfg)
+    return identity_hash(run_config(cfg))
+
+
+def identity_hash(config: dict) -> str:
+    return hashlib.sha256(json.dumps(identity_payload(config), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def identity_payload(config: dict) -> dict:
+    """A resolved config without the run-irrelevant keys (a copy)."""
+    plain = copy.deepcopy(config)
     for dotted in RUN_IRRELEVANT:
         *parents, leaf = dotted.split(".")
         node = plain
         for key in parents:
             node = node.get(key, {})
         node.pop(leaf, None)
-    return hashlib.sha256(json.dumps(plain, sort_keys=True).encode()).hexdigest()[:16]
+    return plain
+
+
+def directory_identity(run_dir: Path, cfg) -> str:
+    """This run's identity in run_dir: run_identity(cfg), or the identity the directory records for a config
+    equal to this one by value. A run recorded before config values were typed by the schema (then
+    `regularizer.l2=0` was the integer 0, now it is 0.0, and the hash differs) keeps its directory so."""
+    run_id, recorded = run_identity(cfg), recorded_run(run_dir)
+    if recorded.get("run_id") not in (None, run_id) and isinstance(recorded.get("config"), dict) \
+            and identity_payload(recorded["config"]) == identity_payload(run_config(cfg)):
+        return recorded["run_id"]
+    return run_id
 
 
 def config_differences(old: dict, new: dict, prefix: str = "") -> list[str]:
@@ -163,25 +184,27 @@ class RunDirConflict(ConfigError):
                          f"changed; train it in a new directory (hydra.run.dir=... or hydra.sweep.dir=...)")
 
 
-def open_directory(cfg, out_dir: Path, overrides, on_open, resources: contextlib.ExitStack) -> dict | None:
+def open_directory(cfg, out_dir: Path, overrides, on_open,
+                   resources: contextlib.ExitStack) -> tuple[str, dict | None]:
     """Claims out_dir for this run: locks it for the life of `resources`, refuses another run's directory
-    (RunDirConflict) and one another process trains (RunDirBusy); returns the results of a run this
-    directory already finished (nothing to do), else None once identity.json is written, the temp files of
-    a killed writer removed and on_open() (the entry point writes Hydra's .hydra/ then) called."""
+    (RunDirConflict) and one another process trains (RunDirBusy); returns (the run's identity, the results of
+    a run this directory already finished: nothing to do), or (its identity, None) once identity.json is
+    written, the temp files of a killed writer removed and on_open() (the entry point writes Hydra's .hydra/
+    then) called."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    run_id = run_identity(cfg)
     resources.enter_context(locked(out_dir))
+    run_id = directory_identity(out_dir, cfg)
     foreign = foreign_run(out_dir, run_id)
     if foreign:
         raise RunDirConflict(out_dir, foreign, cfg, run_id)
     finished = read_json(out_dir / RESULTS)
     if finished.get("status") in FINISHED and finished.get("run_id") == run_id:
-        return finished
+        return run_id, finished
     remove_temporaries(out_dir)  # only this process writes here now (the lock)
     write_identity(out_dir, run_id, cfg, overrides)
     if on_open:
         on_open()
-    return None
+    return run_id, None
 
 
 

@@ -35,7 +35,7 @@ from omegaconf import MISSING, OmegaConf
 @dataclass
 class Performance:
     data_on_device: Any = MISSING     # auto, true or false
-    channels_last: bool = MISSING
+    channels_last: Any = MISSING      # auto, true or false
     compile: bool = MISSING
     tf32: bool = MISSING
     cuda_graph: Any = MISSING         # auto, on or off (YAML reads a bare on/off as a bool)

@@ -26,8 +26,8 @@ def opened_runs(tmp_path, names, extra=()):
         runs, datasets = [], {}
         for name in names:
             spec = pack.RunSpec(compose_config(ONE_THREAD + RUNS[name] + list(extra)), tmp_path / name)
-            open_directory(spec.cfg, spec.out_dir, [], None, resources)
-            runs.append(pack.open_run(spec, resources, datasets, first=not runs))
+            run_id, _ = open_directory(spec.cfg, spec.out_dir, [], None, resources)
+            runs.append(pack.open_run(spec, run_id, resources, datasets, first=not runs))
         yield runs
 
 
@@ -89,7 +89,8 @@ def test_a_disagreement_is_measured_against_two_eager_executions_and_the_change(
     off = torch.tensor([0.5, 0.5, 0.5, 0.5 + 2e-3], dtype=torch.float64)
     assert graphs.disagreement(start, eager, eager, eager) is None
     assert graphs.disagreement(start, eager, eager, off) == pytest.approx((2e-3, graphs.UPDATE_FLOOR))
-    noisy = torch.tensor([0.5, 0.5, 0.5, 0.5 + 1e-3], dtype=torch.float64)  # two eager executions differ by 1e-3: 10x that is allowed
+    # Two eager executions that differ by 1e-3: 10x that is allowed.
+    noisy = torch.tensor([0.5, 0.5, 0.5, 0.5 + 1e-3], dtype=torch.float64)
     assert graphs.disagreement(start, eager, noisy, off) is None
     assert graphs.disagreement(start, eager, noisy, torch.tensor([0.5, 0.5, 0.5, 0.52], dtype=torch.float64)) == \
         pytest.approx((0.02, 0.01))

@@ -252,6 +252,23 @@ def test_run_files_get_the_users_umask(tmp_path, umask, mode):
     assert (tmp_path / "results.json").stat().st_mode & 0o777 == mode
 
 
+def test_a_run_recorded_before_values_were_typed_keeps_its_directory(make_config, tmp_path):
+    # The schema reads regularizer.l2=0 as 0.0; a version before it recorded the integer 0, whose hash differs.
+    cfg = make_config(SMOKE + ["regularizer.l2=0"])
+    pack.train(cfg, tmp_path / "run")
+    for name in ("results.json", "identity.json"):
+        recorded = json.loads((tmp_path / "run" / name).read_text())
+        recorded["config"]["regularizer"]["l2"] = 0
+        recorded["run_id"] = rundir.identity_hash(recorded["config"])
+        (tmp_path / "run" / name).write_text(json.dumps(recorded))
+    old_id = recorded["run_id"]
+    assert old_id != rundir.run_identity(cfg) and rundir.directory_identity(tmp_path / "run", cfg) == old_id
+    assert pack.train(cfg, tmp_path / "run")["run_id"] == old_id  # the same run, finished: nothing to do
+    other = make_config(SMOKE + ["regularizer.l2=1e-3"])  # a config that differs in value is another run
+    with pytest.raises(rundir.RunDirConflict, match=r"regularizer.l2: 0 -> 0.001"):
+        pack.train(other, tmp_path / "run")
+
+
 def test_temporary_files_a_kill_left_are_removed_when_the_run_resumes(make_config, tmp_path, monkeypatch):
     cfg = make_config(SMOKE + ["checkpoint_interval_min=0"])
     signal_at_step(monkeypatch, 25, signal.SIGTERM)

@@ -52,7 +52,6 @@ import rundir_format
 from hydra_plugins.sparsesweep_launcher._live import outcome
 from hydra_plugins.sparsesweep_sweeper import _names as names
 from sparsesweep import rundir
-from sparsesweep.datasets import missing_data
 from sparsesweep.errors import ConfigError
 from sparsesweep.hydra_compat import BasicSweeper
 from sparsesweep.validate import check_config, explain
@@ -165,7 +164,8 @@ class GridSweeper(BasicSweeper):
             names.pin_sweep_dir(config, self.config.hydra.sweep.dir)
             planned.job_dir = Path(config.hydra.sweep.dir) / str(config.hydra.sweep.subdir)
             check_config(config)
-            planned.run_id, planned.config = rundir.run_identity(config), rundir.run_config(config)
+            planned.run_id, planned.config = rundir.directory_identity(planned.job_dir, config), \
+                rundir.run_config(config)
             planned.composed = config
         except (HydraException, OmegaConfBaseException, ConfigError) as error:
             planned.kind, planned.reason = "invalid", explain(error, overrides)
@@ -206,6 +206,8 @@ class GridSweeper(BasicSweeper):
     def check_data(self, planned: List[PlannedRun]) -> List[str]:
         """Marks the runs to train whose dataset is missing on disk (no data: not launched); returns one line
         per missing dataset, with what fetches it."""
+        from sparsesweep.datasets import missing_data  # torch: only once a sweep is planned, never for --help
+
         lines: Dict[str, List[str]] = {}  # by dataset config: checked once however many runs use it
         for run in planned:
             if run.kind in TO_TRAIN and run.composed is not None:
