@@ -5,7 +5,8 @@ Before Hydra runs (it makes a run's directory and log file first of all), the co
 Hydra will compose it: the config composes, every value passes sparsesweep.validate, the output directory
 can be made. Any problem is one line naming the fix, exit code 2, and nothing written. In a sweep each job
 is checked by the grid sweeper as it plans the runs (an invalid one is recorded as failed, not launched).
-Nothing here imports torch until a run trains: --help, --cfg and a bad value cost no torch import.
+Nothing here imports torch until a run trains (or --cfg job looks for its data): --help and a bad value cost
+no torch import.
 """
 from __future__ import annotations
 
@@ -46,6 +47,23 @@ def main() -> None:
         log.error("%s", problem)
         sys.exit(2)
     train()
+    if args.cfg and not args.multirun:  # a dry run of one run: say what it would not find
+        for line in missing_data(args):
+            print(f"missing: {line}", file=sys.stderr)
+
+
+def missing_data(args) -> list[str]:
+    """The datasets the run of `args` needs and does not find on disk, each with what fetches it."""
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.types import RunMode
+
+    from sparsesweep.datasets import missing_data as missing  # torchvision knows where datasets live
+
+    try:
+        return missing(_hydra(args).compose_config(args.config_name or CONFIG_NAME, list(args.overrides),
+                                                   run_mode=RunMode.RUN))
+    finally:
+        GlobalHydra.instance().clear()
 
 
 def refusal(args) -> str | None:
