@@ -17,11 +17,10 @@ from omegaconf.errors import OmegaConfBaseException
 
 from rundir_format import LOG
 from sparsesweep import apart, interrupts, pack, rundir
-from sparsesweep.errors import ConfigError
+from sparsesweep.errors import LOG_FORMAT, ConfigError
 from sparsesweep.interrupts import Interrupted
 
 log = logging.getLogger("sparsesweep")
-LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"  # Hydra's job log format
 
 
 @dataclass

@@ -167,7 +167,7 @@ class GridSweeper(BasicSweeper):
             planned.run_id, planned.config = rundir.directory_identity(planned.job_dir, config), \
                 rundir.run_config(config)
             planned.composed = config
-        except (HydraException, OmegaConfBaseException, ConfigError) as error:
+        except (HydraException, OmegaConfBaseException, ConfigError, ValueError) as error:  # ValueError: Hydra's own
             planned.kind, planned.reason = "invalid", explain(error, overrides)
             planned.job_dir = planned.job_dir or self.job_dir_without_config(overrides)
             return planned
