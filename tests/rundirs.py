@@ -60,4 +60,8 @@ class Sweep:
         (run_dir / "results.json").write_text(json.dumps(results, indent=1))
         (run_dir / "identity.json").write_text(json.dumps(
             {key: results[key] for key in ("run_id", "overrides", "config")}, indent=1))
+        for name in ("progress.json", "prune.json"):  # the template's files of its own run: now of this one
+            if (run_dir / name).exists():
+                (run_dir / name).write_text(json.dumps({**json.loads((run_dir / name).read_text()),
+                                                        "run_id": results["run_id"]}, indent=1))
         return run_dir
