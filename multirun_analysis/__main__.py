@@ -97,11 +97,12 @@ def status(paths) -> int:
         if table.empty:
             print(f"no runs found under {sweep_dir}")
             continue
-        shared = common_overrides(list(table.run))
-        rows = [[terminal.styled(run.state), without(run.run, shared), run.detail] for run in table.itertuples()]
+        # One line per run (unwrapped) between the header and the counts, for grep and scripts: the overrides
+        # all runs share stay in each line.
+        rows = [[terminal.styled(run.state), run.run, run.detail] for run in table.itertuples()]
         counts = table.state.value_counts()
-        terminal.show(*([str(sweep_dir)] if len(paths) > 1 else []), *shared_line(shared),
-                      terminal.table(["state", "run", "detail"], rows),
+        terminal.show(*([str(sweep_dir)] if len(paths) > 1 else []),
+                      terminal.table(["state", "run", "detail"], rows, wraps_first=2),
                       ", ".join(f"{counts[state]} {state}" for state in sorted(counts.index, key=order)))
     return 0
 

@@ -296,7 +296,7 @@ def against_bound(expect_sparsity: bool):
             if not values.empty:
                 rows.append(verdict_row(claim, describe(cell.setting), values, expect_sparsity,
                                         label_a=claim.label(cell.setting), a=values,
-                                        label_b=f"{THRESHOLD_POINTS:g} % (no sparsity)"))
+                                        label_b=f"{THRESHOLD_POINTS:g} %"))
         return rows
     return compare
 

@@ -163,7 +163,8 @@ def render(spec: TableSpec, table: pd.DataFrame, fmt: str = "terminal", show_pap
         return csv_text(flat, index=True)
     if fmt == "markdown":
         body = flat_columns(cells(spec, table, show_paper, lambda s: f"**{s}**"))
-        return f"**{markdown_text(spec.title)}**\n\n" + markdown_table(body) + f"\n\n{legend(spec, show_paper, 'bold')}\n"
+        title, key = f"**{markdown_text(spec.title)}**", legend(spec, show_paper, "bold")
+        return f"{title}\n\n{markdown_table(body)}\n\n{key}\n"
     if fmt == "latex":
         body = flat_columns(cells(spec, table, show_paper, lambda s: f"\\textbf{{{s}}}", latex_text))
         rows = [" & ".join(row) + r" \\" for row in body.values.tolist()]

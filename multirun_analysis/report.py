@@ -175,10 +175,10 @@ def results_by_setting(completed: pd.DataFrame) -> dict:
 def claims_section(completed: pd.DataFrame) -> dict:
     """The verdicts of `claims` (the rows of the claims the runs speak to; the others named)."""
     shown = claims.texts(claims.check(completed))
-    judged = shown[shown.verdict != claims.NO_RUNS]
+    judged, without_runs = shown[shown.verdict != claims.NO_RUNS], shown[shown.verdict == claims.NO_RUNS]
     return {"columns": list(judged.columns), "rows": judged.values.tolist(), "legend": claims.LEGEND,
             "verdict_column": list(judged.columns).index("verdict"),
-            "no_runs": [f"{row.claim} ({row.statement})" for row in shown[shown.verdict == claims.NO_RUNS].itertuples()]}
+            "no_runs": [f"{row.claim} ({row.statement})" for row in without_runs.itertuples()]}
 
 
 def pruning(completed: pd.DataFrame) -> dict | None:

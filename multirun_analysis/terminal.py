@@ -13,6 +13,7 @@ from rich.table import Table
 from rich.text import Text
 
 UNWRAPPED = 1_000_000  # the width of output that is not wrapped
+MIN_WRAPPED = 30       # the least a column that wraps first keeps
 # Colours of the words that say how a run or a claim stands (on a terminal only).
 STYLES = {"completed": "green", "holds": "green", "running": "cyan", "failed": "red", "unreadable": "red",
           "conflict": "red", "contradicted": "red", "diverged": "yellow", "inconclusive": "yellow",
@@ -44,13 +45,19 @@ def cell(value) -> Text:
     return value if isinstance(value, Text) else Text("" if value is None else str(value))
 
 
-def table(headers: list[str], rows: list[list], numbers_from: int | None = None) -> Table:
+def table(headers: list[str], rows: list[list], numbers_from: int | None = None, wraps_first: int | None = None,
+          file=None) -> Table:
     """A table: `headers`, then `rows` of text (or rich Text); columns from `numbers_from` on right-aligned.
-    Where the width is short, the widest columns wrap first (at spaces; a word longer than its column folds)."""
+    Where the width (of `file`, stdout) is short, column `wraps_first` gives up its width before the others,
+    then the widest columns wrap first (at spaces; a word longer than its column folds)."""
     grid = Table(box=None, pad_edge=False, header_style="bold")  # no rule: a line per row, the header first
+    natural = [max(len(line) for text in [cell(header), *(cell(row[position]) for row in rows)]
+                   for line in text.plain.splitlines() or [""]) for position, header in enumerate(headers)]
     for position, header in enumerate(headers):
         numeric = numbers_from is not None and position >= numbers_from
-        grid.add_column(Text(header), justify="right" if numeric else "left", overflow="fold")
+        left = width(file or sys.stdout) - sum(natural) + natural[position] - 2 * (len(headers) - 1)
+        grid.add_column(Text(header), justify="right" if numeric else "left", overflow="fold",
+                        max_width=max(left, MIN_WRAPPED) if position == wraps_first else None)
     for row in rows:
         grid.add_row(*map(cell, row))
     return grid

@@ -46,11 +46,12 @@ class Sweep:
         its results.json; top: its top-level keys (test_error, dataset, status, ...); sparsity: % by gamma."""
         self.count += 1
         name = name or f"run{self.count}"
-        results = copy.deepcopy(self.results)
+        results, config = copy.deepcopy(self.results), dict(config)
         results.update(run_id=run_id(f"{self.root}/{name}"), seed=seed, optimizer=optimizer,
                        overrides=list(overrides) if overrides is not None else
-                       [*SMOKE, f"optimizer={optimizer}", f"seed={seed}", *(f"{k}={v}" for k, v in dict(config).items())])
-        edits = {"config.seed": seed, "config.optimizer.name": optimizer, **{f"config.{k}": v for k, v in dict(config).items()},
+                       [*SMOKE, f"optimizer={optimizer}", f"seed={seed}", *(f"{k}={v}" for k, v in config.items())])
+        edits = {"config.seed": seed, "config.optimizer.name": optimizer,
+                 **{f"config.{k}": v for k, v in config.items()},
                  **({"sparsity.by_gamma.total_pct": sparsity} if sparsity is not None else {}), **dict(nested)}
         for key, value in edits.items():
             put(results, key, value)

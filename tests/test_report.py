@@ -109,7 +109,8 @@ def test_every_section_table_and_figure_is_on_the_page(page, sweep, tmp_path):
     # The results by setting: the overrides without the seed, each a cell of `mean ±std (n)`.
     results = [[td.text for td in css(tr, "td")] for tr in css(page, "#results-table tbody tr")]
     assert len(results) == 4 and {row[0] for row in results} == {
-        "+experiment=smoke optimizer=adam regularizer.l2=0.0001", "+experiment=smoke optimizer=sgd regularizer.l2=0.0001",
+        "+experiment=smoke optimizer=adam regularizer.l2=0.0001",
+        "+experiment=smoke optimizer=sgd regularizer.l2=0.0001",
         "+experiment=smoke regularizer.l2=0", "+experiment=smoke batch_size=20"}
     assert all(re.fullmatch(r"\d+\.\d\d \(1\)", row[1]) for row in results)  # test error: 2 decimals, one run
     # The claims these runs speak to, as `claims` judges them (one seed: no interval, inconclusive).

@@ -34,7 +34,8 @@ def extra_keys(model, where: str = "") -> list[str]:
     if not isinstance(model, BaseModel):
         return []
     found = [f"{where}.{key}" for key in model.model_extra or {}]
-    return found + [key for name in type(model).model_fields for key in extra_keys(getattr(model, name), f"{where}.{name}")]
+    return found + [key for name in type(model).model_fields
+                    for key in extra_keys(getattr(model, name), f"{where}.{name}")]
 
 
 def test_a_completed_and_pruned_run_validates_with_nothing_undescribed(trained):
