@@ -273,7 +273,7 @@ def labels(claim: Claim, cells: list[Cell]) -> list[str]:
 
 
 def paired_cells(claim: Claim, cells: list[Cell], describe) -> list[dict]:
-    """Claims 1, 3, 4, 5, 6, 10a, 10b: pairs of cells alike but for the claim's keys."""
+    """Claims 1, 3, 4, 5, 6, 10a, 10b, 11: pairs of cells alike but for the claim's keys."""
     contexts = {}
     for cell in cells:
         contexts.setdefault(context_of(claim, cell.setting), []).append(cell)
@@ -506,10 +506,8 @@ def terminal_view(verdicts: pd.DataFrame) -> list:
     return view + [LEGEND]
 
 
-def format_verdicts(verdicts: pd.DataFrame, fmt: str = "terminal") -> str:
-    """csv: every number; markdown and terminal: the texts (terminal: as terminal_view prints it, no colour)."""
+def format_verdicts(verdicts: pd.DataFrame, fmt: str) -> str:
+    """csv: every number; markdown: the texts, one table (the terminal's: terminal_view)."""
     if fmt == "csv":
         return render.csv_text(verdicts, index=False)
-    if fmt == "markdown":
-        return render.markdown_table(texts(verdicts)) + f"\n\n{LEGEND}\n"
-    return terminal.text(terminal_view(verdicts))
+    return render.markdown_table(texts(verdicts)) + f"\n\n{LEGEND}\n"
