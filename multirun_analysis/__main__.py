@@ -32,7 +32,7 @@ import pandas as pd
 
 from multirun_analysis import claims, render, tables, terminal
 from multirun_analysis.load import load_runs
-from multirun_analysis.status import STATES, sweep_status
+from multirun_analysis.status import sweep_status
 
 COMMANDS = ("status", "runs", "plots", "report", "claims", *tables.TABLES)
 # The summary's columns: run column -> (header, decimals); sparsity: % of features inactive by |γ| < 1e-3 and by
@@ -103,12 +103,8 @@ def status(paths) -> int:
         counts = table.state.value_counts()
         terminal.show(*([str(sweep_dir)] if len(paths) > 1 else []),
                       terminal.table(["state", "run", "detail"], rows, wraps_first=2),
-                      ", ".join(f"{counts[state]} {state}" for state in sorted(counts.index, key=order)))
+                      ", ".join(f"{n} {state}" for state, n in counts.items()))  # the most frequent first
     return 0
-
-
-def order(state: str) -> int:
-    return STATES.index(state) if state in STATES else len(STATES)
 
 
 def parse_where(pairs) -> dict:

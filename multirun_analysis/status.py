@@ -19,7 +19,7 @@ from multirun_analysis.load import RunRecord, collect, measured, rank
 from rundir_format import HYDRA_OVERRIDES, LOG, PROGRESS, SWEEP_PLAN, lock_holder, schema
 
 LOG_TAIL_BYTES = 4096  # the last line of sparsesweep.log is all we show, whatever the log's length
-# Every state, in the order they are listed and counted.
+# Every state, in the order the report lists them.
 STATES = ("completed", "running", "failed", "diverged", "interrupted", "unreadable", "conflict", "duplicate",
           "missing")
 COLUMNS = ["run", "state", "detail", "dir"]

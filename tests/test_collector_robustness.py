@@ -436,7 +436,7 @@ def test_a_malformed_run_file_is_reported_once_and_every_other_run_counted(capsy
         assert said == ([f"{bad / name}: {problem}"] if name == "identity.json" else [])
         assert sweep_status(sweep).set_index("run").detail["seed=0"] == (
             f"{name}: {problem}" if name == "results.json" else "")
-        assert out[-1] == ("1 completed, 1 unreadable" if left_out else "2 completed")
+        assert out[-1] == ("1 unreadable, 1 completed" if left_out else "2 completed")
         return
     assert len(said) == 1 and said[0].endswith(f"{bad / name}: {problem}"), err
     runs = 1 if left_out else 2
