@@ -1,5 +1,6 @@
 """How fast multirun_analysis loads and tabulates many runs: writes N synthetic Table 1 run directories
-(realistic results.json files), then times load_runs + the Table 1 build. Target: 5,000 runs in <= 10 s.
+(realistic results.json files, valid against rundir_format.schema), then times load_runs (every file read
+through the schema) + the Table 1 build. Target: 5,000 runs in <= 10 s.
 
     python benchmarks/collector.py [--runs 5000] [--dir DIR]
 """
@@ -8,6 +9,7 @@ import json
 import random
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 from multirun_analysis import tables
@@ -33,11 +35,12 @@ def synthetic_results(number: int, rng: random.Random) -> dict:
                           f"seed={seed}"],
             "model": "basicnet", "dataset": dataset, "optimizer": optimizer, "regularizer": regularizer,
             "coefficient": float(coef), "batch_size": 40, "seed": seed, "test_error": rng.uniform(9, 50),
-            "test_loss": rng.uniform(0.3, 2), "train_loss": rng.uniform(0, 1), "train_error": rng.uniform(0, 10),
-            "epochs": 325, "iterations": 406250, "wall_time_s": 1800.0,
+            "test_top5_error": rng.uniform(0, 9), "test_loss": rng.uniform(0.3, 2), "train_loss": rng.uniform(0, 1),
+            "train_error": rng.uniform(0, 10), "epochs": 325, "iterations": 406250, "wall_time_s": 1800.0,
+            "measure_time_s": 20.0, "device_time_s": 1800.0,
             "sparsity": {"by_gamma": block(1e-3), "by_gamma_alt": block(1e-2), "by_activation": block(1e-12),
                          "by_activation_alt": block(1e-4)},
-            "zeroed_test_error": rng.uniform(9, 50),
+            "zeroed_test_error": rng.uniform(9, 50), "zeroed_test_top5_error": rng.uniform(0, 9),
             "selectivity": {"ratio": 1e-3, "bin_edges": [i / 10 for i in range(11)],
                             "per_layer": {l: {"mean": 0.5, "mean_active": 0.5, "histogram": [6] * 10} for l in LAYERS}}}
 
@@ -54,8 +57,10 @@ def main() -> None:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "results.json").write_text(json.dumps(synthetic_results(number, rng), indent=1))
     start = time.perf_counter()
-    runs = load_runs([root], completed_only=True)
+    skipped = Counter()
+    runs = load_runs([root], skipped, completed_only=True)
     loaded = time.perf_counter()
+    assert len(runs) == args.runs and not skipped, skipped  # every synthetic run validates
     table = tables.build(tables.TABLES["table1"], runs)
     done = time.perf_counter()
     print(f"{len(runs)} runs loaded in {loaded - start:.2f} s, Table 1 ({len(table)} rows) built in "

@@ -1,8 +1,9 @@
 """Read sparsesweep run directories and report on them. Several sweep directories merge.
 
   python -m multirun_analysis SWEEP_DIR...                  one row per run: overrides, errors, sparsity
-  python -m multirun_analysis status SWEEP_DIR              completed / running / failed / diverged /
-                                                            interrupted / missing, one line per run
+  python -m multirun_analysis status SWEEP_DIR...           completed / running / failed / diverged /
+                                                            interrupted / unreadable / conflict / missing,
+                                                            one line per run
   python -m multirun_analysis TABLE SWEEP_DIR... [--format terminal|markdown|latex|csv] [--out DIR] [--no-paper]
                                                   [--where KEY=VALUE ...]
                                                             TABLE: table1 ... table7, difficulty; --where
@@ -14,33 +15,61 @@
   python -m multirun_analysis runs SWEEP_DIR... --out FILE  every run, every metric (.csv or .parquet)
   python -m multirun_analysis plots SWEEP_DIR... --out DIR  the figures, PNG and PDF
   python -m multirun_analysis report SWEEP_DIR... --out FILE.html
-                                                            one self-contained page: status, tables,
-                                                            figures, every run (sortable, filterable)
+                                                            one self-contained page: status, results,
+                                                            claims, tables, figures, every run
+
+What cannot be read is said on stderr, one line per reason, and the rest is still shown; the exit code is 0,
+or 2 (one line) for a directory that is not there or an output that cannot be written.
 """
 import argparse
 import dataclasses
+import os
 import sys
 from collections import Counter
 from pathlib import Path
 
 import pandas as pd
 
-from multirun_analysis import claims, render, tables
+from multirun_analysis import claims, render, tables, terminal
 from multirun_analysis.load import load_runs
 from multirun_analysis.status import sweep_status
 
 COMMANDS = ("status", "runs", "plots", "report", "claims", *tables.TABLES)
-SUMMARY_COLUMNS = {
-    "overrides": "overrides", "status": "status", "test_error": "test err %",
-    "sparsity_by_gamma_pct": "sparsity γ<1e-3 %", "sparsity_by_activation_pct": "sparsity act<1e-12 %",
-    "sparsity_by_gamma_alt_pct": "γ<1e-2 %", "sparsity_by_activation_alt_pct": "act<1e-4 %",
-    "zeroed_test_error": "zeroed err %", "iterations": "steps", "wall_time_s": "time s"}
+# The summary's columns: run column -> (header, decimals); sparsity: % of features inactive by |γ| < 1e-3 and by
+# max activation < 1e-12 (at the other thresholds, 1e-2 and 1e-4: in `runs --out`).
+SUMMARY_COLUMNS = {"test_error": ("test err %", 2), "sparsity_by_gamma_pct": ("γ<1e-3 %", 1),
+                   "sparsity_by_activation_pct": ("act<1e-12 %", 1), "zeroed_test_error": ("zeroed err %", 2),
+                   "iterations": ("steps", 0), "wall_time_s": ("time s", 1)}
 EXTENSIONS = {"terminal": "txt", "markdown": "md", "latex": "tex", "csv": "csv"}
+
+
+class OutputError(Exception):
+    """An output that cannot be written: one line, exit 2."""
 
 
 def report_skipped(skipped: Counter) -> None:
     for reason, count in skipped.items():
         print(f"skipped {count} run(s): {reason}", file=sys.stderr)
+
+
+def common_overrides(runs: list[str]) -> list[str]:
+    """The overrides every one of several runs has (each run: its overrides, space-separated)."""
+    if len(runs) < 2:
+        return []
+    shared = set.intersection(*(set(run.split()) for run in runs))
+    return [override for override in runs[0].split() if override in shared]
+
+
+def without(run: str, shared: list[str]) -> str:
+    return " ".join(override for override in run.split() if override not in shared)
+
+
+def shared_line(shared: list[str]) -> list[str]:
+    return [f"every run: {' '.join(shared)}"] if shared else []
+
+
+def number(value, decimals: int) -> str:
+    return render.MISSING if value is None or pd.isna(value) else f"{value:.{decimals}f}"
 
 
 def summary(paths) -> int:
@@ -49,8 +78,12 @@ def summary(paths) -> int:
     if frame.empty:
         print(f"no runs with a results.json under {' '.join(map(str, paths))}", file=sys.stderr)
     else:
-        print(frame[list(SUMMARY_COLUMNS)].rename(columns=SUMMARY_COLUMNS)
-              .to_string(float_format=lambda v: f"{v:.1f}", na_rep="-"))
+        shared = common_overrides(list(frame.overrides))
+        rows = [[without(run.overrides, shared), terminal.styled(run.status),
+                 *(number(getattr(run, column), decimals) for column, (_, decimals) in SUMMARY_COLUMNS.items())]
+                for run in frame.itertuples()]
+        headers = ["run", "status", *(header for header, _ in SUMMARY_COLUMNS.values())]
+        terminal.show(*shared_line(shared), terminal.table(headers, rows, numbers_from=2))
     report_skipped(skipped)
     return 0
 
@@ -64,9 +97,13 @@ def status(paths) -> int:
         if table.empty:
             print(f"no runs found under {sweep_dir}")
             continue
-        with pd.option_context("display.max_colwidth", 100, "display.width", 250):
-            print(table[["state", "run", "detail"]].to_string(index=False))
-        print(", ".join(f"{n} {state}" for state, n in table["state"].value_counts().items()))
+        # One line per run (unwrapped) between the header and the counts, for grep and scripts: the overrides
+        # all runs share stay in each line.
+        rows = [[terminal.styled(run.state), run.run, run.detail] for run in table.itertuples()]
+        counts = table.state.value_counts()
+        terminal.show(*([str(sweep_dir)] if len(paths) > 1 else []),
+                      terminal.table(["state", "run", "detail"], rows, wraps_first=2),
+                      ", ".join(f"{n} {state}" for state, n in counts.items()))  # the most frequent first
     return 0
 
 
@@ -81,6 +118,13 @@ def parse_where(pairs) -> dict:
     return where
 
 
+def write(path: Path, text: str) -> None:
+    try:
+        path.write_text(text, encoding="utf-8")
+    except OSError as error:
+        raise OutputError(f"error: cannot write {path}: {error.strerror}: pass another --out") from error
+
+
 def table(name: str, paths, fmt: str, out: Path | None, show_paper: bool, where: dict) -> int:
     skipped = Counter()
     spec = tables.TABLES[name]
@@ -88,18 +132,29 @@ def table(name: str, paths, fmt: str, out: Path | None, show_paper: bool, where:
         spec = dataclasses.replace(spec, where={**spec.where, **where})
     built = tables.build(spec, load_runs(paths, skipped, completed_only=True))
     if out:
-        out.mkdir(parents=True, exist_ok=True)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise OutputError(f"error: cannot make the directory {out}: {error.strerror}: pass another --out") \
+                from error
         for each, extension in EXTENSIONS.items():
-            (out / f"{name}.{extension}").write_text(render.render(spec, built, each, show_paper))
+            write(out / f"{name}.{extension}", render.render(spec, built, each, show_paper))
         print(f"wrote {name}.{{{','.join(EXTENSIONS.values())}}} to {out}")
-    print(render.render(spec, built, fmt, show_paper))
+    if fmt == "terminal":
+        terminal.show(*render.terminal_tables(spec, built, show_paper), render.legend(spec, show_paper, "*"))
+    else:
+        print(render.render(spec, built, fmt, show_paper), end="")
     report_skipped(skipped)
     return 0
 
 
 def check_claims(paths, fmt: str) -> int:
     skipped = Counter()
-    print(claims.format_verdicts(claims.check(load_runs(paths, skipped, completed_only=True)), fmt))
+    verdicts = claims.check(load_runs(paths, skipped, completed_only=True))
+    if fmt == "terminal":
+        terminal.show(*claims.terminal_view(verdicts))
+    else:
+        print(claims.format_verdicts(verdicts, fmt), end="")
     report_skipped(skipped)
     return 0
 
@@ -110,21 +165,36 @@ def runs(paths, out: Path) -> int:
     if out.suffix == ".parquet":
         try:
             frame.to_parquet(out)
-        except ImportError:
-            print("error: writing .parquet needs pyarrow (pip install pyarrow); or use --out runs.csv", file=sys.stderr)
-            return 2
+        except ImportError as error:
+            raise OutputError("error: writing .parquet needs pyarrow (pip install pyarrow); or use --out runs.csv") \
+                from error
     else:
-        frame.to_csv(out, index=False)
+        write(out, render.csv_text(frame, index=False))
     print(f"wrote {len(frame)} runs to {out}")
     report_skipped(skipped)
     return 0
 
 
 def figures(paths, out: Path) -> int:
-    from multirun_analysis import plots  # matplotlib: loaded only by the command that draws
+    from multirun_analysis import plots  # matplotlib: loaded only by the commands that draw
 
     skipped = Counter()
-    plots.draw(load_runs(paths, skipped, completed_only=True), out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise OutputError(f"error: cannot make the directory {out}: {error.strerror}: pass another --out") from error
+    for line in plots.draw(load_runs(paths, skipped, completed_only=True), out, skipped):
+        print(line)
+    report_skipped(skipped)
+    return 0
+
+
+def html_report(paths, out: Path) -> int:
+    from multirun_analysis import report
+
+    skipped = Counter()
+    write(out, report.build_report(paths, out, skipped))
+    print(f"wrote {out}")
     report_skipped(skipped)
     return 0
 
@@ -151,22 +221,36 @@ def main(argv=None) -> int:
         print(f"error: {missing[0]} is not a directory: pass a sweep directory such as multirun/DATE/TIME",
               file=sys.stderr)
         return 2
-    if command == "status":
-        return status(args.paths)
-    if command == "runs":
-        return runs(args.paths, args.out)
-    if command == "plots":
-        return figures(args.paths, args.out)
-    if command == "claims":
-        return check_claims(args.paths, args.format)
-    if command == "report":
-        from multirun_analysis import report
+    try:
+        if command == "status":
+            return status(args.paths)
+        if command == "runs":
+            return runs(args.paths, args.out)
+        if command == "plots":
+            return figures(args.paths, args.out)
+        if command == "claims":
+            return check_claims(args.paths, args.format)
+        if command == "report":
+            return html_report(args.paths, args.out)
+        if command in tables.TABLES:
+            return table(command, args.paths, args.format, args.out, args.show_paper, parse_where(args.where))
+        return summary(args.paths)
+    except OutputError as error:
+        print(error, file=sys.stderr)
+        return 2
 
-        return report.main(args.paths, args.out)
-    if command in tables.TABLES:
-        return table(command, args.paths, args.format, args.out, args.show_paper, parse_where(args.where))
-    return summary(args.paths)
+
+def run_command() -> int:
+    """main() for the command line: a reader that stops early (`| head`) ends the output, without a traceback."""
+    try:
+        code = main()
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # Python's advice: point stdout at devnull so that the flush at exit does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    return code
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_command())

@@ -1,16 +1,32 @@
-"""Run directories -> one flat DataFrame row per run (the Python API: `load_runs(paths)`)."""
+"""Run directories -> runs -> one flat DataFrame row per run (the Python API: `load_runs(paths)`).
+
+Three rules, the same for every command:
+- Which directories are runs (`find_run_dirs`): every directory under the given ones holding results.json (the
+  run ended), identity.json (the trainer started it) or .hydra/overrides.yaml (the launcher created it).
+  Symbolic links to directories are followed; a directory reached twice (a link and its target, a link loop)
+  counts once, under the path that goes through no link when there is one. Directories whose name starts with
+  a dot (.hydra, .submitit, .superseded) are never runs.
+- How a run's files are read (`read_run`): through rundir_format.schema. A run whose results.json does not
+  validate, or whose identity.json names another run, is unreadable: left out, reported once with the path
+  and the first problem. Another file that does not validate (prune.json, metrics.jsonl, ...) is reported the
+  same way and its run is kept, without what that file gives.
+- Which directories hold the same run (`distinct_runs`): a run's identity is its run_id (the hash of its
+  resolved config); a failed stub without one (its config did not compose) is known by its overrides. A run
+  found twice with the same results counts once; copies that disagree (a completed run and a failed stub of
+  the same run_id, two completed runs with different numbers) are a conflict: said in one line, and the run
+  counts once, from the copy that got furthest (completed, then diverged, then failed; then by path).
+"""
 from __future__ import annotations
 
-import json
 import os
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
-from rundir_format import HYDRA_OVERRIDES, IDENTITY, PRUNE, RESULTS, RESULTS_SCHEMA
+from rundir_format import COMPLETED, DIVERGED, FAILED, HYDRA_OVERRIDES, IDENTITY, PRUNE, RESULTS, schema
 
-SUPPORTED_SCHEMA = RESULTS_SCHEMA
 CRITERIA = ("by_activation", "by_gamma", "by_activation_alt", "by_gamma_alt")
 # Every frame load_runs returns has these columns, so what reads them (tables, figures, the summary) works
 # on a sweep of failed runs only, whose stubs carry none of them, and on no runs at all.
@@ -18,142 +34,246 @@ COLUMNS = ("run_dir", "status", "run_id", "overrides", "model", "dataset", "opti
            "coefficient", "batch_size", "seed", "test_error", "test_top5_error", "test_loss", "train_loss",
            "train_error", "zeroed_test_error", "iterations", "wall_time_s", "device_time_s",
            *(f"sparsity_{key}_pct" for key in CRITERIA), "negative_slope", "background")
+# Which copy of a run counts when several directories hold it: the one that got furthest.
+RANK = {COMPLETED: 0, DIVERGED: 1, None: 2, FAILED: 3}  # None: no results.json yet
+TIMINGS = {"wall_time_s", "measure_time_s", "device_time_s"}  # may differ between two trainings of one run
+NOT_FINISHED = "no results.json yet (running or interrupted: see `status`)"
+DUPLICATE = "duplicate of a run found in another directory"
+
+
+# ---- which directories are runs -------------------------------------------------------------------------------
+
+def is_run_dir(directory: Path, names: set[str]) -> bool:
+    return RESULTS in names or IDENTITY in names or (".hydra" in names and (directory / HYDRA_OVERRIDES).is_file())
 
 
 def find_run_dirs(paths) -> list[Path]:
-    """Every run directory under the given sweep dirs (or run dirs), sorted: one holding results.json (the run
-    ended), identity.json (the trainer started it) or .hydra/overrides.yaml (the launcher created it)."""
-    found = set()
+    """Every run directory under the given sweep dirs (or run dirs), sorted; links followed, each directory
+    once (see the module's docstring)."""
+    visited, found, links = set(), [], []
+
+    def walk(top: Path) -> None:
+        stack = [top]
+        while stack:
+            directory = stack.pop()
+            real = os.path.realpath(directory)
+            if real in visited:
+                continue
+            visited.add(real)
+            try:
+                entries = sorted(os.scandir(directory), key=lambda entry: entry.name)
+            except OSError:  # vanished, or no permission: nothing in it can be read
+                continue
+            if is_run_dir(directory, {entry.name for entry in entries}):
+                found.append(directory)
+            for entry in reversed(entries):
+                if entry.name.startswith("."):
+                    continue
+                try:
+                    if entry.is_symlink():
+                        if entry.is_dir():  # a link to a directory (not a dangling one): after every plain path
+                            links.append(Path(entry.path))
+                    elif entry.is_dir(follow_symlinks=False):
+                        stack.append(Path(entry.path))
+                except OSError:
+                    continue
+
     for path in map(Path, paths):
         if not path.is_dir():
             raise FileNotFoundError(f"{path} is not a directory: pass a sweep directory (e.g. multirun/DATE/TIME)")
-        for root, dirs, files in os.walk(path):
-            if RESULTS in files or IDENTITY in files or (Path(root) / HYDRA_OVERRIDES).is_file():
-                found.add(Path(root))
-            dirs[:] = [d for d in dirs if not d.startswith(".")]  # .hydra, .submitit: never run dirs
+        walk(path)
+    while links:
+        walk(links.pop(0))
     return sorted(found)
 
 
-def read_json_object(path: Path) -> dict | None:
-    """The JSON object in `path`, None when there is no such file. Raises ValueError when the file cannot be
-    read or holds no JSON object (truncated, corrupt, a list)."""
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
+# ---- one run directory ---------------------------------------------------------------------------------------
+
+@dataclass
+class RunRecord:
+    """What one run directory holds, read through the schema."""
+    run_dir: Path
+    results: schema.Results | None = None
+    identity: schema.Identity | None = None
+    problem: schema.Unreadable | None = None  # why the run is unreadable: its file and that file's first problem
+    file_problems: list[str] = field(default_factory=list)  # other files that do not validate (run kept)
+
+    @property
+    def status(self) -> str | None:
+        return self.results.status if self.results is not None else None
+
+    @property
+    def run_id(self) -> str | None:
+        for source in (self.results, self.identity):
+            if source is not None and source.run_id:
+                return source.run_id
         return None
-    except OSError as error:  # a directory of that name, no permission
-        raise ValueError(f"{path}: {error.strerror}") from error
-    content = json.loads(text)
-    if not isinstance(content, dict):
-        raise ValueError(f"{path} holds no JSON object")
-    return content
+
+    @property
+    def overrides(self) -> tuple[str, ...] | None:
+        """Sorted, as plans are compared; None when neither results.json nor identity.json says."""
+        for source in (self.results, self.identity):
+            if source is not None:
+                return tuple(sorted(source.overrides))
+        return None
+
+    @property
+    def key(self) -> tuple:
+        """The run's identity: its run_id, else (a failed stub whose config did not compose) its overrides."""
+        if self.run_id:
+            return "run", self.run_id
+        if self.overrides is not None:
+            return ("overrides", *self.overrides)
+        return "directory", str(self.run_dir)
+
+    def read(self, name: str):
+        """Another file of the run through the schema; None when absent or unreadable (then in file_problems)."""
+        try:
+            return schema.read(self.run_dir / name)
+        except schema.Unreadable as error:
+            self.file_problems.append(str(error))
+            return None
 
 
-def read_json_or_empty(path: Path) -> dict:
-    """The JSON object in `path`, {} when it is absent or unreadable (for what only shows, never counts)."""
+def read_run(run_dir: Path) -> RunRecord:
+    record = RunRecord(Path(run_dir))
     try:
-        return read_json_object(path) or {}
-    except ValueError:
-        return {}
+        record.results = schema.read(record.run_dir / RESULTS)
+    except schema.Unreadable as error:
+        record.problem = error
+    record.identity = record.read(IDENTITY)
+    ids = {source.run_id for source in (record.results, record.identity) if source is not None and source.run_id}
+    if len(ids) > 1 and record.problem is None:
+        record.problem = schema.Unreadable(record.run_dir, f"{RESULTS} and {IDENTITY} name different runs "
+                                           f"({record.results.run_id}, {record.identity.run_id}): a directory "
+                                           "mixing two runs")
+    return record
 
 
-def names_another_run(record: dict, results: dict) -> bool:
-    """Whether a file of a run directory carries a run_id other than its results.json's: the directory mixes
-    two runs. A file or stub without a run_id is taken as the run's own."""
-    return None not in (record.get("run_id"), results.get("run_id")) and record["run_id"] != results["run_id"]
+def read_completed(run_dir: Path) -> schema.CompletedResults | None:
+    """A completed run's results.json through the schema; None for any other (or one changed since it was
+    collected): for what reads more of a run than load_runs' row (claims, figures)."""
+    try:
+        results = schema.read(Path(run_dir) / RESULTS)
+    except schema.Unreadable:
+        return None
+    return results if isinstance(results, schema.CompletedResults) else None
 
 
-def flatten(results: dict) -> dict:
+def collect(paths) -> list[RunRecord]:
+    """Every run directory under `paths`, read."""
+    return [read_run(run_dir) for run_dir in find_run_dirs(paths)]
+
+
+# ---- which directories hold the same run ---------------------------------------------------------------------
+
+def measured(results) -> dict:
+    """What two copies of one run must agree on: the results without timings and without how it was asked for."""
+    return results.model_dump(by_alias=True, exclude=TIMINGS | {"overrides", "config"})
+
+
+def rank(record: RunRecord) -> tuple:
+    return RANK[record.status], str(record.run_dir)
+
+
+def distinct_runs(records: list[RunRecord], notes: Counter) -> list[RunRecord]:
+    """The runs with results, one per identity; what is left out is counted in `notes`, one line per reason
+    (unreadable runs and conflicts one line each)."""
+    by_key = {}
+    for record in records:
+        for problem in record.file_problems:
+            notes[f"unreadable file (its run is kept): {problem}"] += 1
+        if record.problem:
+            notes[f"unreadable: {record.problem}"] += 1
+        elif record.results is None:
+            notes[NOT_FINISHED] += 1
+        else:
+            by_key.setdefault(record.key, []).append(record)
+    runs = []
+    for copies in by_key.values():
+        chosen, *others = sorted(copies, key=rank)
+        runs.append(chosen)
+        for other in others:
+            if other.status == chosen.status and measured(other.results) == measured(chosen.results):
+                notes[DUPLICATE] += 1
+            else:
+                notes[f"conflict: run {chosen.run_id or ' '.join(chosen.overrides)} is in {chosen.run_dir} "
+                      f"({chosen.status}) and, with other results, in {other.run_dir} ({other.status}): "
+                      "counted once, from the first; keep one"] += 1
+    return sorted(runs, key=lambda record: str(record.run_dir))
+
+
+# ---- runs -> a frame -------------------------------------------------------------------------------------------
+
+def flatten(results) -> dict:
     """One row: the summary keys of a results.json, the sparsity totals as `sparsity_<criterion>_pct`, the
     per-layer sparsity by gamma as `sparsity_gamma_<layer>_pct`, and a few config keys tables group by."""
-    row = {k: v for k, v in results.items() if not isinstance(v, (dict, list))}
-    row["overrides"] = " ".join(results.get("overrides", []))
-    sparsity = results.get("sparsity") or {}
-    for key in CRITERIA:
-        if key in sparsity:
-            row[f"sparsity_{key}_pct"] = sparsity[key]["total_pct"]
-    for layer, pct in (sparsity.get("by_gamma") or {}).get("per_layer_pct", {}).items():
-        row[f"sparsity_gamma_{layer}_pct"] = pct
-    if "by_gamma" in sparsity:
-        row["features_inactive_by_gamma"] = sparsity["by_gamma"]["inactive"]
-    config = results.get("config") or {}
-    row["negative_slope"] = (config.get("model") or {}).get("negative_slope")
-    row["background"] = (config.get("dataset") or {}).get("background")
-    for stage, pct in (sparsity.get("by_gamma") or {}).get("per_stage_pct", {}).items():
-        row[f"sparsity_gamma_{stage}_pct"] = pct
+    row = {key: value for key, value in results.model_dump(
+        by_alias=True, exclude={"config", "sparsity", "selectivity"}).items()
+        if not isinstance(value, (dict, list))}
+    row["overrides"] = " ".join(results.overrides)
+    sparsity = getattr(results, "sparsity", None)
+    if sparsity is not None:
+        for key in CRITERIA:
+            row[f"sparsity_{key}_pct"] = getattr(sparsity, key).total_pct
+        by_gamma = sparsity.by_gamma
+        for layer, pct in by_gamma.per_layer_pct.items():
+            row[f"sparsity_gamma_{layer}_pct"] = pct
+        row["features_inactive_by_gamma"] = by_gamma.inactive
+        for stage, pct in (by_gamma.per_stage_pct or {}).items():
+            row[f"sparsity_gamma_{stage}_pct"] = pct
+    config = getattr(results, "config", None) or {}
+    model, dataset = config.get("model"), config.get("dataset")
+    row["negative_slope"] = model.get("negative_slope") if isinstance(model, dict) else None
+    row["background"] = dataset.get("background") if isinstance(dataset, dict) else None
     return row
 
 
-def flatten_prune(prune: dict) -> dict:
+def flatten_prune(prune: schema.Prune) -> dict:
     """The Table 3/4 columns of a prune.json: features removed, errors after pruning, what is left of the
     parameters and FLOPs (%), and the measured inference speed-up (latency before / after) per device."""
-    features, params, flops = prune["features"], prune["params"], prune["flops"]
-    row = {"pruned_features": features["removed"],
-           "pruned_features_pct": 100.0 * features["removed"] / features["before"],
-           "pruned_test_error": prune["test_error"]["after"],
-           "pruned_test_top5_error": prune["test_top5_error"]["after"],
-           "params_kept_pct": 100.0 * params["after"] / params["before"],
-           "flops_kept_pct": 100.0 * flops["after"] / flops["before"]}
-    for device, latency in prune.get("latency_ms", {}).items():
-        row[f"{device}_speedup"] = latency["before"] / latency["after"]
+    features, params, flops = prune.features, prune.params, prune.flops
+    row = {"pruned_features": features.removed,
+           "pruned_features_pct": 100.0 * features.removed / features.before,
+           "pruned_test_error": prune.test_error.after,
+           "pruned_test_top5_error": prune.test_top5_error.after,
+           "params_kept_pct": 100.0 * params.after / params.before,
+           "flops_kept_pct": 100.0 * flops.after / flops.before}
+    for device, latency in prune.latency_ms.items():
+        row[f"{device}_speedup"] = latency.before / latency.after
     return row
 
 
-def prune_columns(run_dir: Path, results: dict, skipped: Counter) -> dict:
-    """The pruning columns of a run ({} without a prune.json). An unreadable prune.json, or one of another
-    run, gives none and is counted in `skipped`; the run itself is kept."""
-    try:
-        prune = read_json_object(run_dir / PRUNE)
-        if prune is None:
-            return {}
-        if names_another_run(prune, results):
-            skipped["prune.json of another run (its run is kept, without pruning columns)"] += 1
-            return {}
-        return flatten_prune(prune)
-    except (ValueError, KeyError, TypeError, ZeroDivisionError):
-        skipped["unreadable prune.json (its run is kept, without pruning columns)"] += 1
+def prune_columns(record: RunRecord, notes: Counter) -> dict:
+    """The pruning columns of a run ({} without a readable prune.json of this run)."""
+    problems = len(record.file_problems)
+    prune = record.read(PRUNE)
+    for problem in record.file_problems[problems:]:
+        notes[f"unreadable file (its run is kept, without pruning columns): {problem}"] += 1
+    if prune is None:
         return {}
+    if prune.run_id is not None and prune.run_id != record.run_id:
+        notes["prune.json of another run (its run is kept, without pruning columns)"] += 1
+        return {}
+    return flatten_prune(prune)
+
+
+def frame(runs: list[RunRecord], notes: Counter, *, completed_only: bool = False) -> pd.DataFrame:
+    """One row per run (distinct_runs' records), with at least the COLUMNS."""
+    rows = []
+    for record in runs:
+        if completed_only and record.status != COMPLETED:
+            notes[f"status {record.status}"] += 1
+            continue
+        pruning = prune_columns(record, notes) if record.status == COMPLETED else {}
+        rows.append({"run_dir": str(record.run_dir), **flatten(record.results), **pruning})
+    runs_frame = pd.DataFrame(rows)
+    return runs_frame.reindex(columns=[*runs_frame.columns, *(c for c in COLUMNS if c not in runs_frame)])
 
 
 def load_runs(paths, skipped: Counter | None = None, *, completed_only: bool = False) -> pd.DataFrame:
     """One row per run under `paths` (sweep or run directories; several sweeps merge), with at least the
-    COLUMNS. A run found twice (same run_id, e.g. from two launches) counts once, a completed copy first.
-    Runs without a readable results.json, directories mixing two runs, and with completed_only the runs that
-    did not complete, are left out and counted in `skipped` by reason."""
+    COLUMNS, sorted by run directory. What is left out (unreadable runs, runs not finished, copies of a run,
+    with completed_only the runs that did not complete) is counted in `skipped`, one line per reason."""
     skipped = Counter() if skipped is None else skipped
-    rows = []
-    for run_dir in find_run_dirs(paths):
-        try:
-            results = read_json_object(run_dir / RESULTS)
-        except ValueError:
-            skipped["unreadable or truncated results.json"] += 1
-            continue
-        if results is None:
-            skipped["no results.json yet (running or interrupted: see `status`)"] += 1
-            continue
-        if results.get("schema") != SUPPORTED_SCHEMA:
-            skipped[f"results.json is not schema {SUPPORTED_SCHEMA}"] += 1
-            continue
-        try:
-            identity = read_json_object(run_dir / IDENTITY) or {}
-        except ValueError:
-            identity = {}
-            skipped["unreadable identity.json (its run is kept, unchecked)"] += 1
-        if names_another_run(identity, results):
-            skipped["identity.json and results.json of different runs (a directory mixing two runs)"] += 1
-            continue
-        if completed_only and results.get("status") != "completed":
-            skipped[f"status {results.get('status')}"] += 1
-            continue
-        rows.append({"run_dir": str(run_dir), **flatten(results), **prune_columns(run_dir, results, skipped)})
-    frame = pd.DataFrame(rows)
-    frame = frame.reindex(columns=[*frame.columns, *(column for column in COLUMNS if column not in frame)])
-    if frame.empty:
-        return frame
-    frame["_rank"] = (frame["status"] != "completed").astype(int)
-    frame = frame.sort_values(["_rank", "run_dir"], kind="stable")
-    has_id = frame["run_id"].notna()
-    duplicate = has_id & frame.duplicated("run_id")
-    if duplicate.any():
-        skipped["duplicate of a run found in another directory"] += int(duplicate.sum())
-    return frame[~duplicate].drop(columns="_rank").sort_values("run_dir").reset_index(drop=True)
+    return frame(distinct_runs(collect(paths), skipped), skipped, completed_only=completed_only)

@@ -7,12 +7,15 @@ run whose file is missing or corrupt is left out of a figure, and a figure that 
 - per_layer_sparsity: % inactive features per layer, by gamma and by activation, for a few runs
 - selectivity: per-layer histograms of feature selectivity for a few runs
 - sparsity_over_training: % sparsity by gamma per epoch (metrics.jsonl)
+
+Text from run files (an optimizer's or a dataset's name) reaches titles and legends escaped: a `$` in it is a
+dollar sign, never mathtext.
 """
 from __future__ import annotations
 
-import json
 import zipfile
 import zlib
+from collections import Counter
 from pathlib import Path
 
 import matplotlib
@@ -22,12 +25,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from multirun_analysis.load import read_json_object  # noqa: E402
-from rundir_format import RESULTS  # noqa: E402
+from multirun_analysis.load import read_completed  # noqa: E402
+from multirun_analysis.render import mathtext_text  # noqa: E402
+from rundir_format import BN_HISTORY, METRICS, RESULTS, schema  # noqa: E402
 
 MAX_RUNS_SHOWN = 6
-BN_HISTORY, METRICS = "bn_history.npz", "metrics.jsonl"
-# What reading a run's file raises when it is missing, truncated or corrupt, or lacks what a figure needs.
+# What reading bn_history.npz (NumPy's archive: no schema of ours) raises when it is missing, truncated or
+# corrupt, or lacks a layer.
 READ_ERRORS = (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile, zlib.error)
 
 
@@ -39,7 +43,7 @@ def label(run) -> str:
     """A run for a legend or title: optimizer, regularizer and coefficient, dataset, batch, seed."""
     regularizer = "no reg." if run.regularizer == "none" or not run.coefficient else \
         f"{str(run.regularizer).upper()} {run.coefficient:g}"
-    return f"{run.optimizer} {regularizer}, {run.dataset}, b{run.batch_size}, seed {run.seed}"
+    return mathtext_text(f"{run.optimizer} {regularizer}, {run.dataset}, b{run.batch_size}, seed {run.seed}")
 
 
 def save(fig, out: Path, name: str) -> list[Path]:
@@ -63,13 +67,13 @@ def pick_pair(runs: pd.DataFrame) -> list:
 
 
 def readable(runs: pd.DataFrame, read, limit: int = MAX_RUNS_SHOWN) -> list[tuple[pd.Series, object]]:
-    """(run, read(run_dir)) for the first `limit` runs whose input `read` can read; the others are left out."""
+    """(run, read(run_dir)) for the first `limit` runs whose input `read` gives (not None); the others are left
+    out."""
     shown = []
     for _, run in runs.iterrows():
-        try:
-            shown.append((run, read(Path(run.run_dir))))
-        except READ_ERRORS:
-            continue
+        value = read(Path(run.run_dir))
+        if value is not None:
+            shown.append((run, value))
         if len(shown) == limit:
             break
     return shown
@@ -94,7 +98,7 @@ def load_bn_history(run_dir: Path, layer: str) -> dict[str, np.ndarray]:
         return {key: archive[key] for key in bn_history_keys(layer)}
 
 
-def fig2(runs: pd.DataFrame, layer: str = "C6"):
+def fig2(runs: pd.DataFrame, problems: list[str], layer: str = "C6"):
     pair = pick_pair(runs.loc[[has_bn_history(Path(d), layer) for d in runs.run_dir]])
     if not pair:
         raise Skipped(f"no completed run has a {BN_HISTORY} with {layer}'s gamma and beta")
@@ -117,7 +121,7 @@ def fig2(runs: pd.DataFrame, layer: str = "C6"):
     return fig
 
 
-def sparsity_vs_coefficient(runs: pd.DataFrame):
+def sparsity_vs_coefficient(runs: pd.DataFrame, problems: list[str]):
     runs = runs[runs.regularizer.isin(["l2", "none"]) & runs.sparsity_by_gamma_pct.notna()]
     if runs.coefficient.nunique() < 2:
         raise Skipped("needs completed L2 runs at two coefficients or more")
@@ -128,17 +132,17 @@ def sparsity_vs_coefficient(runs: pd.DataFrame):
         for optimizer, group in subset.groupby("optimizer"):
             stats = group.groupby("coefficient").sparsity_by_gamma_pct.agg(["mean", "std"]).reset_index()
             ax.errorbar(stats.coefficient, stats["mean"], yerr=stats["std"].fillna(0), marker="o", capsize=3,
-                        label=optimizer)
+                        label=mathtext_text(optimizer))
         ax.set_xscale("symlog", linthresh=1e-6)
         ax.set_xlabel("L2 coefficient (symlog; 0 = none)")
         ax.set_ylabel("% conv features inactive (|γ| < 1e-3)")
         ax.set_ylim(-3, 103)
-        ax.set_title(f"Sparsity vs L2 strength, {dataset}")
+        ax.set_title(mathtext_text(f"Sparsity vs L2 strength, {dataset}"))
         ax.legend(title="optimizer")
     return fig
 
 
-def sparsity_vs_batch_size(runs: pd.DataFrame):
+def sparsity_vs_batch_size(runs: pd.DataFrame, problems: list[str]):
     runs = runs[runs.sparsity_by_gamma_pct.notna()]
     if runs.batch_size.nunique() < 2:
         raise Skipped("needs completed runs at two batch sizes or more")
@@ -148,7 +152,7 @@ def sparsity_vs_batch_size(runs: pd.DataFrame):
         stats = group.groupby("batch_size").sparsity_by_gamma_pct.agg(["mean", "std"]).reset_index()
         if len(stats) > 1:
             ax.errorbar(stats.batch_size, stats["mean"], yerr=stats["std"].fillna(0), marker="o", capsize=3,
-                        label=f"{dataset}, {optimizer} {regularizer.upper()} {coefficient:g}")
+                        label=mathtext_text(f"{dataset}, {optimizer} {regularizer.upper()} {coefficient:g}"))
     sizes = sorted(runs.batch_size.unique())
     ax.set_xscale("log", base=2)
     ax.set_xticks(sizes, [str(b) for b in sizes])
@@ -169,14 +173,14 @@ def sparsest_first(runs: pd.DataFrame) -> pd.DataFrame:
 PER_LAYER_CRITERIA = {"by_gamma": "|γ| < 1e-3", "by_activation": "max activation < 1e-12"}
 
 
-def per_layer_pct(run_dir: Path) -> dict:
+def per_layer_pct(run_dir: Path) -> dict | None:
     """{criterion: {layer: % inactive}} from results.json."""
-    sparsity = read_json_object(run_dir / RESULTS)["sparsity"]
-    return {criterion: {layer: float(pct) for layer, pct in sparsity[criterion]["per_layer_pct"].items()}
-            for criterion in PER_LAYER_CRITERIA}
+    results = read_completed(run_dir)
+    return None if results is None else {
+        criterion: getattr(results.sparsity, criterion).per_layer_pct for criterion in PER_LAYER_CRITERIA}
 
 
-def per_layer_sparsity(runs: pd.DataFrame):
+def per_layer_sparsity(runs: pd.DataFrame, problems: list[str]):
     shown = readable(sparsest_first(runs), per_layer_pct)
     if not shown:
         raise Skipped(f"no completed run has per-layer sparsity in its {RESULTS}")
@@ -186,7 +190,7 @@ def per_layer_sparsity(runs: pd.DataFrame):
         for i, (run, sparsity) in enumerate(shown):
             per_layer = sparsity[criterion]
             ax.bar(np.arange(len(per_layer)) + i * width, list(per_layer.values()), width, label=label(run))
-            ax.set_xticks(np.arange(len(per_layer)) + 0.4 - width / 2, list(per_layer))
+            ax.set_xticks(np.arange(len(per_layer)) + 0.4 - width / 2, [mathtext_text(name) for name in per_layer])
         ax.set_title(f"Inactive features per layer ({title})")
         ax.set_xlabel("layer")
         ax.set_ylim(0, 100)
@@ -195,18 +199,21 @@ def per_layer_sparsity(runs: pd.DataFrame):
     return fig
 
 
-def selectivity_histograms(run_dir: Path) -> tuple[np.ndarray, dict]:
-    """(bin centers, {layer: % of its features per bin}) from results.json."""
-    block = read_json_object(run_dir / RESULTS)["selectivity"]
-    edges = np.array(block["bin_edges"], dtype=float)
+def selectivity_histograms(run_dir: Path) -> tuple[np.ndarray, dict] | None:
+    """(bin centers, {layer: % of its features per bin}) from results.json; layers without features left out."""
+    results = read_completed(run_dir)
+    if results is None:
+        return None
+    edges = np.array(results.selectivity.bin_edges, dtype=float)
     shares = {}
-    for layer, stats in block["per_layer"].items():
-        counts = np.array(stats["histogram"], dtype=float)
-        shares[layer] = 100 * counts / counts.sum()
-    return (edges[:-1] + edges[1:]) / 2, shares
+    for layer, stats in results.selectivity.per_layer.items():
+        counts = np.array(stats.histogram, dtype=float)
+        if len(counts) == len(edges) - 1 and counts.sum():
+            shares[mathtext_text(layer)] = 100 * counts / counts.sum()
+    return ((edges[:-1] + edges[1:]) / 2, shares) if shares else None
 
 
-def selectivity(runs: pd.DataFrame):
+def selectivity(runs: pd.DataFrame, problems: list[str]):
     shown = readable(sparsest_first(runs), selectivity_histograms, limit=3)
     if not shown:
         raise Skipped(f"no completed run has a selectivity block in its {RESULTS}")
@@ -221,16 +228,18 @@ def selectivity(runs: pd.DataFrame):
     return fig
 
 
-def sparsity_per_epoch(run_dir: Path) -> tuple[list, list]:
-    """(epochs, % sparsity by gamma) from metrics.jsonl."""
-    rows = [json.loads(line) for line in (run_dir / METRICS).read_text().splitlines() if line.strip()]
-    if not rows:
-        raise ValueError(f"{run_dir / METRICS} is empty")
-    return [float(r["epoch"]) for r in rows], [float(r["sparsity_gamma_pct"]) for r in rows]
+def sparsity_per_epoch(run_dir: Path, problems: list[str]) -> tuple[list, list] | None:
+    """(epochs, % sparsity by gamma) from metrics.jsonl; None without rows (an unreadable file: in `problems`)."""
+    try:
+        rows = schema.read(run_dir / METRICS)
+    except schema.Unreadable as error:
+        problems.append(str(error))
+        return None
+    return ([row.epoch for row in rows], [row.sparsity_gamma_pct for row in rows]) if rows else None
 
 
-def sparsity_over_training(runs: pd.DataFrame):
-    shown = readable(sparsest_first(runs), sparsity_per_epoch)
+def sparsity_over_training(runs: pd.DataFrame, problems: list[str]):
+    shown = readable(sparsest_first(runs), lambda run_dir: sparsity_per_epoch(run_dir, problems))
     if not shown:
         raise Skipped(f"no completed run has a readable {METRICS}")
     fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -244,17 +253,29 @@ def sparsity_over_training(runs: pd.DataFrame):
     return fig
 
 
-# File name: the function drawing it from the completed runs (a matplotlib Figure, or Skipped saying why).
+# File name: the function drawing it from the completed runs (a matplotlib Figure, or Skipped saying why);
+# each takes (runs, problems), and says in `problems` which run files it could not read (their runs left out).
 FIGURES = {"fig2_bn_C6": fig2, "sparsity_vs_coefficient": sparsity_vs_coefficient,
            "sparsity_vs_batch_size": sparsity_vs_batch_size, "per_layer_sparsity": per_layer_sparsity,
            "selectivity": selectivity, "sparsity_over_training": sparsity_over_training}
 
 
-def draw(runs: pd.DataFrame, out: Path) -> None:
-    """Every figure the completed `runs` allow, into `out`; one line per figure: its files, or why it is skipped."""
-    out.mkdir(parents=True, exist_ok=True)
+def draw_each(runs: pd.DataFrame, skipped: Counter, output):
+    """(name, output(figure, name) or None, why it is not drawn) for each figure; unreadable run files counted
+    in `skipped`."""
+    problems = []
     for name, figure in FIGURES.items():
         try:
-            print(f"{figure.__name__}: " + ", ".join(path.name for path in save(figure(runs), out, name)))
+            drawn = figure(runs, problems)
         except Skipped as reason:
-            print(f"{figure.__name__}: skipped: {reason}")
+            yield name, None, str(reason)
+            continue
+        yield name, output(drawn, name), ""
+    for problem in dict.fromkeys(problems):
+        skipped[f"unreadable file (its run is kept, not drawn): {problem}"] += 1
+
+
+def draw(runs: pd.DataFrame, out: Path, skipped: Counter) -> list[str]:
+    """Every figure the completed `runs` allow, into `out`; one line per figure: its files, or why it is skipped."""
+    return [f"{FIGURES[name].__name__}: " + (", ".join(path.name for path in paths) if paths else f"skipped: {why}")
+            for name, paths, why in draw_each(runs, skipped, lambda figure, name: save(figure, out, name))]

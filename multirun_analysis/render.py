@@ -1,15 +1,70 @@
-"""A built table (tables.build) as text: terminal, markdown, LaTeX, or CSV (numbers only)."""
+"""A built table (tables.build) as text: terminal, markdown, LaTeX, or CSV (numbers only); and the escaping each
+output format needs for text that comes from run files (an optimizer's name, an override, an error message).
+"""
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import pandas as pd
 
-from multirun_analysis.tables import TableSpec, best_rows
+from multirun_analysis import terminal
+from multirun_analysis.tables import ERROR, TableSpec, best_rows
 
 MISSING = "–"
 FORMATS = ("terminal", "markdown", "latex", "csv")
 
+
+# ---- escaping, one function per output format ------------------------------------------------------------------
+
+LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+                 "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+                 "±": r"$\pm$", "Δ": r"$\Delta$", "γ": r"$\gamma$", "−": "$-$", "–": "--", "\n": " "}
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")  # what makes a spreadsheet read a cell as a formula
+
+
+def latex_text(text) -> str:
+    """Text as LaTeX typesets it: its special characters escaped, our symbols in math mode."""
+    return "".join(LATEX_SPECIAL.get(character, character) for character in str(text))
+
+
+def markdown_text(text) -> str:
+    """Text for one markdown table cell: a pipe would end the cell, a newline the row."""
+    return str(text).replace("|", r"\|").replace("\r", " ").replace("\n", " ")
+
+
+def is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def csv_cell(value):
+    """A CSV cell a spreadsheet shows as written: text starting like a formula (= + - @) gets a leading
+    apostrophe; numbers, and text that reads as one (-0.5), are left as they are."""
+    if isinstance(value, str) and value.startswith(FORMULA_START) and not is_number(value):
+        return "'" + value
+    return value
+
+
+def csv_text(frame: pd.DataFrame, index: bool) -> str:
+    """frame.to_csv, each text cell, index value and header through csv_cell."""
+    safe = frame.map(csv_cell) if len(frame.columns) else frame.copy()
+    safe.columns = [csv_cell(str(column)) for column in frame.columns]
+    if index:
+        safe.index = safe.index.map(lambda key: tuple(map(csv_cell, key)) if isinstance(key, tuple) else csv_cell(key))
+        safe.index.names = frame.index.names
+    return safe.to_csv(index=index)
+
+
+def mathtext_text(text) -> str:
+    """Text for a matplotlib title or label: a `$` would start mathtext."""
+    return str(text).replace("$", r"\$")
+
+
+# ---- cells ---------------------------------------------------------------------------------------------------
 
 def _fmt(value: float, digits: int) -> str:
     return MISSING if value is None or math.isnan(value) else f"{value:.{digits}f}"
@@ -25,31 +80,36 @@ def mean_std_n(mean: float, std: float, n: int, digits: int) -> str:
     return text
 
 
-def _digits(metric: str) -> int:
-    return 2 if "loss" in metric or "top" in metric else 1
+def digits(metric: str) -> int:
+    """Decimals shown: 2 for errors and losses, 1 for percentages of features and the rest."""
+    return 2 if any(word in metric for word in ("error", "loss", "top")) else 1
 
 
-def cells(spec: TableSpec, table: pd.DataFrame, show_paper: bool, bold) -> pd.DataFrame:
-    """Per (group, metric): a text column for ours and one for the paper with our delta."""
+def cells(spec: TableSpec, table: pd.DataFrame, show_paper: bool, bold: Callable[[str], str],
+          escape: Callable[[str], str] = str) -> pd.DataFrame:
+    """Per (group, metric): a text column for ours and one for the paper with our delta; every text through
+    `escape`, the lowest test error per block through `bold` after it."""
     marks = best_rows(spec, table)
-    error_metric = next((m for m, c in spec.metrics.items() if c == "test_error"), None)
+    error_metric = next((m for m, c in spec.metrics.items() if c == ERROR), None)
     out = {}
     for group, metric in dict.fromkeys((g, m) for g, m, _ in table.columns):
-        d = _digits(metric)
+        d = digits(metric)
         ours = []
         for position, (mean, std, n) in enumerate(zip(table[(group, metric, "mean")], table[(group, metric, "std")],
                                                       table[(group, metric, "n")])):
-            text = mean_std_n(mean, std, n, d)
+            text = escape(mean_std_n(mean, std, n, d))
             if metric == error_metric and position in marks.get(group, ()):
                 text = bold(text)
             ours.append(text)
         out[(group, metric, "ours")] = ours
         if show_paper:
-            out[(group, metric, "paper (Δ)")] = [
+            out[(group, metric, "paper (Δ)")] = [escape(
                 MISSING if math.isnan(paper) else
-                _fmt(paper, d) + ("" if math.isnan(delta) else f" ({delta:+.{d}f})")
+                _fmt(paper, d) + ("" if math.isnan(delta) else f" ({delta:+.{d}f})"))
                 for paper, delta in zip(table[(group, metric, "paper")], table[(group, metric, "delta")])]
-    frame = pd.DataFrame(out, index=table.index)
+    frame = pd.DataFrame(out, index=table.index.map(
+        lambda key: tuple(map(escape, key)) if isinstance(key, tuple) else escape(key)))
+    frame.index.names = table.index.names
     frame.columns = pd.MultiIndex.from_tuples(frame.columns) if out else frame.columns
     if not spec.datasets:
         frame.columns = frame.columns.droplevel(0)
@@ -70,26 +130,45 @@ def legend(spec: TableSpec, show_paper: bool, marked_as: str) -> str:
 
 
 def markdown_table(frame: pd.DataFrame) -> str:
-    """A flat frame as a markdown table, its columns as the header (no index)."""
-    lines = ["| " + " | ".join(map(str, row)) + " |" for row in [list(frame.columns), *frame.values.tolist()]]
+    """A flat frame as a markdown table, its columns as the header (no index); cells escaped."""
+    lines = ["| " + " | ".join(markdown_text(cell) for cell in row) + " |"
+             for row in [list(frame.columns), *frame.values.tolist()]]
     lines.insert(1, "|" + "---|" * len(frame.columns))
     return "\n".join(lines)
+
+
+def terminal_tables(spec: TableSpec, table: pd.DataFrame, show_paper: bool) -> list:
+    """The table for a terminal: one rich table per column group (dataset), so that each fits the width; each
+    metric one column, ours above the paper's value (Δ)."""
+    text = cells(spec, table, show_paper, lambda s: f"{s}*")
+    keys = [name or "" for name in text.index.names]
+    parts = []
+    for group in (dict.fromkeys(column[0] for column in text.columns) if spec.datasets else [None]):
+        part = text[group] if group is not None else text
+        metrics = list(dict.fromkeys(metric for metric, _ in part.columns))
+        stats = ["ours", "paper (Δ)"] if show_paper else ["ours"]
+        headers = [f"{metric.replace('_', ' ')}\n" + "\n".join(stats) for metric in metrics]  # wraps at the spaces
+        rows = [[*(key if isinstance(key, tuple) else (key,)),
+                 *("\n".join(values[(metric, stat)] for stat in stats) for metric in metrics)]
+                for key, values in zip(part.index, (dict(zip(part.columns, row)) for row in part.values.tolist()))]
+        parts += [f"{spec.title}: {group}" if group else spec.title,
+                  terminal.table(keys + headers, rows, numbers_from=len(keys))]
+    return parts
 
 
 def render(spec: TableSpec, table: pd.DataFrame, fmt: str = "terminal", show_paper: bool = True) -> str:
     if fmt == "csv":
         flat = table.copy()
         flat.columns = ["_".join(p for p in column if p) for column in table.columns]
-        return flat.to_csv()
+        return csv_text(flat, index=True)
     if fmt == "markdown":
         body = flat_columns(cells(spec, table, show_paper, lambda s: f"**{s}**"))
-        return f"**{spec.title}**\n\n" + markdown_table(body) + f"\n\n{legend(spec, show_paper, 'bold')}\n"
+        title, key = f"**{markdown_text(spec.title)}**", legend(spec, show_paper, "bold")
+        return f"{title}\n\n{markdown_table(body)}\n\n{key}\n"
     if fmt == "latex":
-        body = flat_columns(cells(spec, table, show_paper, lambda s: f"\\textbf{{{s}}}"))
-        rows = [" & ".join(map(str, row)) + r" \\" for row in body.values.tolist()]
-        header = " & ".join(c.replace("_", r"\_") for c in body.columns) + r" \\"
-        text = "\n".join([f"% {spec.title}", r"\begin{tabular}{" + "l" * len(body.columns) + "}", r"\toprule",
-                          header, r"\midrule", *rows, r"\bottomrule", r"\end{tabular}"])
-        return text.replace("±", r"$\pm$").replace("Δ", r"$\Delta$").replace("–", "--") + "\n"
-    text = cells(spec, table, show_paper, lambda s: f"{s}*").to_string()
-    return f"{spec.title}\n{text}\n{legend(spec, show_paper, '*')}\n"
+        body = flat_columns(cells(spec, table, show_paper, lambda s: f"\\textbf{{{s}}}", latex_text))
+        rows = [" & ".join(row) + r" \\" for row in body.values.tolist()]
+        header = " & ".join(latex_text(column) for column in body.columns) + r" \\"
+        return "\n".join([f"% {spec.title}", r"\begin{tabular}{" + "l" * len(body.columns) + "}", r"\toprule",
+                          header, r"\midrule", *rows, r"\bottomrule", r"\end{tabular}"]) + "\n"
+    return terminal.text([*terminal_tables(spec, table, show_paper), legend(spec, show_paper, "*")])

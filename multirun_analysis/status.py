@@ -1,17 +1,28 @@
-"""Where a sweep stands: one line per run, from the files on disk."""
+"""Where a sweep stands: one row per run directory and per planned run with none, from the files on disk.
+
+A directory's state: completed, diverged or failed (its results.json); running (a live trainer holds its
+lock); interrupted (neither: it resumes from its checkpoint when launched again); unreadable (its results.json
+does not validate, or names another run than its identity.json). Runs are matched by identity (run_id) and
+to the plan (sweep_plan.json) by their overrides: two directories claiming one run (the same run_id, or the
+same planned overrides) keep the state of the copy that got furthest, and the other is a duplicate (the same
+results) or a conflict (anything else: a stray failed stub beside a completed run). A planned run with no
+directory is missing.
+"""
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
 import pandas as pd
-import yaml
 
-from multirun_analysis.load import find_run_dirs, read_json_object
-from rundir_format import HYDRA_OVERRIDES, IDENTITY, LOG, RESULTS, lock_holder
-from rundir_format import SWEEP_PLAN as PLAN
+from multirun_analysis.load import RunRecord, collect, measured, rank
+from rundir_format import HYDRA_OVERRIDES, LOG, PROGRESS, SWEEP_PLAN, lock_holder, schema
 
 LOG_TAIL_BYTES = 4096  # the last line of sparsesweep.log is all we show, whatever the log's length
+# Every state, in the order the report lists them.
+STATES = ("completed", "running", "failed", "diverged", "interrupted", "unreadable", "conflict", "duplicate",
+          "missing")
+COLUMNS = ["run", "state", "detail", "dir"]
 
 
 def last_line(path: Path) -> str:
@@ -25,60 +36,111 @@ def last_line(path: Path) -> str:
     return lines[-1] if lines else ""
 
 
-def run_overrides(run_dir: Path, results: dict | None) -> tuple[str, ...]:
-    """A run's overrides, sorted as the plan's are compared: results.json's, else identity.json's (both
-    outlive a deleted .hydra/), else Hydra's overrides.yaml; else the directory's name."""
-    sources = (lambda: (results or {}).get("overrides"),
-               lambda: (read_json_object(run_dir / IDENTITY) or {}).get("overrides"),
-               lambda: yaml.safe_load((run_dir / HYDRA_OVERRIDES).read_text()))
-    for source in sources:
-        try:
-            overrides = source()
-        except (OSError, ValueError, yaml.YAMLError):
-            continue
-        if isinstance(overrides, list) and all(isinstance(o, str) for o in overrides):
-            return tuple(sorted(overrides))
-    return (run_dir.name,)
+def run_overrides(record: RunRecord) -> tuple[str, ...] | None:
+    """A run's overrides, sorted: results.json's, else identity.json's, else Hydra's overrides.yaml."""
+    if record.overrides is not None:
+        return record.overrides
+    hydra = record.read(HYDRA_OVERRIDES)
+    return tuple(sorted(hydra)) if hydra is not None else None
 
 
-def describe(run_dir: Path) -> tuple[tuple[str, ...], str, str]:
-    """(overrides, state, detail) of one run directory. Without results.json a run is running while its
-    trainer holds the lock, else interrupted (it resumes from its checkpoint when launched again)."""
-    try:
-        results = read_json_object(run_dir / RESULTS)
-    except ValueError:
-        return run_overrides(run_dir, None), "corrupt", f"{RESULTS} is not a readable JSON object"
-    if results is not None:
-        state, detail = results.get("status", "unknown"), results.get("error", "")
-    elif holder := lock_holder(run_dir):
-        state, detail = "running", holder
-    else:
-        state, detail = "interrupted", last_line(run_dir / LOG)
-    return run_overrides(run_dir, results), state, detail
+def progress_line(record: RunRecord) -> str:
+    """'epoch 2/8, step 1200/12000, 35.1 steps/s' from progress.json, '' without one of this run."""
+    progress = record.read(PROGRESS)
+    if progress is None or progress.run_id != (record.run_id or progress.run_id):
+        return ""
+    rate = f", {progress.steps_per_s:.1f} steps/s" if progress.steps_per_s is not None else ""
+    return f"epoch {progress.epoch}/{progress.epochs}, step {progress.step}/{progress.total_steps}{rate}"
+
+
+def describe(record: RunRecord) -> tuple[str, str]:
+    """(state, detail) of one run directory on its own."""
+    if record.problem:
+        problem = record.problem
+        return "unreadable", (f"{problem.path.relative_to(record.run_dir)}: " if problem.path != record.run_dir
+                              else "") + problem.problem
+    if record.results is not None:
+        return record.results.status, getattr(record.results, "error", "")
+    if holder := lock_holder(record.run_dir):
+        return "running", "; ".join(part for part in (progress_line(record), holder) if part)
+    return "interrupted", last_line(record.run_dir / LOG)
 
 
 def planned_runs(sweep_dir: Path, problems: list[str]) -> list[tuple[str, ...]]:
     """The runs of sweep_plan.json, overrides sorted; [] without a plan, or with a line in `problems` when
     it cannot be read."""
     try:
-        plan = read_json_object(sweep_dir / PLAN)
-        return [tuple(sorted(run)) for run in plan["runs"]] if plan is not None else []
-    except (ValueError, KeyError, TypeError):
-        problems.append(f"{sweep_dir / PLAN} is unreadable: runs planned but not started cannot be listed")
+        plan = schema.read(sweep_dir / SWEEP_PLAN)
+    except schema.Unreadable as error:
+        problems.append(f"{error}: runs planned but not started cannot be listed")
         return []
+    return [tuple(sorted(run)) for run in plan.runs] if plan is not None else []
 
 
-def sweep_status(sweep_dir: Path, problems: list[str] | None = None) -> pd.DataFrame:
-    """One row per planned run (from sweep_plan.json) and per run directory found. What cannot be read of
-    the sweep itself is described in `problems`, one line each."""
+def claimants(records: list[RunRecord], overrides: dict) -> list[list[RunRecord]]:
+    """The readable records grouped by the run they claim: records sharing a run_id or planned overrides are
+    one group (joined transitively)."""
+    parent = list(range(len(records)))
+
+    def root(i):
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    first_of = {}
+    for i, record in enumerate(records):
+        for key in (("run", record.run_id), ("overrides", overrides[id(record)])):
+            if key[1] is None:
+                continue
+            if key in first_of:
+                parent[root(i)] = root(first_of[key])
+            first_of.setdefault(key, i)
+    groups = {}
+    for i, record in enumerate(records):
+        groups.setdefault(root(i), []).append(record)
+    return [sorted(group, key=rank) for group in groups.values()]
+
+
+def sweep_status(sweep_dir: Path, problems: list[str] | None = None,
+                 records: list[RunRecord] | None = None) -> pd.DataFrame:
+    """One row per run directory under sweep_dir and per planned run without one: COLUMNS (run: the overrides,
+    dir: relative to sweep_dir). What cannot be read beyond a run's own state goes to `problems`, one line each.
+    records: collect([sweep_dir]), when the caller has read them already."""
+    sweep_dir = Path(sweep_dir)
     problems = [] if problems is None else problems
-    found = {}
-    for run_dir in find_run_dirs([sweep_dir]):
-        overrides, state, detail = describe(run_dir)
-        found[overrides] = (run_dir, state, detail)
-    rows = []
-    for key in dict.fromkeys(planned_runs(sweep_dir, problems) + list(found)):
-        run_dir, state, detail = found.get(key, (None, "missing", ""))
-        rows.append({"run": " ".join(key), "state": state, "detail": detail,
-                     "dir": str(run_dir.relative_to(sweep_dir)) if run_dir else ""})
-    return pd.DataFrame(rows, columns=["run", "state", "detail", "dir"])
+    records = collect([sweep_dir]) if records is None else records
+    overrides = {id(record): run_overrides(record) for record in records}
+    rows = {}  # id(record) -> row
+
+    def row(record: RunRecord, state: str, detail: str) -> dict:
+        return {"run": " ".join(overrides[id(record)] or (record.run_dir.name,)), "state": state, "detail": detail,
+                "dir": str(record.run_dir.relative_to(sweep_dir))}
+
+    readable = [record for record in records if not record.problem]
+    for record in records:
+        if record.problem:
+            rows[id(record)] = row(record, *describe(record))
+    for chosen, *others in claimants(readable, overrides):
+        state, detail = describe(chosen)
+        rows[id(chosen)] = row(chosen, state, detail)
+        where = f"{chosen.run_dir.relative_to(sweep_dir)} ({state})"
+        for other in others:
+            if other.run_id == chosen.run_id and other.results is not None and other.status == chosen.status \
+                    and measured(other.results) == measured(chosen.results):
+                rows[id(other)] = row(other, "duplicate", f"the same run as {where}")
+            else:
+                claim = f"run {chosen.run_id}" if other.run_id == chosen.run_id else "the same planned run"
+                rows[id(other)] = row(other, "conflict", f"{describe(other)[0]}, claims {claim} as {where}: "
+                                                         "keep one of the two directories")
+    for record in records:
+        problems += record.file_problems
+
+    ordered, placed = [], set()
+    for planned in dict.fromkeys(planned_runs(sweep_dir, problems)):
+        matching = [record for record in records if overrides[id(record)] == planned and id(record) not in placed]
+        placed.update(map(id, matching))
+        ordered += [rows[id(record)] for record in sorted(matching, key=rank)] or [
+            {"run": " ".join(planned), "state": "missing", "detail": "", "dir": ""}]
+    ordered += [rows[id(record)] for record in records if id(record) not in placed]
+    return pd.DataFrame(ordered, columns=COLUMNS)

@@ -2,7 +2,8 @@
 
 A table is data (`TABLES`): which run columns identify a row, which paper columns map to which run
 metrics, which runs belong to it. Cells are the mean over seeds with the std and the number of runs; a
-cell with no completed run is missing (NaN), never 0.
+cell with no completed run is missing (NaN), never 0. `by_setting`: the same cells for whatever the runs are,
+one row per setting (the overrides without the seed), with no paper table needed.
 """
 from __future__ import annotations
 
@@ -186,3 +187,26 @@ def best_rows(spec: TableSpec, table: pd.DataFrame) -> dict[str, set]:
                 chosen.add(int(positions.idxmin()))
         marks[group] = chosen
     return marks
+
+
+# ---- results by setting (no paper table needed) ----------------------------------------------------------------
+
+SETTING_METRICS = {"test_error": "test err %", "sparsity_by_gamma_pct": "sparsity γ<1e-3 %",
+                   "sparsity_by_activation_pct": "sparsity act<1e-12 %", "zeroed_test_error": "zeroed err %"}
+
+
+def without_seed(overrides: str) -> str:
+    return " ".join(override for override in overrides.split() if not override.startswith("seed="))
+
+
+def by_setting(runs: pd.DataFrame) -> pd.DataFrame:
+    """The completed runs grouped by their overrides without the seed: per SETTING_METRICS column its mean,
+    std and number of runs (columns (metric, mean|std|n)), one row per setting, in the runs' order."""
+    columns = pd.MultiIndex.from_product([list(SETTING_METRICS), ["mean", "std", "n"]])
+    if runs.empty:
+        return pd.DataFrame(columns=columns, index=pd.Index([], name="setting"))
+    settings = runs["overrides"].map(without_seed).rename("setting")
+    grouped = runs[list(SETTING_METRICS)].astype(float).groupby(settings, sort=False)
+    table = grouped.agg(["mean", "std", "count"])
+    table.columns = columns
+    return table

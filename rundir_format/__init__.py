@@ -17,6 +17,7 @@ A run directory (see docs/results.md for every field):
   prune.json       after pruning
   sparsesweep.log  the run's log
 A sweep directory holds its runs' directories (one level down), multirun.yaml and sweep_plan.json.
+What each file holds, as pydantic models, and how a reader reads one: rundir_format.schema.
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ import tempfile
 from pathlib import Path
 
 RESULTS_SCHEMA = 1
+PRUNE_SCHEMA = 1  # prune.json
 
 # ---- file names ---------------------------------------------------------------------------------------------
 RESULTS, METRICS, BN_HISTORY, FEATURES = "results.json", "metrics.jsonl", "bn_history.npz", "features.npz"

@@ -28,7 +28,8 @@ def cli(module, *args, cwd, timeout=300):
     import subprocess
     import sys
 
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    # pytest-xdist's workers set COLUMNS=80 (and LINES): a command a user pipes has no such width, and wraps nothing
+    env = {**{k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}, "PYTHONPATH": str(ROOT)}
     done = subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True, text=True,
                           timeout=timeout)
     return done.returncode, done.stdout + done.stderr

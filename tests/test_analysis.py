@@ -1,5 +1,6 @@
-"""multirun_analysis on a real sweep made by the trainer: tables equal the closed-form means and stds of
-hand-set results; bad runs are reported, never fatal; figures are written."""
+"""multirun_analysis on runs made by the trainer: tables equal the closed-form means and stds of hand-set
+results (copies of a real run trained in this process); bad runs are reported, never fatal; figures are
+written; Tables 3 and 5 from real VGG-16 and ResNet-50 sweeps."""
 import json
 import math
 import shutil
@@ -11,29 +12,18 @@ import torch
 
 from conftest import SMOKE, cli, make_tiny_imagenet
 from multirun_analysis import render, tables
+from multirun_analysis.__main__ import main
 from multirun_analysis.load import load_runs
+from rundirs import Sweep, train_smoke_run
 
 
 @pytest.fixture(scope="module")
-def sweep(tmp_path_factory):
-    """The task-difficulty grid in smoke size (clean/cluttered x 2 seeds), plus one run that diverges and
-    one whose results.json gets truncated."""
-    root = tmp_path_factory.mktemp("analysis")
-    code, output = cli("sparsesweep", "-m", *SMOKE, "dataset=shapes_clean,shapes_cluttered", "seed=0,1",
-                       f"hydra.sweep.dir={root}/sweep", cwd=root)
-    assert code == 0, output
-    code, output = cli("sparsesweep", "-m", *SMOKE, "dataset=shapes_clean", "seed=5,6", "optimizer.lr=1e30,1e-3",
-                       f"hydra.sweep.dir={root}/bad", cwd=root)
-    assert code == 0, output
-    for results in list((root / "bad").rglob("results.json")):
-        if "seed=6" in str(results) and "lr=0.001" in str(results):
-            results.write_text(results.read_text()[:200])  # a run killed while writing, by another tool
-        elif "seed=6" in str(results) or "lr=0.001" in str(results):
-            shutil.rmtree(results.parent)  # keep one diverged run (seed 5, lr 1e30) and the truncated one
-    return root
+def template(tmp_path_factory):
+    """One real run (Adam, L2 1e-4, the smoke size on shapes_clean), trained in this process."""
+    return train_smoke_run(tmp_path_factory.mktemp("analysis") / "template", overrides=())
 
 
-# Set by hand in copies of the sweep's runs (what two smoke seeds end with depends on the machine's kernels,
+# Set by hand in copies of the template run (what two smoke seeds end with depends on the machine's kernels,
 # and may be equal): per (dataset, seed), test error %, train and test loss, % sparsity by gamma.
 KNOWN = {("shapes_clean", 0): (10.0, 0.5, 0.25, 60.0), ("shapes_clean", 1): (14.0, 1.5, 0.75, 70.0),
          ("shapes_cluttered", 0): (30.0, 1.0, 2.0, 20.0), ("shapes_cluttered", 1): (40.0, 2.0, 3.0, 50.0)}
@@ -45,21 +35,27 @@ EXPECTED = {"shapes_clean": {"test_error": (12.0, 4 / math.sqrt(2)), "train_loss
 
 
 @pytest.fixture(scope="module")
-def known(sweep, tmp_path_factory):
-    """The sweep's four completed run directories, copied, with the KNOWN values in their results.json."""
-    root = tmp_path_factory.mktemp("known")
-    for results_file in (sweep / "sweep").rglob("results.json"):
-        run_dir = root / results_file.parent.name
-        shutil.copytree(results_file.parent, run_dir)
-        results = json.loads(results_file.read_text())
-        test_error, train_loss, test_loss, by_gamma = KNOWN[(results["dataset"], results["seed"])]
-        results.update(test_error=test_error, train_loss=train_loss, test_loss=test_loss)
-        results["sparsity"]["by_gamma"]["total_pct"] = by_gamma
-        (run_dir / "results.json").write_text(json.dumps(results))
+def known(template, tmp_path_factory):
+    """The task-difficulty grid (clean/cluttered x 2 seeds): copies of the template with the KNOWN values."""
+    runs = Sweep(tmp_path_factory.mktemp("known"), template)
+    for (dataset, seed), (test_error, train_loss, test_loss, by_gamma) in KNOWN.items():
+        background = dataset.split("_")[1]
+        runs.add("adam", seed, by_gamma, name=f"dataset={dataset},seed={seed}", dataset=dataset,
+                 config={"dataset.name": dataset, "dataset.background": background},
+                 test_error=test_error, train_loss=train_loss, test_loss=test_loss)
+    return runs.root
+
+
+@pytest.fixture(scope="module")
+def bad(template, tmp_path_factory):
+    """A run that diverged (trained here) and a completed one whose results.json was cut by another tool."""
+    root = tmp_path_factory.mktemp("bad")
+    train_smoke_run(root / "diverged", overrides=("optimizer=sgd", "optimizer.lr=1e30", "seed=5"))
+    shutil.copytree(template, root / "truncated", ignore=shutil.ignore_patterns("*.pt"))
+    (root / "truncated" / "results.json").write_text((template / "results.json").read_text()[:200])
     return root
 
 
-@pytest.mark.slow
 def test_difficulty_table_cells_are_the_means_and_stds_of_the_runs(known):
     table = tables.build(tables.TABLES["difficulty"], load_runs([known], completed_only=True))
     assert list(table.index) == ["clean", "cluttered"]  # the paper's rows, in its order
@@ -73,7 +69,6 @@ def test_difficulty_table_cells_are_the_means_and_stds_of_the_runs(known):
         assert row[("", "sparsity_gamma", "delta")] == pytest.approx(mean - paper)
 
 
-@pytest.mark.slow
 def test_runs_outside_the_papers_rows_get_rows_of_their_own(known):
     # Table 6 is keyed by (dataset, batch size): the smoke runs on the renderings add two rows after the
     # paper's eight, with the seeds' mean and std of every metric and no paper value.
@@ -86,58 +81,54 @@ def test_runs_outside_the_papers_rows_get_rows_of_their_own(known):
             assert row[("", metric, "n")] == 2 and math.isnan(row[("", metric, "paper")])
 
 
-@pytest.mark.slow
-def test_corrupt_and_diverged_runs_are_skipped_and_reported(sweep, known):
-    code, output = cli("multirun_analysis", "difficulty", str(known), str(sweep / "bad"), cwd=sweep)
-    assert code == 0, output
-    assert "65.0 ±7.1 (2)" in output  # the clean cell (EXPECTED) ignores the two bad runs
-    assert "skipped 1 run(s): unreadable or truncated results.json" in output
-    assert "skipped 1 run(s): status diverged" in output
+def test_corrupt_and_diverged_runs_are_skipped_and_reported(known, bad, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "100")
+    assert main(["difficulty", str(known), str(bad)]) == 0
+    output = capsys.readouterr()
+    assert "65.0 ±7.1 (2)" in output.out  # the clean cell (EXPECTED) ignores the two bad runs
+    truncated, diverged = output.err.splitlines()
+    assert truncated.startswith(f"skipped 1 run(s): unreadable: {bad / 'truncated' / 'results.json'}: Invalid JSON: "
+                                "EOF while parsing") and diverged == "skipped 1 run(s): status diverged"
 
 
-@pytest.mark.slow
-def test_merged_sweeps_count_a_duplicated_run_once(sweep, tmp_path):
+def test_merged_sweeps_count_a_duplicated_run_once(known, tmp_path):
     copy = tmp_path / "relaunch"
-    one_run = next((sweep / "sweep").rglob("results.json")).parent
+    one_run = next(known.glob("*/results.json")).parent
     shutil.copytree(one_run, copy / one_run.name)
     skipped = Counter()
-    runs = load_runs([sweep / "sweep", copy], skipped, completed_only=True)
+    runs = load_runs([known, copy], skipped, completed_only=True)
     assert len(runs) == 4 and skipped == {"duplicate of a run found in another directory": 1}
 
 
-@pytest.mark.slow
-def test_cells_without_runs_are_missing_never_zero(sweep):
-    table = tables.build(tables.TABLES["table1"], load_runs([sweep / "sweep"], completed_only=True))
+def test_cells_without_runs_are_missing_never_zero(known):
+    table = tables.build(tables.TABLES["table1"], load_runs([known], completed_only=True))
     assert len(table) == 29 and table.xs("mean", axis=1, level="stat").isna().all().all()
     text = render.render(tables.TABLES["table1"], table)
     assert "0.0 (" not in text and "–" in text
 
 
-@pytest.mark.slow
-def test_every_format_is_written_with_out(sweep, tmp_path):
-    code, output = cli("multirun_analysis", "difficulty", str(sweep / "sweep"), "--out", str(tmp_path), cwd=sweep)
-    assert code == 0, output
+def test_every_format_is_written_with_out(known, tmp_path, capsys):
+    assert main(["difficulty", str(known), "--out", str(tmp_path)]) == 0
     assert (tmp_path / "difficulty.md").read_text().count("\n|") == 4  # header, separator, 2 rows
     assert "\\begin{tabular}" in (tmp_path / "difficulty.tex").read_text()
+    assert capsys.readouterr().out.splitlines()[0] == f"wrote difficulty.{{txt,md,tex,csv}} to {tmp_path}"
+    assert (tmp_path / "difficulty.txt").read_text().startswith("Task difficulty: clean vs cluttered")
     csv_lines = (tmp_path / "difficulty.csv").read_text().splitlines()
     assert csv_lines[0].startswith("background,sparsity_gamma_mean,sparsity_gamma_std,sparsity_gamma_n")
     assert len(csv_lines) == 3
 
 
 @pytest.mark.slow
-def test_plots_are_written_as_png_and_pdf(sweep, tmp_path):
-    code, output = cli("multirun_analysis", "plots", str(sweep / "sweep"), "--out", str(tmp_path), cwd=sweep)
+def test_plots_are_written_as_png_and_pdf(known, tmp_path):
+    code, output = cli("multirun_analysis", "plots", str(known), "--out", str(tmp_path), cwd=tmp_path)
     assert code == 0, output
     for name in ("fig2_bn_C6", "per_layer_sparsity", "selectivity", "sparsity_over_training"):
         for extension in ("png", "pdf"):
             assert (tmp_path / f"{name}.{extension}").stat().st_size > 10_000, name
 
 
-@pytest.mark.slow
-def test_runs_export_has_every_run_and_metric(sweep, tmp_path):
-    code, output = cli("multirun_analysis", "runs", str(sweep / "sweep"), str(sweep / "bad"),
-                       "--out", str(tmp_path / "runs.csv"), cwd=sweep)
-    assert code == 0, output
+def test_runs_export_has_every_run_and_metric(known, bad, tmp_path, capsys):
+    assert main(["runs", str(known), str(bad), "--out", str(tmp_path / "runs.csv")]) == 0
     import pandas as pd
 
     frame = pd.read_csv(tmp_path / "runs.csv")

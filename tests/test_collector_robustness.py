@@ -1,9 +1,12 @@
 """multirun_analysis on what a sweep can leave behind, in hand-built run directories: failed runs only, nothing
-at all, missing or corrupt files, a deleted .hydra/, an unreadable plan, directories mixing two runs, a live
-or a dead trainer's lock. Nothing crashes; what is left out is said, one line per reason."""
+at all, missing or malformed files, a deleted .hydra/, an unreadable plan, directories mixing two runs, stray
+copies of a run, symbolic links and their loops, a live or a dead trainer's lock, text that means something
+in LaTeX, CSV, markdown or mathtext. Nothing crashes; what is left out is said, one line per reason; every
+terminal output fits 100 columns."""
 import fcntl
 import io
 import json
+import os
 import re
 import socket
 import subprocess
@@ -15,12 +18,19 @@ import pandas as pd
 import pytest
 import yaml
 
-from multirun_analysis import tables
+from conftest import ROOT
+from multirun_analysis import plots, render, tables
 from multirun_analysis.__main__ import main
-from multirun_analysis.load import load_runs
+from multirun_analysis.load import find_run_dirs, load_runs
 from multirun_analysis.status import sweep_status
 
 LAYERS = ("C1", "C6")
+WIDTH = 100
+
+
+@pytest.fixture(autouse=True)
+def columns(monkeypatch):
+    monkeypatch.setenv("COLUMNS", str(WIDTH))
 
 
 def sparsity_block(threshold, total_pct):
@@ -65,9 +75,14 @@ def write_run(run_dir, results=None, *, identity=None, hydra_overrides=None, fil
 
 
 def run_main(capsys, *argv):
-    """(exit code, stdout lines, stderr lines) of `python -m multirun_analysis ARGV`, in this process."""
-    code = main([str(a) for a in argv])
+    """(exit code, stdout lines, stderr lines) of `python -m multirun_analysis ARGV`, in this process; every
+    line of its terminal output fits the width."""
+    argv = [str(a) for a in argv]
+    code = main(argv)
     out, err = capsys.readouterr()
+    if "--format" not in argv and argv[0] not in ("runs", "plots", "report"):
+        assert max(map(len, out.splitlines()), default=0) <= WIDTH, out
+    assert "\x1b[" not in out  # no colour where there is no terminal
     return code, out.splitlines(), err.splitlines()
 
 
@@ -112,8 +127,8 @@ def test_runs_and_summary_of_failed_runs_only_list_them_and_say_what_they_skippe
 
     code, out, err = run_main(capsys, failed_sweep)
     assert code == 0 and err == [NOT_FINISHED]
-    rows = out[1:]
-    assert len(rows) == 2 and all(re.search(r"failed +- +- ", row) for row in rows), out
+    assert out[0] == "every run: batch_size=0" and out[1].split()[:3] == ["run", "status", "test"]  # no index column
+    assert [row.split()[:3] for row in out[2:]] == [["seed=0", "failed", "–"], ["seed=1", "failed", "–"]]
 
     (tmp_path / "empty").mkdir()
     code, out, err = run_main(capsys, tmp_path / "empty")
@@ -140,17 +155,19 @@ def corrupt_data_intact_index():
     return bytes(content)
 
 
-METRICS = "\n".join(json.dumps({"epoch": e, "sparsity_gamma_pct": 10.0 * e}) for e in (1, 2, 3)) + "\n"
-WITHOUT_OPTIONAL_BLOCKS = {k: v for k, v in completed("00000000000000a1", ["seed=0"]).items()
-                           if k not in ("sparsity", "selectivity", "config")}
+def metrics_row(epoch):
+    return {"epoch": epoch, "step": 20 * epoch, "lr": 1e-3, "train_loss": 1.0, "train_error": 30.0, "test_loss": 1.1,
+            "test_error": 32.0, "test_top5_error": 5.0, "sparsity_gamma_pct": 10.0 * epoch, "time_s": 1.0 * epoch}
+
+
+METRICS = "\n".join(json.dumps(metrics_row(epoch)) for epoch in (1, 2, 3)) + "\n"
+WITHOUT_SPARSITY = {k: v for k, v in completed("00000000000000a1", ["seed=0"]).items() if k != "sparsity"}
 FROM_RESULTS = {"per_layer_sparsity", "selectivity"}
 
 
 @pytest.mark.parametrize("results, files, drawn, reasons", [
     (failed(["seed=0"]), {}, set(), {}),
-    (WITHOUT_OPTIONAL_BLOCKS, {"bn_history.npz": bn_history(), "metrics.jsonl": METRICS},
-     {"fig2", "sparsity_over_training"},
-     {"per_layer_sparsity": "per-layer sparsity", "selectivity": "selectivity block"}),
+    (WITHOUT_SPARSITY, {"bn_history.npz": bn_history(), "metrics.jsonl": METRICS}, set(), {}),
     (completed("00000000000000a1", ["seed=0"]), {}, FROM_RESULTS,
      {"fig2": "bn_history.npz", "sparsity_over_training": "metrics.jsonl"}),
     (completed("00000000000000a1", ["seed=0"]),
@@ -160,11 +177,11 @@ FROM_RESULTS = {"per_layer_sparsity", "selectivity"}
      FROM_RESULTS, {"fig2": "bn_history.npz is unreadable"}),
     (completed("00000000000000a1", ["seed=0"]), {"bn_history.npz": bn_history(), "metrics.jsonl": METRICS},
      FROM_RESULTS | {"fig2", "sparsity_over_training"}, {}),
-], ids=["failed-only", "without-optional-blocks", "no-npz-no-jsonl", "truncated-npz-and-jsonl",
+], ids=["failed-only", "unreadable-results", "no-npz-no-jsonl", "truncated-npz-and-jsonl",
         "npz-with-corrupt-data", "everything"])
 @pytest.mark.slow
-def test_plots_draw_what_the_runs_allow_and_say_why_they_skip_the_rest(capsys, tmp_path, results, files, drawn,
-                                                                         reasons):
+def test_plots_draw_what_the_runs_allow_and_say_why_they_skip_the_rest(capsys, request, tmp_path, results, files,
+                                                                         drawn, reasons):
     write_run(tmp_path / "sweep" / "seed=0", results, files=files)
     code, out, err = run_main(capsys, "plots", tmp_path / "sweep", "--out", tmp_path / "figures")
     assert code == 0 and [line.split(":")[0] for line in out] == list(FIGURES), out
@@ -175,7 +192,13 @@ def test_plots_draw_what_the_runs_allow_and_say_why_they_skip_the_rest(capsys, t
         assert (tmp_path / "figures" / f"{lines[name].split(', ')[0]}").stat().st_size > 1000
     for name, reason in reasons.items():
         assert lines[name].startswith("skipped: ") and reason in lines[name], lines[name]
-    assert err == (["skipped 1 run(s): status failed"] if results["status"] == "failed" else [])
+    run_dir = tmp_path / "sweep" / "seed=0"
+    assert err == {"failed-only": ["skipped 1 run(s): status failed"],
+                   "unreadable-results": [f"skipped 1 run(s): unreadable: {run_dir / 'results.json'}: sparsity: "
+                                          "Field required"],
+                   "truncated-npz-and-jsonl": [f"skipped 1 run(s): unreadable file (its run is kept, not drawn): "
+                                               f"{run_dir / 'metrics.jsonl'}: line 4: Invalid JSON: EOF while parsing "
+                                               "a string at column 19"]}.get(request.node.callspec.id, [])
 
 
 def test_status_with_an_unreadable_plan_says_so_and_lists_the_runs_found(capsys, tmp_path):
@@ -185,7 +208,9 @@ def test_status_with_an_unreadable_plan_says_so_and_lists_the_runs_found(capsys,
     (sweep / "sweep_plan.json").write_text('{"runs": [["seed=0"], ["se')  # written by a killed tool
     code, out, err = run_main(capsys, "status", sweep)
     assert code == 0
-    assert err == [f"{sweep / 'sweep_plan.json'} is unreadable: runs planned but not started cannot be listed"]
+    assert err == [f"{sweep / 'sweep_plan.json'}: Invalid JSON: EOF while parsing a string at line 1 column 26: runs "
+                   "planned but not started cannot be listed"]
+    assert out[0].split() == ["state", "run", "detail"]
     assert [line.split()[:2] for line in out[1:-1]] == [["completed", "seed=0"], ["failed", "seed=1"]]
     assert "batch_size=0: must be a positive integer" in out[2] and out[-1] == "1 completed, 1 failed"
 
@@ -257,14 +282,17 @@ def test_a_directory_mixing_two_runs_is_left_out_and_said(tmp_path):
     skipped = Counter()
     runs = load_runs([sweep], skipped)
     assert list(runs.run_id.fillna("")) == ["", "00000000000000a0"] and list(runs.status) == ["failed", "completed"]
-    assert skipped == {"identity.json and results.json of different runs (a directory mixing two runs)": 1}
+    assert skipped == {f"unreadable: {sweep / 'mixed'}: results.json and identity.json name different runs "
+                       "(00000000000000a1, 00000000000000ff): a directory mixing two runs": 1}
+    assert sweep_status(sweep).set_index("dir").state.to_dict() == {
+        "failed-stub": "failed", "mixed": "unreadable", "own": "completed"}
 
 
 def prune_json(removed, **values):
     return {"schema": 1, "threshold": 1e-3, "features": {"before": 100, "after": 100 - removed, "removed": removed},
             "params": {"before": 1000, "after": 500}, "flops": {"before": 4000, "after": 1000},
             "test_error": {"before": 20.0, "after": 21.0}, "test_top5_error": {"before": 2.0, "after": 2.5},
-            "latency_ms": {"cpu": {"before": 3.0, "after": 1.0}}, **values}
+            "latency_ms": {"cpu": {"before": 3.0, "after": 1.0, "batch_size": 40, "repeats": 20}}, **values}
 
 
 def test_a_prune_json_of_another_run_is_ignored_and_its_run_kept(tmp_path):
@@ -278,3 +306,232 @@ def test_a_prune_json_of_another_run_is_ignored_and_its_run_kept(tmp_path):
     assert runs.pruned_features.fillna(-1).to_dict() == {0: 10, 1: -1, 2: 30}  # the run of seed 1 is kept
     assert runs.loc[0, "params_kept_pct"] == 50.0 and runs.loc[0, "cpu_speedup"] == 3.0
     assert skipped == {"prune.json of another run (its run is kept, without pruning columns)": 1}
+
+
+# ---- runs matched by identity -----------------------------------------------------------------------------------
+
+def table1_runs(csv_lines) -> int:
+    """The number of runs in Table 1's cell of the hand-built runs (CIFAR-10, L2 1e-4, Adam)."""
+    cells = pd.read_csv(io.StringIO("\n".join(csv_lines)), dtype=str).set_index(["regularizer", "optimizer", "coef"])
+    return int(cells.loc[("l2", "adam", "1e-04"), "cifar10_test_error_n"])
+
+
+def write_plan(sweep, runs):
+    sweep.mkdir(parents=True, exist_ok=True)
+    (sweep / "sweep_plan.json").write_text(json.dumps({"runs": runs}))
+
+
+def test_a_stray_failed_stub_is_a_conflict_and_never_the_state_of_the_run_it_copies(capsys, tmp_path):
+    sweep = tmp_path / "sweep"
+    write_plan(sweep, [["seed=0"], ["seed=1"]])
+    write_run(sweep / "seed=0", completed("00000000000000a0", ["seed=0"]))
+    write_run(sweep / "seed=1", completed("00000000000000a1", ["seed=1"], seed=1))
+    # Copied elsewhere in the sweep: a stub of the first run (its run_id), one of the second from a launch whose
+    # config did not compose (no run_id: its overrides are all there is).
+    write_run(sweep / "copy" / "seed=0", failed(["seed=0"], run_id="00000000000000a0"))
+    write_run(sweep / "old" / "seed=1", failed(["seed=1"]))
+    status = sweep_status(sweep)
+    assert status[["run", "state", "dir"]].values.tolist() == [
+        ["seed=0", "completed", "seed=0"], ["seed=0", "conflict", "copy/seed=0"],
+        ["seed=1", "completed", "seed=1"], ["seed=1", "conflict", "old/seed=1"]]
+    assert list(status.detail[status.state == "conflict"]) == [
+        "failed, claims run 00000000000000a0 as seed=0 (completed): keep one of the two directories",
+        "failed, claims the same planned run as seed=1 (completed): keep one of the two directories"]
+    code, out, err = run_main(capsys, "status", sweep)
+    assert code == 0 and out[-1] == "2 completed, 2 conflict" and err == []
+
+    code, out, err = run_main(capsys, "table1", sweep, "--format", "csv")
+    assert table1_runs(out) == 2  # both completed runs, once each
+    assert sorted(err) == sorted([
+        f"skipped 1 run(s): conflict: run 00000000000000a0 is in {sweep / 'seed=0'} (completed) and, with other "
+        f"results, in {sweep / 'copy' / 'seed=0'} (failed): counted once, from the first; keep one",
+        "skipped 1 run(s): status failed"])
+
+
+def test_copies_of_a_run_count_once_and_copies_that_disagree_are_said(tmp_path):
+    for sweep, test_error in (("first", 20.0), ("relaunch", 20.0), ("other-machine", 25.0)):
+        write_run(tmp_path / sweep / "seed=0", completed("00000000000000a0", ["seed=0"], test_error=test_error,
+                                                         wall_time_s=9.0 if sweep == "first" else 12.0))
+    skipped = Counter()
+    runs = load_runs([tmp_path / "relaunch", tmp_path / "first", tmp_path / "other-machine"], skipped)
+    assert list(runs.run_dir) == [str(tmp_path / "first" / "seed=0")] and list(runs.test_error) == [20.0]
+    assert skipped == {"duplicate of a run found in another directory": 1,  # other timings: the same run
+                       f"conflict: run 00000000000000a0 is in {tmp_path / 'first' / 'seed=0'} (completed) and, with "
+                       f"other results, in {tmp_path / 'other-machine' / 'seed=0'} (completed): counted once, from "
+                       "the first; keep one": 1}
+
+
+# ---- symbolic links: followed, each run once ----------------------------------------------------------------
+
+@pytest.fixture
+def linked_sweep(tmp_path):
+    """Two runs: one in the sweep, reached also through a link; one living elsewhere, linked in; plus a link loop
+    and a dangling link."""
+    sweep = tmp_path / "sweep"
+    write_run(sweep / "seed=0", completed("00000000000000a0", ["seed=0"]))
+    write_run(tmp_path / "elsewhere" / "seed=1", completed("00000000000000a1", ["seed=1"], seed=1))
+    os.symlink(sweep / "seed=0", sweep / "again")
+    os.symlink(tmp_path / "elsewhere" / "seed=1", sweep / "seed=1")
+    os.symlink(sweep, sweep / "seed=0" / "loop")
+    os.symlink(tmp_path / "gone", sweep / "dangling")
+    return sweep
+
+
+def test_a_linked_run_counts_once_in_every_command_and_a_loop_ends(capsys, tmp_path, linked_sweep):
+    sweep = linked_sweep
+    assert find_run_dirs([sweep]) == [sweep / "seed=0", sweep / "seed=1"]  # the path through no link first
+    assert find_run_dirs([sweep, tmp_path / "elsewhere"]) == [tmp_path / "elsewhere" / "seed=1", sweep / "seed=0"]
+    assert list(sweep_status(sweep).dir) == ["seed=0", "seed=1"]
+    code, out, err = run_main(capsys, "status", sweep)
+    assert code == 0 and out[-1] == "2 completed" and err == []
+    code, out, err = run_main(capsys, sweep, tmp_path / "elsewhere")
+    assert code == 0 and len(out) == 3 and err == []  # the header and two runs
+    code, out, err = run_main(capsys, "runs", sweep, "--out", tmp_path / "runs.csv")
+    assert list(pd.read_csv(tmp_path / "runs.csv").run_id) == ["00000000000000a0", "00000000000000a1"]
+    code, out, err = run_main(capsys, "table1", sweep, "--format", "csv")
+    assert table1_runs(out) == 2
+    code, out, err = run_main(capsys, "claims", sweep, "--format", "csv")
+    (zeroing,) = [row for row in pd.read_csv(io.StringIO("\n".join(out))).itertuples() if row.claim == "7"]
+    assert zeroing.a_n == 2
+
+
+@pytest.mark.slow
+def test_a_linked_run_counts_once_in_the_figures_and_the_report(capsys, tmp_path, linked_sweep):
+    from multirun_analysis.report import build_report
+
+    code, out, err = run_main(capsys, "plots", linked_sweep, "--out", tmp_path / "figures")
+    assert code == 0 and err == [] and "per_layer_sparsity: per_layer_sparsity.png, per_layer_sparsity.pdf" in out
+    page = build_report([linked_sweep], tmp_path / "report.html")
+    run_table = page[page.index('id="run-table"'):]
+    assert run_table.count('<tr data-state="completed">') == 2 and "From the 2 completed run(s)" in page
+
+
+# ---- malformed files: reported once, every other run still counted ----------------------------------------------
+
+GOOD = completed("00000000000000b0", ["seed=5"], seed=5)
+MALFORMED = {  # file -> (content, its first problem, whether its run is left out)
+    "results.json": ('{"schema": 1, "status": "completed", "run_id": 7}', "run_id: Input should be a valid string "
+                                                                          "(got 7)", True),
+    "identity.json": ("[]", "Input should be an object (got [])", False),
+    "prune.json": (json.dumps(prune_json(10, features={"before": 0, "after": 0, "removed": 0})),
+                   "features.before: Input should be greater than 0 (got 0)", False),
+}
+COMMANDS = [["status"], [], ["table1", "--format", "csv"], ["claims", "--format", "csv"], ["runs", "--out", "RUNS"]]
+
+
+@pytest.mark.parametrize("name", list(MALFORMED))
+@pytest.mark.parametrize("command", COMMANDS, ids=["status", "summary", "table1", "claims", "runs"])
+def test_a_malformed_run_file_is_reported_once_and_every_other_run_counted(capsys, tmp_path, name, command):
+    sweep = tmp_path / "sweep"
+    write_run(sweep / "seed=5", GOOD)
+    bad = write_run(sweep / "seed=0", completed("00000000000000a0", ["seed=0"]),
+                    identity={"run_id": "00000000000000a0", "overrides": ["seed=0"], "config": {}})
+    content, problem, left_out = MALFORMED[name]
+    (bad / name).write_text(content)
+    argv = [command[0], sweep, *command[1:]] if command else [sweep]
+    code, out, err = run_main(capsys, *[tmp_path / "runs.csv" if a == "RUNS" else a for a in argv])
+    assert code == 0
+    said = [line for line in err if str(bad / name) in line]
+    if command[:1] == ["status"]:  # the state of each run; status reads no prune.json
+        assert said == ([f"{bad / name}: {problem}"] if name == "identity.json" else [])
+        assert sweep_status(sweep).set_index("run").detail["seed=0"] == (
+            f"{name}: {problem}" if name == "results.json" else "")
+        assert out[-1] == ("1 unreadable, 1 completed" if left_out else "2 completed")
+        return
+    assert len(said) == 1 and said[0].endswith(f"{bad / name}: {problem}"), err
+    runs = 1 if left_out else 2
+    shown = "\n".join(out)
+    if command[:1] == ["runs"]:
+        assert len(pd.read_csv(tmp_path / "runs.csv")) == runs
+    elif command[:1] == ["table1"]:
+        assert table1_runs(out) == runs
+    elif command[:1] == ["claims"]:
+        (zeroing,) = [row for row in pd.read_csv(io.StringIO(shown)).itertuples() if row.claim == "7"]
+        assert zeroing.a_n == runs
+    else:
+        assert "seed=5" in shown and ("seed=0" in shown) != left_out
+
+
+@pytest.mark.parametrize("name, content, command", [
+    ("sweep_plan.json", "not json", "status"), ("sweep_plan.json", '{"runs": "seed=0"}', "status"),
+    ("multirun.yaml", "hydra:\n  overrides: {task: [\n", "report")])
+def test_a_malformed_sweep_file_is_said_in_one_line_and_the_runs_still_shown(capsys, tmp_path, name, content,
+                                                                              command):
+    sweep = tmp_path / "sweep"
+    write_run(sweep / "seed=5", GOOD)
+    (sweep / name).write_text(content)
+    if command == "report":
+        from multirun_analysis.report import build_report
+
+        page = build_report([sweep], tmp_path / "report.html")
+        assert page.count(f"{sweep / name}: not YAML") == 1 and "seed=5" in page
+        return
+    code, out, err = run_main(capsys, command, sweep)
+    assert code == 0 and len(err) == 1 and err[0].startswith(f"{sweep / name}: ") and out[-1] == "1 completed"
+
+
+# ---- text from run files, escaped for each output --------------------------------------------------------------
+
+def test_text_from_run_files_is_escaped_for_latex_markdown_csv_and_mathtext(capsys, tmp_path):
+    sweep = tmp_path / "sweep"
+    odd = "a&b_%$#{}~^\\|c"
+    write_run(sweep / "odd", completed("00000000000000a0", ["=HYPERLINK(\"x\")", "-1+2"], optimizer=odd))
+    write_run(sweep / "plain", completed("00000000000000a1", ["seed=1"], seed=1, coefficient=-0.0))
+    code, out, err = run_main(capsys, "table1", sweep, "--format", "latex")
+    assert r"l2 & a\&b\_\%\$\#\{\}\textasciitilde{}\textasciicircum{}\textbackslash{}|c & 1e-04" in "\n".join(out)
+    code, out, err = run_main(capsys, "table1", sweep, "--format", "markdown")
+    (row,) = [line for line in out if line.startswith("| l2 | a&b")]
+    assert r"a&b_%$#{}~^\\|c" in row and len(row.split(" | ")) == len(out[2].split(" | "))
+    code, out, err = run_main(capsys, "runs", sweep, "--out", tmp_path / "runs.csv")
+    exported = pd.read_csv(tmp_path / "runs.csv", dtype=str).set_index("run_id")
+    assert exported.loc["00000000000000a0", "overrides"] == "'=HYPERLINK(\"x\") -1+2"  # a spreadsheet shows text
+    assert exported.loc["00000000000000a1", "coefficient"] == "-0.0"  # a number stays a number
+    runs = load_runs([sweep], completed_only=True)
+    assert plots.label(runs.iloc[0]).startswith(r"a&b_%\$#{}~^\|c L2 0.0001")
+    figure = plots.per_layer_sparsity(runs, [])
+    figure.canvas.draw()  # an unescaped "$" starts mathtext, which fails on the lone "$" at draw time
+    plots.plt.close(figure)
+    assert render.csv_cell("-12.5") == "-12.5" and render.csv_cell("@SUM(A1)") == "'@SUM(A1)"
+
+
+# ---- output for people ------------------------------------------------------------------------------------------
+
+LONG = [f"model.some_long_setting_{i}=value_{i}" for i in range(8)]
+
+
+def test_every_terminal_output_fits_100_columns_with_errors_at_2_decimals(capsys, tmp_path):
+    sweep = tmp_path / "sweep"
+    write_run(sweep / "a", completed("00000000000000a0", [*LONG, "seed=0"], test_error=12.345))
+    write_run(sweep / "b", completed("00000000000000a1", [*LONG, "seed=1"], seed=1, optimizer="sgd"))
+    write_run(sweep / "c", failed([*LONG, "seed=2"], error="a long error " * 20))
+    for argv in (["status", sweep], [sweep], ["table1", sweep], ["difficulty", sweep], ["claims", sweep]):
+        code, out, err = run_main(capsys, *argv)  # asserts the width
+        assert code == 0 and out
+    code, out, err = run_main(capsys, sweep)
+    assert out[0].startswith("every run: model.some_long_setting_0=value_0") and "12.35" in "\n".join(out)
+    code, out, err = run_main(capsys, "table1", sweep)
+    assert "12.35 (1)*" in "\n".join(out)  # the lowest error of its block
+
+
+def test_colour_only_on_a_terminal():
+    from multirun_analysis import terminal
+
+    leader, follower = os.openpty()
+    with open(follower, "w", closefd=True) as tty:
+        terminal.show(terminal.table(["state"], [[terminal.styled("failed")]]), file=tty)
+    coloured = os.read(leader, 4096)
+    os.close(leader)
+    buffer = io.StringIO()
+    terminal.show(terminal.table(["state"], [[terminal.styled("failed")]]), file=buffer)
+    assert b"\x1b[" in coloured and "\x1b[" not in buffer.getvalue() and buffer.getvalue() == "state\nfailed\n"
+
+
+def test_a_closed_pipe_ends_the_output_without_a_traceback(tmp_path):
+    sweep = tmp_path / "sweep"
+    write_run(sweep / "seed=0", completed("00000000000000a0", ["seed=0"]))
+    reader, writer = os.pipe()
+    os.close(reader)  # as `| head -1` does once it has its line: every write now fails
+    done = subprocess.run([sys.executable, "-m", "multirun_analysis", "status", str(sweep)], cwd=ROOT, stdout=writer,
+                          stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=60)
+    os.close(writer)
+    assert (done.returncode, done.stderr) == (1, "")

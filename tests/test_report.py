@@ -1,7 +1,9 @@
 """The HTML report of a real smoke sweep (6 runs: 4 complete, one diverges, one fails inside its job), made by
 the CLI and opened in headless Chromium (Debian's chromium + chromium-driver, driven by Selenium): every section,
-table and figure is there, the failed and diverged runs show their reasons, sorting and filtering work, and
-the browser logs no error. A report of an unfinished sweep says what has not finished."""
+table and figure is there (the results by setting, the claims' verdicts, the paper tables), the failed and
+diverged runs show their reasons, sorting and filtering work, and the browser logs no error. A report of an
+unfinished sweep says what has not finished; one whose runs fill no paper table still has its results table;
+one with pruned runs has their pruning results."""
 import json
 import re
 import shutil
@@ -11,7 +13,7 @@ from urllib.parse import unquote, urlparse
 import pytest
 
 from conftest import SMOKE, cli
-from multirun_analysis import render, tables
+from multirun_analysis import claims, render, tables
 from multirun_analysis.load import load_runs
 from multirun_analysis.report import build_report
 
@@ -85,7 +87,8 @@ def column(driver, header: str) -> list[str]:
 def test_every_section_table_and_figure_is_on_the_page(page, sweep, tmp_path):
     page.save_screenshot(str(tmp_path / "report.png"))
     assert (tmp_path / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert [s.get_attribute("id") for s in css(page, "section")] == ["sweeps", "tables", "figures", "runs"]
+    assert [s.get_attribute("id") for s in css(page, "section")] == ["sweeps", "results", "claims", "tables",
+                                                                     "figures", "runs"]  # no run was pruned
     counts = {e.get_attribute("data-state"): e.text for e in css(page, "#sweeps .counts .state")}
     assert counts == {"completed": "4 completed", "failed": "1 failed", "diverged": "1 diverged"}
     # The device setting and the device each run logged (the failed run stopped before logging one).
@@ -102,6 +105,21 @@ def test_every_section_table_and_figure_is_on_the_page(page, sweep, tmp_path):
                                                             for tr in css(element, "tbody tr")]
         assert rows == expected  # the cells of `python -m multirun_analysis NAME --format markdown`
     assert "table1" in css(page, "#empty-tables")[0].text
+
+    # The results by setting: the overrides without the seed, each a cell of `mean ±std (n)`.
+    results = [[td.text for td in css(tr, "td")] for tr in css(page, "#results-table tbody tr")]
+    assert len(results) == 4 and {row[0] for row in results} == {
+        "+experiment=smoke optimizer=adam regularizer.l2=0.0001",
+        "+experiment=smoke optimizer=sgd regularizer.l2=0.0001",
+        "+experiment=smoke regularizer.l2=0", "+experiment=smoke batch_size=20"}
+    assert all(re.fullmatch(r"\d+\.\d\d \(1\)", row[1]) for row in results)  # test error: 2 decimals, one run
+    # The claims these runs speak to, as `claims` judges them (one seed: no interval, inconclusive).
+    verdicts = claims.texts(claims.check(completed))
+    judged = verdicts[verdicts.verdict != claims.NO_RUNS]
+    shown = [[td.text for td in css(tr, "td")] for tr in css(page, "#claims-table tbody tr")]
+    assert shown == judged.fillna("").values.tolist() and {"1", "2", "7"} <= {row[0] for row in shown}
+    assert {tr.get_attribute("data-verdict") for tr in css(page, "#claims-table tbody tr")} <= set(claims.VERDICTS)
+    assert "4 (sparsity grows with the L2 coefficient)" in css(page, "#claims-without-runs")[0].text
 
     figures = {f.get_attribute("data-figure"): f for f in css(page, "#figures figure")}
     assert list(figures) == FIGURES
@@ -186,3 +204,36 @@ def test_the_run_time_counts_each_runs_share_of_its_process_and_the_wall_time_of
     page = build_report([edited], tmp_path / "report.html")
     run_time = re.search(r"<dt>run time</dt><dd>(.*?) <span", page).group(1)
     assert run_time == "CPU 1.10 h (3960 s)"
+
+
+@pytest.mark.slow
+def test_a_report_whose_runs_fill_no_paper_table_still_has_its_results(sweep, tmp_path):
+    only_sgd = tmp_path / "sweep"
+    shutil.copytree(sweep, only_sgd)
+    for results_file in only_sgd.glob("*/results.json"):
+        if json.loads(results_file.read_text()).get("optimizer") != "sgd":  # the failed stub has none
+            shutil.rmtree(results_file.parent)
+    page = build_report([only_sgd], tmp_path / "report.html")
+    assert 'class="paper-table"' not in page and "No run fills table1, table2" in page
+    rows = re.findall(r"<tr><td>([^<]*)</td>", page[page.index('id="results-table"'):page.index('id="claims"')])
+    assert rows == ["+experiment=smoke optimizer=sgd regularizer.l2=0.0001"]  # the diverged one did not complete
+
+
+@pytest.mark.slow
+def test_a_report_of_pruned_runs_has_their_pruning_results(sweep, tmp_path):
+    pruned = tmp_path / "sweep"
+    shutil.copytree(sweep, pruned)
+    run_dir = pruned / "+experiment=smoke,batch_size=20"
+    run_id = json.loads((run_dir / "results.json").read_text())["run_id"]
+    (run_dir / "prune.json").write_text(json.dumps({
+        "schema": 1, "run_id": run_id, "threshold": 1e-3, "features": {"before": 232, "after": 174, "removed": 58},
+        "params": {"before": 1000, "after": 400}, "flops": {"before": 5000, "after": 2000},
+        "latency_ms": {"cpu": {"before": 3.0, "after": 1.5, "batch_size": 40, "repeats": 20}},
+        "test_error": {"before": 20.0, "after": 20.5}, "test_top5_error": {"before": 2.0, "after": 2.5}}))
+    test_error = json.loads((run_dir / "results.json").read_text())["test_error"]
+    page = build_report([pruned], tmp_path / "report.html")
+    section = page[page.index('<section id="pruning">'):page.index('<section id="figures">')]
+    (row,) = re.findall(r"<tr><td class=\"run\">(.*?)</tr>", section, re.S)
+    assert re.findall(r'<td class="number">([^<]*)</td>', row) == [
+        "58", "25.0", f"{test_error:.2f}", "20.50", "40.0", "40.0", "2.00"]  # 58 of 232; no GPU column without one
+    assert "+experiment=smoke batch_size=20" in row
