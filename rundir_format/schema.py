@@ -87,6 +87,7 @@ class EndedResults(FileModel):
     iterations: Count
     wall_time_s: Seconds
     device_time_s: Seconds | None = None  # added later: runs from before it have none
+    graph_steps: Count | None = None      # added later: steps taken in a CUDA graph replay
     train_loss: Annotated[float, Field(ge=0)] | None
     train_error: Percent | None
     test_loss: Annotated[float, Field(ge=0)] | None

@@ -58,7 +58,6 @@ from sparsesweep.assemble import load_run, pick_device
 from sparsesweep.measure import evaluate, full_fp32
 from sparsesweep.errors import ConfigError
 
-PRUNE_SCHEMA = 1
 PRUNED_MODEL = "pruned_model.pt"
 DEFAULT_THRESHOLD = 1e-3  # the paper's |gamma| criterion
 LATENCY_BATCH_SIZE = 40  # the paper's base batch size
@@ -259,7 +258,7 @@ def prune_trained(run_dir: Path, cfg, data, model: nn.Module, threshold: float =
         _, error_after, top5_after = evaluate(pruned, data, data.test, cfg.eval_batch_size, device)
         measured = compare(model, pruned, input_shape, batch_size=batch_size, repeats=repeats)
     run_id = rundir.read_json(run_dir / rundir.RESULTS).get("run_id") or rundir.run_identity(cfg)  # its own
-    result = {"schema": PRUNE_SCHEMA, "run_id": run_id, "threshold": threshold,
+    result = {"schema": rundir.PRUNE_SCHEMA, "run_id": run_id, "threshold": threshold,
               "features": report.features(), **measured,
               "test_error": {"before": error_before, "after": error_after},
               "test_top5_error": {"before": top5_before, "after": top5_after},

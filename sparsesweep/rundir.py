@@ -18,9 +18,9 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from rundir_format import (BN_HISTORY, CHECKPOINT, FEATURES, FINISHED, IDENTITY, LOCK, METRICS,  # noqa: F401
-                           PREVIOUS_CHECKPOINT, PROGRESS, PRUNE, RESULTS, RESULTS_SCHEMA, RUN_IRRELEVANT, SWEEP_PLAN,
-                           describe_holder, finite_or_none, json_bytes, jsonl_bytes, lock_holder, write_atomic,
-                           remove_temporaries, write_temporary)
+                           PREVIOUS_CHECKPOINT, PROGRESS, PRUNE, PRUNE_SCHEMA, RESULTS, RESULTS_SCHEMA,
+                           RUN_IRRELEVANT, SWEEP_PLAN, describe_holder, finite_or_none, json_bytes, jsonl_bytes,
+                           lock_holder, remove_temporaries, write_atomic, write_temporary)
 from sparsesweep.errors import ConfigError
 
 log = logging.getLogger(__name__)

@@ -8,7 +8,6 @@ trainer keeps in its directory (rundir_format), at most every PROGRESS_READ_S.
 """
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections import Counter
@@ -17,9 +16,8 @@ from pathlib import Path
 from statistics import mean
 
 from hydra.core.utils import JobReturn, JobStatus
-from pydantic import BaseModel, ValidationError
 
-from rundir_format import PROGRESS, RESULTS
+from rundir_format import PROGRESS, RESULTS, schema
 
 log = logging.getLogger(__name__)
 
@@ -36,38 +34,30 @@ def outcome(job_return: JobReturn) -> tuple[str, str]:
     if isinstance(job_return.return_value, str):  # the job said why it did not train (sparsesweep.jobs)
         return job_return.return_value.split(":", 1)[0], job_return.return_value
     try:
-        results = json.loads((Path(job_return.hydra_cfg.hydra.runtime.output_dir) / RESULTS).read_text())
-    except (OSError, ValueError, AttributeError):
+        results = schema.read(Path(job_return.hydra_cfg.hydra.runtime.output_dir) / RESULTS)
+    except AttributeError:  # no output directory known
+        results = None
+    except schema.Unreadable as error:
+        return "failed", f"unreadable: {error}"
+    if results is None:
         return "failed", "no results.json"
-    status = results.get("status", "unknown")
-    if status != "completed":
-        return status, f"{status}: {results.get('error', '')}".rstrip(": ")
-    gamma, activation = (results["sparsity"][k]["total_pct"] for k in ("by_gamma", "by_activation"))
-    return status, (f"test error {results['test_error']:.2f}%, sparsity by gamma {gamma:.1f}%, "
-                    f"by activation {activation:.1f}%")
+    if results.status != "completed":
+        return results.status, f"{results.status}: {getattr(results, 'error', '')}".rstrip(": ")
+    sparsity = results.sparsity
+    return results.status, (f"test error {results.test_error:.2f}%, sparsity by gamma "
+                            f"{sparsity.by_gamma.total_pct:.1f}%, by activation {sparsity.by_activation.total_pct:.1f}%")
 
 
-class Progress(BaseModel):
-    """progress.json (rundir_format)."""
-    run_id: str
-    epoch: int
-    epochs: int
-    step: int
-    total_steps: int
-    steps_per_s: float | None = None
-    updated: float
-
-    @property
-    def eta_s(self) -> float | None:
-        return (self.total_steps - self.step) / self.steps_per_s if self.steps_per_s else None
+def eta_s(progress: schema.Progress) -> float | None:
+    return (progress.total_steps - progress.step) / progress.steps_per_s if progress.steps_per_s else None
 
 
-def read_progress(run_dir: Path | None) -> Progress | None:
+def read_progress(run_dir: Path | None) -> schema.Progress | None:
     if run_dir is None:
         return None
     try:
-        return Progress.model_validate_json((run_dir / PROGRESS).read_bytes())
-    except (OSError, ValidationError):  # not written yet, or being replaced (it is written atomically)
+        return schema.read(run_dir / PROGRESS)
+    except schema.Unreadable:  # being written? it is written atomically: a run writing what no schema knows
         return None
 
 
@@ -87,7 +77,7 @@ class RunView:
     label: str  # its overrides
     run_dir: Path | None
     state: str = QUEUED  # queued, running, or how it ended (outcome's status)
-    progress: Progress | None = None
+    progress: schema.Progress | None = None
 
 
 @dataclass
@@ -166,7 +156,7 @@ class SweepView:
             return None
         per_run = mean(p.total_steps / p.steps_per_s for p in known)
         queued = self.counts()[QUEUED]
-        remaining = sum(p.eta_s for p in known) + (len(running) - len(known) + queued) * per_run
+        remaining = sum(eta_s(p) for p in known) + (len(running) - len(known) + queued) * per_run
         return remaining / len(running)
 
     def status_line(self) -> str:
@@ -201,7 +191,7 @@ class SweepView:
             table.add_row(f"#{run.number}", run.label, f"epoch {p.epoch}/{p.epochs}",
                           ProgressBar(total=max(p.total_steps, 1), completed=p.step, width=20),
                           f"{p.step}/{p.total_steps} steps",
-                          f"{p.steps_per_s:.1f} steps/s" if p.steps_per_s else "", f"ETA {duration(p.eta_s)}")
+                          f"{p.steps_per_s:.1f} steps/s" if p.steps_per_s else "", f"ETA {duration(eta_s(p))}")
         more = [Text(f"... and {len(running) - RUNNING_SHOWN} more running")] if len(running) > RUNNING_SHOWN else []
         return Group(Text(self.status_line(), style="bold"), table, *more)
 
