@@ -28,6 +28,7 @@ from sparsesweep.batches import shuffle_seed, training_feed
 from sparsesweep.datasets import Dataset
 from sparsesweep.errors import ConfigError
 from sparsesweep.measure import bn_snapshot, evaluate, final_measurements, gamma_sparsity_pct
+from sparsesweep.models import draws_randomness
 from sparsesweep.optim import DecoupledDecay, build_optimizer, coefficient, plan_schedule, set_lr
 
 TRAINING, TRAINED, COMPLETED, DIVERGED, FAILED = "training", "trained", "completed", "diverged", "failed"
@@ -70,9 +71,9 @@ class Run:
         self.log, self.resources, self.capturable = log, resources, capturable
         self.run_id = rundir.run_identity(cfg)
         self.model = assemble.model_for(cfg, data, device)
-        # Dropout (VGG's ImageNet head) draws from the global RNG: each run keeps its own stream of it, which
-        # continues from its model's initialisation as it would alone.
-        self.stochastic = any(isinstance(m, torch.nn.modules.dropout._DropoutNd) for m in self.model.modules())
+        # Dropout (VGG's ImageNet head) and stochastic depth draw from the global RNG: each run keeps its own
+        # stream of it, which continues from its model's initialisation as it would alone.
+        self.stochastic = draws_randomness(self.model)
         self.rng = torch.get_rng_state() if self.stochastic else None
         self.cuda_rng = torch.cuda.get_rng_state(device) if self.stochastic and device.type == "cuda" else None
         # The compiled module shares the parameters; checkpoints, hooks and evaluation use the plain one.

@@ -37,7 +37,7 @@ def check_config(cfg) -> None:
             _check_combined(group, node or {})
             continue
         defaults, owner, noun = _option_defaults(group, node)
-        _check_mapping(node, defaults, f"{group}.", owner, noun, chosen=(group, node["name"]))
+        _check_mapping(node, defaults, f"{group}.", owner, noun, chosen=(group, _option(node)))
     _check_together(config)
     loggers.check_installed(cfg)
 
@@ -124,6 +124,8 @@ RULES = {
     "model.width_multiplier": POSITIVE, "model.hidden": _integer(1),
     "model.negative_slope": FRACTION, "model.dropout": FRACTION,
     "model.head": _choice("auto", "cifar", "imagenet"),
+    "model._target_": Rule(lambda v: isinstance(v, str) and "." in v, "an importable package.module.Class",
+                           example="mypackage.nets.MyNet"),  # model=custom (null: models/custom.py says what to set)
 
     # The renderer's minimum; smaller inputs would also pool BasicNet's three halvings down to nothing.
     "dataset.resolution": _integer(shapes.MIN_RESOLUTION, example=32),
@@ -247,6 +249,10 @@ def _check_together(config: dict) -> None:
         raise ConfigError(f"performance.cuda_graph={show(graph)}: needs a CUDA device, and device={config['device']} "
                           f"trains on the CPU: use performance.cuda_graph=auto (graphs where possible) or off")
     model = config["model"]
+    if model.get("source") == "torchvision":
+        from sparsesweep.models import zoo
+
+        zoo.check(model["name"], model["width_multiplier"], model["head"])
     if "widths" in model and "pool_after" in model:
         convs = len(model["widths"])
         inside = [i for i in model["pool_after"] if 1 <= i <= convs]
@@ -269,16 +275,27 @@ def _check_combined(group: str, node: dict) -> None:
                        f"{group}={option}", chosen=(group, option))
 
 
+def _option(node) -> str | None:
+    """Which option file of its group a node comes from: its `name`, or its `source` where the option leaves
+    `name` to the architecture (model=torchvision, model=custom)."""
+    return (node.get("source") or node.get("name")) if isinstance(node, dict) else None
+
+
 def _option_defaults(group: str, node) -> tuple[dict, str, str]:
     """(the keys and defaults of the option that node is, its name in messages, what its keys are called)."""
-    name = node.get("name") if isinstance(node, dict) else None
+    name = _option(node)
     if name not in _options(group):
+        hint = " (or any torchvision model: model=torchvision model.name=NAME)" if group == "model" else ""
         raise ConfigError(f"{group}.name={show(name)}: not an option in conf/{group}/: choose "
-                          f"{group}={' | '.join(_options(group))}")
+                          f"{group}={' | '.join(_options(group))}{hint}")
     defaults = _file_defaults(group, name)
     if group == "optimizer":
         target = node.get("_target_")
         return _optimizer_defaults(target, defaults), str(target), "argument"
+    if group == "model" and name == "custom":  # the keys are the network's keyword arguments
+        from sparsesweep.models import custom
+
+        return custom.arguments(node), f"model._target_={node.get('_target_')}", "argument"
     return defaults, f"{group}={name}", "key"
 
 

@@ -14,7 +14,7 @@ from torch import nn
 from conftest import CONF, SMOKE
 from sparsesweep import assemble, pack
 from sparsesweep.measure import evaluate, inactive_by_gamma, zeroed_copy
-from sparsesweep.models import BasicNet, FeatureBlock, build_model
+from sparsesweep.models import BasicNet, FeatureBlock, build_model, find_features
 from sparsesweep.prune import count_flops, count_parameters, main, prune_model, prune_run
 
 TINY = 1 / 16
@@ -25,7 +25,7 @@ def with_trained_looking_bn(model, seed=0):
     stays far above the threshold until a test kills it."""
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for feature in model.features:
+        for feature in find_features(model).features:
             bn = feature.bn
             for tensor, low, high in ((bn.running_mean, -0.5, 0.5), (bn.running_var, 0.5, 2.0),
                                       (bn.weight, 0.5, 1.5), (bn.bias, -0.3, 0.3)):
@@ -35,7 +35,7 @@ def with_trained_looking_bn(model, seed=0):
 
 def kill(model, dead: dict[str, list[int]], beta: float = -0.2):
     """gamma = 0 and beta = `beta` for the given channels of the named features."""
-    features = {feature.name: feature for feature in model.features}
+    features = {feature.name: feature for feature in find_features(model).features}
     with torch.no_grad():
         for name, channels in dead.items():
             features[name].bn.weight[channels] = 0.0
@@ -47,6 +47,13 @@ def assert_same_outputs(model, pruned, shape):
     with torch.no_grad():
         expected, actual = model(x), pruned(x)
     torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-5 * expected.abs().max().item())
+
+
+def pruned_units(model, pruned):
+    """(conv, norm) of each feature of `model` as `pruned` holds them at the same module paths: the fused conv
+    and the nn.Identity that replaced the norm (a pruned model has no features left to discover)."""
+    paths = {module: path for path, module in model.named_modules()}
+    return [(pruned.get_submodule(paths[f.conv]), pruned.get_submodule(f.path)) for f in find_features(model).features]
 
 
 def removed_per_layer(report):
@@ -75,10 +82,11 @@ def test_basicnet_loses_exactly_the_dead_features_and_the_closed_form_params_and
         "C4": {"before": 8, "after": 8}, "C5": {"before": 8, "after": 8}, "C6": {"before": 10, "after": 10},
         "C7": {"before": 10, "after": 7}}}
     assert report.constant_features_folded == 0
-    assert [f.conv.out_channels for f in pruned.features] == [3, 6, 4, 8, 8, 10, 7]
-    assert [f.conv.in_channels for f in pruned.features] == [3, 3, 6, 4, 8, 8, 10]
+    units = pruned_units(model, pruned)
+    assert [conv.out_channels for conv, _ in units] == [3, 6, 4, 8, 8, 10, 7]
+    assert [conv.in_channels for conv, _ in units] == [3, 3, 6, 4, 8, 8, 10]
     assert pruned.head[2].in_features == 7
-    assert all(isinstance(f.bn, nn.Identity) and f.conv.bias is not None for f in pruned.features)
+    assert all(isinstance(norm, nn.Identity) and conv.bias is not None for conv, norm in units)
     assert not pruned.training
     assert all(torch.equal(value, untouched[key]) for key, value in model.state_dict().items())
     assert [f.conv.out_channels for f in model.features] == widths
@@ -108,7 +116,8 @@ def test_a_layer_whose_every_feature_is_dead_keeps_one():
     kill(model, {"C4": list(range(8))})
     pruned, report = prune_model(model, torch.zeros(1, 3, 16, 16))
     assert removed_per_layer(report) == {"C4": list(range(1, 8))}
-    assert pruned.features[3].conv.out_channels == pruned.features[4].conv.in_channels == 1
+    units = pruned_units(model, pruned)
+    assert units[3][0].out_channels == units[4][0].in_channels == 1
     assert_same_outputs(model, pruned, (3, 16, 16))
 
 
@@ -134,10 +143,6 @@ class FlattenNet(nn.Module):
         super().__init__()
         self.body = nn.Sequential(FeatureBlock("A", 3, 4), nn.MaxPool2d(2), FeatureBlock("B", 4, 5))
         self.head = nn.Sequential(nn.Flatten(), nn.Linear(5 * 2 * 2, 3))
-
-    @property
-    def features(self):
-        return [self.body[0], self.body[2]]
 
     def forward(self, x):
         return self.head(self.body(x))
@@ -176,7 +181,7 @@ def test_vgg_loses_exactly_the_dead_features_with_the_closed_form_drop(name, hea
     assert report.constant_features_folded == 1
     widths = [f.conv.out_channels for f in features]
     after = [w - len(dead.get(f.name, [])) for f, w in zip(features, widths)]
-    assert [f.conv.out_channels for f in pruned.features] == after
+    assert [conv.out_channels for conv, _ in pruned_units(model, pruned)] == after
     # Every conv k*k*cin*cout; BN's gamma + beta -> one conv bias; the first FC loses `positions` inputs per
     # removed last-layer channel.
     first_fc = [m for m in model.head.modules() if isinstance(m, nn.Linear)][0]

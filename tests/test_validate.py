@@ -65,7 +65,8 @@ BAD_VALUES = [
      "dataset.loader.worker=2: dataset.loader has no key worker: did you mean dataset.loader.workers=2?"),
     ("+model.foo=1", f"model.foo=1: model=basicnet has no key foo: remove it (its keys: {BASICNET_KEYS})"),
     ("model.name=vgg19", "model.name=vgg19: not an option in conf/model/: choose "
-                         "model=basicnet | resnet50 | vgg11 | vgg16"),
+                         "model=basicnet | custom | resnet50 | torchvision | vgg11 | vgg16 "
+                         "(or any torchvision model: model=torchvision model.name=NAME)"),
     # the optimizer class
     ("optimizer._target_=torch.optim.Nope", "optimizer._target_=torch.optim.Nope: not an importable class: "
                                             "use a torch.optim class, e.g. optimizer._target_=torch.optim.Adam"),
@@ -93,14 +94,16 @@ def test_unusual_good_values_pass(make_config, overrides):
     validate.check_config(make_config(SMOKE + overrides.split()))
 
 
-OPTIONS = [f"{group}={path.stem}" for group in ("model", "dataset", "optimizer", "regularizer", "schedule")
+# model=custom names its network: any importable nn.Module class
+OPTIONS = [f"{group}={path.stem}" + (" model._target_=torchvision.models.MobileNetV2" if path.stem == "custom" else "")
+           for group in ("model", "dataset", "optimizer", "regularizer", "schedule")
            for path in sorted((CONF / group).glob("*.yaml"))]
 
 
 @pytest.mark.parametrize("option", OPTIONS)
 def test_smoke_validates_with_every_option(make_config, option):
     # smoke sets keys some options lack (model.hidden, dataset.train_size): those options ignore them
-    validate.check_config(make_config(SMOKE + [option]))
+    validate.check_config(make_config(SMOKE + option.split()))
 
 
 def test_every_null_default_in_conf_has_a_rule():

@@ -18,7 +18,8 @@ Heads:
 from torch import nn
 
 from sparsesweep.models.basicnet import FeatureBlock
-from sparsesweep.models.feature import scaled_width
+from sparsesweep.models.discovery import find_features
+from sparsesweep.models.feature import Feature, scaled_width
 
 # Conv widths per group (Simonyan & Zisserman 2015, Table 1).
 VGG11_GROUPS = ((64,), (128,), (256, 256), (512, 512), (512, 512))
@@ -50,8 +51,12 @@ class VGG(nn.Module):
         self._init_weights()
 
     @property
-    def features(self) -> list[FeatureBlock]:
-        return [layer for layer in self.body if isinstance(layer, FeatureBlock)]
+    def features(self) -> list[Feature]:
+        return find_features(self).features
+
+    def label_feature(self, norm_path: str, default_name: str) -> str:
+        """The body's FeatureBlocks label themselves; what reaches here is the ImageNet head's BatchNorm1d."""
+        return "a BatchNorm1d of the fully connected head: the paper counts convolutional features"
 
     def forward(self, x):
         return self.head(self.body(x))
