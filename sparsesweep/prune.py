@@ -139,17 +139,17 @@ def prune_model(model: nn.Module, example_input: torch.Tensor, threshold: float 
 
 def unprunable(model: nn.Module, discovery) -> str | None:
     """Why prune_model cannot handle this model (what its bookkeeping and constant folding assume), or None."""
+    for path, module in model.named_modules():
+        if isinstance(module, nn.Conv2d) and module.groups > 1:
+            return f"{path} is a grouped convolution ({module.groups} groups)"
     for path, reason in discovery.unmeasured.items():
         return f"normalization layer {path} is not measured ({reason})"
     for feature in discovery.features:
         if not isinstance(feature.conv, nn.Conv2d) or not isinstance(feature.bn, nn.BatchNorm2d):
-            return (f"feature layer {feature.name} is {type(feature.bn).__name__} after "
+            return (f"feature layer {feature.name} is a {type(feature.bn).__name__} after "
                     f"{type(feature.conv).__name__ if feature.conv is not None else 'no conv'}")
         if feature.kind not in PRUNABLE_ACTIVATIONS:
             return f"feature layer {feature.name} is followed by {feature.kind}"
-    for path, module in model.named_modules():
-        if isinstance(module, nn.Conv2d) and module.groups > 1:
-            return f"{path} is a grouped convolution ({module.groups} groups)"
     return None
 
 

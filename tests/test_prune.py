@@ -13,6 +13,7 @@ from torch import nn
 
 from conftest import CONF, SMOKE
 from sparsesweep import assemble, pack
+from sparsesweep.errors import ConfigError
 from sparsesweep.measure import evaluate, inactive_by_gamma, zeroed_copy
 from sparsesweep.models import BasicNet, FeatureBlock, build_model, find_features
 from sparsesweep.prune import count_flops, count_parameters, main, prune_model, prune_run
@@ -243,6 +244,57 @@ def test_resnet_removes_a_residual_channel_only_when_dead_in_every_tied_bn(head,
     side1 = side if head == "cifar" else side // 4  # imagenet: stride-2 stem conv and max-pool
     assert count_flops(model, shape) - count_flops(pruned, shape) == \
         2 * (at_layer1 * side1 ** 2 + at_layer2 * (side1 // 2) ** 2)
+
+
+def test_torchvisions_resnet18_removes_a_residual_channel_only_when_dead_in_every_tied_bn():
+    """BasicBlocks: the stem's output and layer1's sums are one residual stream (no downsample in layer1)."""
+    model = with_trained_looking_bn(build_model(OmegaConf.create(
+        {"name": "resnet18", "source": "torchvision", "width_multiplier": TINY, "head": "cifar"}), 3, 5))
+    shape = (3, 16, 16)
+    example = torch.zeros(1, *shape)
+    stream = ["conv1", "layer1.0.conv2", "layer1.1.conv2"]
+
+    kill(model, {"layer1.0.conv2": [2]})
+    assert removed_per_layer(prune_model(model, example)[1]) == {}
+
+    # every member's constant <= 0, so each sum's ReLU outputs exactly 0 there: removal is exact, even for
+    # the 3x3 convs that read the stream
+    kill(model, {name: [2] for name in stream}, beta=-0.2)
+    kill(model, {"layer2.1.conv1": [0, 3]})
+    pruned, report = prune_model(model, example)
+    assert removed_per_layer(report) == {**{name: [2] for name in stream}, "layer2.1.conv1": [0, 3]}
+    assert report.constant_features_folded == 2  # the bn2s' -0.2, counted before their sum's ReLU zeroes it
+    assert [pruned.conv1.out_channels, pruned.layer1[1].conv1.in_channels, pruned.layer2[0].conv1.in_channels,
+            pruned.layer2[0].downsample[0].in_channels] == [3, 3, 3, 3]
+    assert (pruned.layer2[1].conv1.out_channels, pruned.layer2[1].conv2.in_channels) == (6, 6)
+    assert_same_outputs(model, pruned, shape)
+
+
+class GroupNormNet(nn.Module):
+    def __init__(self, activation):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, 4, 3), nn.GroupNorm(2, 4) if activation is None else nn.BatchNorm2d(4),
+                                  activation or nn.ReLU())
+
+    def forward(self, x):
+        return self.body(x).mean((2, 3))
+
+
+@pytest.mark.parametrize("model, reason", [
+    (build_model(OmegaConf.create({"name": "mobilenet_v2", "source": "torchvision", "width_multiplier": 0.25,
+                                   "head": "cifar"}), 3, 5), "features.1.conv.0.0 is a grouped convolution (8 groups)"),
+    (GroupNormNet(None), "feature layer body.0 is a GroupNorm after Conv2d"),
+    (GroupNormNet(nn.SiLU()), "feature layer body.0 is followed by silu"),
+    (nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.BatchNorm2d(4, affine=False)),
+     "normalization layer 3 is not measured (BatchNorm2d without an affine scale (affine=False): no gamma to "
+     "measure)"),
+])
+def test_a_model_pruning_cannot_handle_is_refused_with_one_line(model, reason):
+    with pytest.raises(ConfigError) as refused:
+        prune_model(model, torch.zeros(1, 3, 16, 16))
+    assert str(refused.value) == (
+        f"{type(model).__name__} cannot be pruned: {reason}; pruning handles networks of conv -> BatchNorm2d (-> "
+        f"ReLU or leaky ReLU) features without grouped convolutions (BasicNet, VGG, ResNets)")
 
 
 @pytest.fixture(scope="module")

@@ -55,8 +55,11 @@ def arguments(node: dict) -> dict:
 def build(cfg, in_channels: int, num_classes: int, resolution: int | None) -> nn.Module:
     node = OmegaConf.to_container(cfg, resolve=True)
     make = factory(node.get("_target_"))
-    kwargs = {key: value for key, value in node.items() if key not in OWN_KEYS}
     signature = inspect.signature(make)
+    # The keys it takes: an experiment's model settings (model.width_multiplier) reach every model option, and
+    # an option without the key ignores it (validate checks the user's own keys).
+    taken = arguments(node)
+    kwargs = {key: value for key, value in node.items() if key not in OWN_KEYS and key in taken}
     for key, value in zip(TRAINER_ARGUMENTS, (in_channels, num_classes, resolution)):
         if key not in kwargs and key in signature.parameters and signature.parameters[key].kind in _KEYWORD_KINDS:
             kwargs[key] = value
