@@ -26,6 +26,9 @@ from sparsesweep.models.discovery import find_features
 from sparsesweep.models.feature import GATES
 
 log = logging.getLogger(__name__)
+# The sparsity block's criteria and the `measure` settings that hold their thresholds.
+CRITERIA = (("by_activation", "activation_threshold"), ("by_activation_alt", "activation_threshold_alt"),
+            ("by_gamma", "gamma_threshold"), ("by_gamma_alt", "gamma_threshold_alt"))
 
 
 def features_of(model: nn.Module, discovery=None) -> list:
@@ -121,14 +124,11 @@ def sparsity(features, feature_max: dict[str, torch.Tensor], thresholds) -> dict
     a mapping with its four *_threshold keys."""
     stages = {feature.name: feature.stage for feature in features}
     block = {}
-    for key in ("activation_threshold", "activation_threshold_alt"):
-        threshold = thresholds[key]
-        block[key.replace("activation_threshold", "by_activation")] = summarize(
-            {n: fm < threshold for n, fm in feature_max.items()}, threshold, stages)
-    for key in ("gamma_threshold", "gamma_threshold_alt"):
-        threshold = thresholds[key]
-        block[key.replace("gamma_threshold", "by_gamma")] = summarize(
-            _inactive_by_gamma(features, threshold), threshold, stages)
+    for key, setting in CRITERIA:
+        threshold = thresholds[setting]
+        inactive = {n: fm < threshold for n, fm in feature_max.items()} if key.startswith("by_activation") \
+            else _inactive_by_gamma(features, threshold)
+        block[key] = summarize(inactive, threshold, stages)
     return block
 
 

@@ -70,7 +70,7 @@ DEFAULT_THRESHOLD = 1e-3  # the paper's |gamma| criterion
 LATENCY_BATCH_SIZE = 40  # the paper's base batch size
 LATENCY_REPEATS = 20
 LATENCY_WARMUP = 3
-PRUNABLE_ACTIVATIONS = ("relu", "leaky_relu", "none")  # activation(constant) folds into the next layers' biases
+PRUNABLE_ACTIVATIONS = ("relu", "leaky_relu", "none")  # the kinds whose constant folding is tested
 
 log = logging.getLogger("sparsesweep")
 

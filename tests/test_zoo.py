@@ -80,9 +80,9 @@ def test_the_imagenet_head_keeps_torchvisions_stem():
     ("regnet_y_400mf", 0.5, "cifar", "model.width_multiplier=0.5: torchvision's regnet_y_400mf has no width setting "
                                      "here (only the ResNets, mobilenet_v2, efficientnet_b0 and convnext_*): use "
                                      "model.width_multiplier=1.0"),
-    ("vit_b_16", 1.0, "cifar", "model.name=vit_b_16 is a vision transformer: it has no conv stem to adapt to small "
-                               "inputs (model.head=cifar, or auto below 128 px): use model.head=imagenet with 224 px "
-                               "inputs (dataset.resize=224)"),
+    ("vit_b_16", 1.0, "cifar", "model.name=vit_b_16 is a vision transformer, sized for 224 px inputs: it has no "
+                               "small-input head (model.head=cifar, or auto below 128 px): use model.head=imagenet "
+                               "with 224 px inputs (dataset.resize=224)"),
 ])
 def test_what_torchvision_cannot_give_is_one_line_naming_the_fix(make_config, name, width, head, message):
     with pytest.raises(ConfigError, match=f"^{re.escape(message)}$"):
@@ -198,3 +198,14 @@ def test_the_architectures_grids_compose_and_validate_every_run(tmp_path, experi
     assert runs == {(model, optimizer, regularizer, seed)
                     for model in ("basicnet", "resnet18", "mobilenet_v2", "efficientnet_b0", "convnext_tiny")
                     for optimizer in ("adam", "sgd") for regularizer in ("0.0001", "none") for seed in "012"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["densenet121", "googlenet", "mobilenet_v3_small", "shufflenet_v2_x0_5", "mnasnet0_5",
+                                  "vgg11_bn", "efficientnet_v2_s", "resnext50_32x4d"])
+def test_other_families_run_on_small_grayscale_inputs_with_every_norm_layer_measured(name):
+    model = build_model(torchvision_config(name), 1, 10).eval()
+    discovery = find_features(model)
+    assert discovery.features and not discovery.not_measured
+    with torch.no_grad():
+        assert model(torch.randn(2, 1, 32, 32)).shape == (2, 10)

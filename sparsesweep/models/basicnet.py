@@ -1,8 +1,8 @@
 import torch
 from torch import nn
 
-from sparsesweep.models.discovery import find_features
-from sparsesweep.models.feature import Feature, scaled_width
+from sparsesweep.models.discovery import WithFeatures
+from sparsesweep.models.feature import scaled_width
 
 
 class FeatureBlock(nn.Sequential):
@@ -29,7 +29,7 @@ class FeatureBlock(nn.Sequential):
         return self.name, self.stage
 
 
-class BasicNet(nn.Module):
+class BasicNet(WithFeatures, nn.Module):
     """The paper's BasicNet (Fig. 1), reconstructed: C1..C7 FeatureBlocks with 2x2 max-pools after the
     blocks in `pool_after` (1-based), global average pooling, FC(hidden) -> ReLU -> FC(num_classes)."""
 
@@ -46,10 +46,6 @@ class BasicNet(nn.Module):
         self.body = nn.Sequential(*layers)
         self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(in_channels, hidden),
                                   nn.ReLU(inplace=True), nn.Linear(hidden, num_classes))
-
-    @property
-    def features(self) -> list[Feature]:
-        return find_features(self).features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.body(x))

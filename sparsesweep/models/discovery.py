@@ -94,6 +94,15 @@ def find_features(model: nn.Module) -> Discovery:
     return Discovery(features, unmeasured, excluded)
 
 
+class WithFeatures:
+    """For the models defined here: `model.features`, their features (find_features). A torchvision model's
+    own `features` attribute is its body, so code that takes any model calls find_features."""
+
+    @property
+    def features(self) -> list[Feature]:
+        return find_features(self).features
+
+
 def activation_of_module(module: nn.Module) -> tuple[str, object] | None:
     """(kind, non-inplace function) of an activation module, or None."""
     for cls, kind in _MODULE_KINDS:

@@ -7,8 +7,8 @@ LayerNorm over channels), usually the output channel of the conv before it. A `F
 - bn: the normalization module (bn.weight is gamma, the "inactive by scale" criterion); path: its module path;
 - activation: the elementwise function the next layers see applied to the norm's output, non-inplace
   (relu, relu6, leaky relu, silu, gelu, hardswish, or identity where the output goes elsewhere first: a
-  residual sum, a conv, pooling); kind names it, and decides the criterion "inactive by activation"
-  (measure.py: RECTIFIERS, GATES);
+  residual sum, a conv, pooling); kind names it ("relu", "relu6", "leaky_relu", "silu", "gelu", "hardswish",
+  "none") and decides measure.py's criterion "inactive by activation" (RECTIFIERS, GATES below);
 - stage: a group name for per-stage reporting (ResNet: conv1, res2..res5), or None;
 - channel_dim: where the channels are in the norm's output (1, or -1 for a channels-last LayerNorm).
 """
@@ -27,7 +27,6 @@ RECTIFIERS = frozenset({"relu", "relu6"})
 # i.e. the feature never fires; its small negative output is not counted (see docs/models.md).
 GATES = frozenset({"silu", "gelu", "hardswish"})
 # The rest ("leaky_relu", "none") are inactive when max |output| < threshold: the paper's literal criterion.
-KINDS = RECTIFIERS | GATES | {"leaky_relu", "none"}
 
 
 def identity(x: torch.Tensor) -> torch.Tensor:
@@ -45,10 +44,10 @@ class Feature:
     conv: nn.Module | None
     bn: nn.Module
     activation: Callable[[torch.Tensor], torch.Tensor]
-    stage: str | None = None
-    kind: str = "relu"
-    path: str = ""
-    channel_dim: int = 1
+    stage: str | None
+    kind: str
+    path: str
+    channel_dim: int
 
     @property
     def nonnegative(self) -> bool:

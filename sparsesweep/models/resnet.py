@@ -13,15 +13,15 @@ ReLU, so the next layer sees them without one (identity).
 from torch import nn
 
 from sparsesweep._torchvision import import_torchvision
-from sparsesweep.models.discovery import find_features
-from sparsesweep.models.feature import Feature, scaled_width
+from sparsesweep.models.discovery import WithFeatures
+from sparsesweep.models.feature import scaled_width
 
 _resnet = import_torchvision().models.resnet
 STEM_WIDTH = 64  # torchvision's
 BasicBlock, Bottleneck = _resnet.BasicBlock, _resnet.Bottleneck
 
 
-class ResNet(_resnet.ResNet):
+class ResNet(WithFeatures, _resnet.ResNet):
     def __init__(self, block, layers, in_channels, num_classes, *, width_multiplier=1.0, head="imagenet",
                  groups=1, width_per_group=64):
         self.width_multiplier = width_multiplier  # read by _make_layer, which ResNet.__init__ calls
@@ -42,10 +42,6 @@ class ResNet(_resnet.ResNet):
         if planes == STEM_WIDTH:  # layer1 starts from the stem, whose width ResNet.__init__ left unscaled
             self.inplanes = scaled_width(STEM_WIDTH, self.width_multiplier)
         return super()._make_layer(block, scaled_width(planes, self.width_multiplier), blocks, stride, dilate)
-
-    @property
-    def features(self) -> list[Feature]:
-        return find_features(self).features
 
     def label_feature(self, norm_path: str, default_name: str) -> tuple[str, str]:
         """Stage by the paper's Table 5: the stem's bn1 is conv1, layer1..layer4 are res2..res5."""

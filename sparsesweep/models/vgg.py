@@ -18,8 +18,8 @@ Heads:
 from torch import nn
 
 from sparsesweep.models.basicnet import FeatureBlock
-from sparsesweep.models.discovery import find_features
-from sparsesweep.models.feature import Feature, scaled_width
+from sparsesweep.models.discovery import WithFeatures
+from sparsesweep.models.feature import scaled_width
 
 # Conv widths per group (Simonyan & Zisserman 2015, Table 1).
 VGG11_GROUPS = ((64,), (128,), (256, 256), (512, 512), (512, 512))
@@ -27,7 +27,7 @@ VGG16_GROUPS = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 51
 IMAGENET_HIDDEN = 4096
 
 
-class VGG(nn.Module):
+class VGG(WithFeatures, nn.Module):
     def __init__(self, groups, in_channels, num_classes, *, width_multiplier=1.0, head="cifar",
                  fc_batchnorm=False, dropout=0.5):
         super().__init__()
@@ -49,10 +49,6 @@ class VGG(nn.Module):
         else:
             raise ValueError(f"head must be 'cifar' or 'imagenet', got {head!r}")
         self._init_weights()
-
-    @property
-    def features(self) -> list[Feature]:
-        return find_features(self).features
 
     def label_feature(self, norm_path: str, default_name: str) -> str:
         """The body's FeatureBlocks label themselves; what reaches here is the ImageNet head's BatchNorm1d."""

@@ -11,7 +11,8 @@ downloaded) for the data's channels and classes.
   conv (ResNet, DenseNet, GoogLeNet, ShuffleNet) is removed, so 32 px inputs are not pooled away. The first
   conv also takes the data's channel count (1 for grayscale). A rebuilt stem conv is initialized as the
   family initializes its convs: truncated normal (std 0.02) for ConvNeXt, Kaiming normal (fan_out) else.
-  Vision transformers (vit_*, swin_*, maxvit_t) have no conv stem to adapt: head=imagenet only.
+  Vision transformers (vit_*, swin_*, maxvit_t), whose patch and position embeddings are sized for 224 px
+  inputs, have no small-input head.
 - googlenet and inception_v3 are built without their auxiliary classifiers (the trainer takes one output).
 """
 from __future__ import annotations
@@ -65,9 +66,9 @@ def check(name: str, width_multiplier: float, head: str) -> None:
                           f"here (only the ResNets, mobilenet_v2, efficientnet_b0 and convnext_*): use "
                           f"model.width_multiplier=1.0")
     if head == "cifar" and name.startswith(TRANSFORMERS):
-        raise ConfigError(f"model.name={name} is a vision transformer: it has no conv stem to adapt to small inputs "
-                          f"(model.head=cifar, or auto below 128 px): use model.head=imagenet with 224 px inputs "
-                          f"(dataset.resize=224)")
+        raise ConfigError(f"model.name={name} is a vision transformer, sized for 224 px inputs: it has no small-input "
+                          f"head (model.head=cifar, or auto below 128 px): use model.head=imagenet with 224 px "
+                          f"inputs (dataset.resize=224)")
 
 
 def build(cfg, in_channels: int, num_classes: int, resolution: int | None) -> nn.Module:
