@@ -1,1 +1,15 @@
-"""sparsesweep: reproduce and extend 'On Implicit Filter Level Sparsity in CNNs' (Mehta et al., CVPR 2019)."""
+"""sparsesweep: reproduce and extend 'On Implicit Filter Level Sparsity in CNNs' (Mehta et al., CVPR 2019).
+
+For a training loop of your own: `from sparsesweep import measure_sparsity, find_features` (docs/models.md).
+They are loaded on first use, so that `import sparsesweep` does not import torch."""
+
+_LAZY = {"measure_sparsity": "sparsesweep.measure", "find_features": "sparsesweep.models.discovery"}
+__all__ = list(_LAZY)
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'sparsesweep' has no attribute {name!r}")

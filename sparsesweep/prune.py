@@ -26,8 +26,13 @@ By hand that is one walker per architecture, re-derived and silently wrong whene
 library's bookkeeping is maintained and tested on torchvision's ResNets and VGGs.
 
 After removal every BN is folded into its conv (torch.nn.utils.fusion.fuse_conv_bn_eval; the BN becomes
-nn.Identity), so the result is conv(+bias) -> activation in eval mode. Its `features` then no longer
-describe conv -> BN units: it is for inference, not for measure.py.
+nn.Identity), so the result is conv(+bias) -> activation in eval mode: it is for inference, and has no
+normalization layers left for measure.py.
+
+What it handles (unprunable says why not, and prune_model refuses with one line): every normalization layer
+a measured feature (models/discovery.py), each a Conv2d -> BatchNorm2d unit followed by ReLU, leaky ReLU or
+nothing (a residual sum), and no grouped convolution: BasicNet, VGG and the ResNets (torchvision's
+resnet18 ... included). MobileNets and EfficientNets (depthwise convs) and ConvNeXt (LayerNorm) are refused.
 
 Counting. params: learnable parameters (nn.Parameter), the convention of published parameter counts; BN
 running statistics are buffers and are not counted, so folding a BN channel counts -2 (gamma, beta) + 1
@@ -55,21 +60,23 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from sparsesweep import rundir
 from sparsesweep.assemble import load_run, pick_device
-from sparsesweep.measure import evaluate, full_fp32
 from sparsesweep.errors import ConfigError
+from sparsesweep.measure import evaluate, full_fp32
+from sparsesweep.models.discovery import find_features
 
 PRUNED_MODEL = "pruned_model.pt"
 DEFAULT_THRESHOLD = 1e-3  # the paper's |gamma| criterion
 LATENCY_BATCH_SIZE = 40  # the paper's base batch size
 LATENCY_REPEATS = 20
 LATENCY_WARMUP = 3
+PRUNABLE_ACTIVATIONS = ("relu", "leaky_relu", "none")  # the kinds whose constant folding is tested
 
 log = logging.getLogger("sparsesweep")
 
 
 @dataclass
 class PruneReport:
-    """What prune_model removed, per feature layer (the names of model.features)."""
+    """What prune_model removed, per feature layer (the names of the model's features)."""
     before: dict[str, int]  # features per layer in the unpruned model
     removed: dict[str, list[int]]  # removed channels per layer, numbered as in the unpruned model
     constant_features_folded: int  # removed features whose constant output was not 0
@@ -86,9 +93,16 @@ class PruneReport:
 def prune_model(model: nn.Module, example_input: torch.Tensor, threshold: float = DEFAULT_THRESHOLD):
     """(pruned copy in eval mode, PruneReport): every feature with BN |gamma| < threshold removed and the
     BNs folded into their convs. `model` is not modified. example_input: a batch of the model's input on its
-    device (traced once; its values do not matter)."""
+    device (traced once; its values do not matter). A model outside what this handles (unprunable) is a
+    ConfigError."""
     pruned = copy.deepcopy(model).eval()
-    features = pruned.features
+    discovery = find_features(pruned)
+    problem = unprunable(pruned, discovery)
+    if problem:
+        raise ConfigError(f"{type(model).__name__} cannot be pruned: {problem}; pruning handles networks of "
+                          f"conv -> BatchNorm2d (-> ReLU or leaky ReLU) features without grouped convolutions "
+                          f"(BasicNet, VGG, ResNets)")
+    features = discovery.features
     with torch.enable_grad():  # the dependency graph is traced through autograd
         # A tuple: Torch-Pruning calls model(*example_inputs) (a bare tensor would be split along the batch).
         graph = tp.DependencyGraph().build_dependency(pruned, (example_input,), verbose=False)
@@ -120,6 +134,22 @@ def prune_model(model: nn.Module, example_input: torch.Tensor, threshold: float 
         pruned.set_submodule(names[feature.conv], fuse_conv_bn_eval(feature.conv, feature.bn))
         pruned.set_submodule(names[feature.bn], nn.Identity())
     return pruned, report
+
+
+def unprunable(model: nn.Module, discovery) -> str | None:
+    """Why prune_model cannot handle this model (what its bookkeeping and constant folding assume), or None."""
+    for path, module in model.named_modules():
+        if isinstance(module, nn.Conv2d) and module.groups > 1:
+            return f"{path} is a grouped convolution ({module.groups} groups)"
+    for path, reason in discovery.unmeasured.items():
+        return f"normalization layer {path} is not measured ({reason})"
+    for feature in discovery.features:
+        if not isinstance(feature.conv, nn.Conv2d) or not isinstance(feature.bn, nn.BatchNorm2d):
+            return (f"feature layer {feature.name} is a {type(feature.bn).__name__} after "
+                    f"{type(feature.conv).__name__ if feature.conv is not None else 'no conv'}")
+        if feature.kind not in PRUNABLE_ACTIVATIONS:
+            return f"feature layer {feature.name} is followed by {feature.kind}"
+    return None
 
 
 def dead_channels(graph: tp.DependencyGraph, group, threshold: float):

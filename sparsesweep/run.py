@@ -27,6 +27,7 @@ from sparsesweep import assemble, loggers, rundir
 from sparsesweep.batches import shuffle_seed, training_feed
 from sparsesweep.datasets import Dataset
 from sparsesweep.measure import bn_snapshot, describe, evaluate, final_measurements, gamma_sparsity_pct
+from sparsesweep.models import draws_randomness
 from sparsesweep.optim import DecoupledDecay, build_optimizer, coefficient, plan_schedule, set_lr
 from sparsesweep.progress import EpochTally, Progress
 
@@ -66,9 +67,9 @@ class Run:
             self._start_epoch(self.progress.within_epoch)
 
     def _fresh(self) -> Progress:
-        # Dropout draws from the global RNG: each run keeps its own stream of it, which continues from its
-        # model's initialisation as it would alone.
-        stochastic = any(isinstance(m, torch.nn.modules.dropout._DropoutNd) for m in self.model.modules())
+        # Dropout and stochastic depth draw from the global RNG: each run keeps its own stream of it, which
+        # continues from its model's initialisation as it would alone.
+        stochastic = draws_randomness(self.model)
         on_cuda = stochastic and self.device.type == "cuda"
         return Progress(bn_history=[bn_snapshot(self.model)], rng=torch.get_rng_state() if stochastic else None,
                         cuda_rng=torch.cuda.get_rng_state(self.device) if on_cuda else None)

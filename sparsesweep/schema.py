@@ -111,6 +111,24 @@ class ResNet(Model):
 
 
 @dataclass
+class Torchvision(Model):
+    """model=torchvision: `name` is any torchvision classification model (models/zoo.py checks it)."""
+    source: str = MISSING
+    head: str = MISSING
+    any_name: ClassVar[bool] = True
+
+
+@dataclass
+class Custom(Option):
+    """model=custom: a user's network; its keyword arguments are the node's other keys, which validate reads
+    from the class's signature (as an optimizer's). `name` defaults to the class path."""
+    name: Optional[str] = MISSING       # null until _target_ is set (validate says what to set)
+    source: str = MISSING
+    _target_: Optional[str] = MISSING
+    any_name: ClassVar[bool] = True
+
+
+@dataclass
 class Dataset(Option):
     augment: bool = MISSING
 
@@ -265,7 +283,8 @@ class CSVLogger:
 # Every built-in option's schema, by group and option. The ConfigStore holds each dataclass once, as
 # schema_<its name>: every composition copies the whole ConfigStore, so it holds nothing twice.
 SCHEMAS: Dict[str, Dict[str, type]] = {
-    "model": {"basicnet": BasicNet, "vgg11": VGG, "vgg16": VGG, "resnet50": ResNet},
+    "model": {"basicnet": BasicNet, "vgg11": VGG, "vgg16": VGG, "resnet50": ResNet, "torchvision": Torchvision,
+              "custom": Custom},
     "dataset": {"cifar10": TorchvisionDataset, "cifar100": TorchvisionDataset, "fashion_mnist": FashionMNIST,
                 "tinyimagenet": TinyImageNet, "imagenet": ImageNet, "shapes_clean": Shapes,
                 "shapes_cluttered": Shapes},

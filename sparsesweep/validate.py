@@ -155,6 +155,8 @@ RULES = {
     "model.width_multiplier": POSITIVE, "model.hidden": _integer(1),
     "model.negative_slope": FRACTION, "model.dropout": FRACTION,
     "model.head": _choice("auto", "cifar", "imagenet"),
+    "model._target_": Rule(lambda v: isinstance(v, str) and "." in v, "an importable package.module.Class",
+                           example="mypackage.nets.MyNet"),  # model=custom (null: models/custom.py says what to set)
 
     # The renderer's minimum; smaller inputs would also pool BasicNet's three halvings down to nothing.
     "dataset.resolution": Rule(lambda v: _is_int(v) and v >= _shapes().MIN_RESOLUTION,
@@ -355,7 +357,26 @@ def _check_option(group: str, node: dict, typed: type | None, later: list) -> No
                        option)
         later.append(lambda: _check_arguments(node, cls, option))
         return
+    if cls is schema.Custom:  # the other keys are the network's keyword arguments
+        _check_mapping({key: value for key, value in node.items() if key in _fields(cls)}, cls, "model.", later,
+                       "custom")
+        later.append(lambda: _check_network_arguments(node))
+        return
     _check_mapping(node, cls, f"{group}.", later, option, owner=f"{group}={name}", chosen=(group, name))
+
+
+def _check_network_arguments(node: dict) -> None:
+    """model=custom: every key but its own is a keyword argument of its class (imports it)."""
+    from sparsesweep.models import custom
+
+    arguments = custom.arguments(node)
+    for key, value in node.items():
+        if key not in arguments:
+            _refuse_unknown(f"model.{key}", value, list(arguments), f"model._target_={node.get('_target_')}",
+                            "argument", ("model", "custom"))
+        elif key not in _fields(schema.Custom):  # of its default's type (an int default: an integer)
+            default = arguments[key]
+            _check_value(f"model.{key}", value, int if _is_int(default) else None, default, [])
 
 
 def _check_arguments(node: dict, cls: type, option: str | None) -> None:
@@ -409,6 +430,10 @@ def _check_together(config: dict) -> None:
         raise ConfigError(f"performance.cuda_graph={show(graph)}: needs a CUDA device, and device={config['device']} "
                           f"trains on the CPU: use performance.cuda_graph=auto (graphs where possible) or off")
     model = config["model"]
+    if model.get("source") == "torchvision":
+        from sparsesweep.models import zoo
+
+        zoo.check(model["name"], model["width_multiplier"], model["head"])
     if "widths" in model and "pool_after" in model:
         convs = len(model["widths"])
         inside = [i for i in model["pool_after"] if 1 <= i <= convs]

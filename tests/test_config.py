@@ -13,18 +13,21 @@ OPTIONS = [(group, path.stem) for group in GROUPS for path in sorted((CONF / gro
 
 # The model each experiment trains (the paper's Tables 3-5 use VGG and ResNet, everything else BasicNet).
 EXPERIMENT_MODEL = {"table3": "vgg16", "table4": "vgg11", "table5": "resnet50"}
+# model=custom names its network (any importable nn.Module class), which names the run's model
+OPTION_NEEDS = {"custom": ["model._target_=torchvision.models.MobileNetV2"]}
+MODEL_NAMES = {"torchvision": "resnet18", "custom": "torchvision.models.MobileNetV2"}
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("group, option", OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
 def test_every_option_composes_resolves_and_validates(make_config, group, option):
     override = f"+experiment={option}" if group == "experiment" else f"{group}={option}"
-    cfg = make_config([override])
+    cfg = make_config([override, *OPTION_NEEDS.get(option, [])])
     validate.check_config(cfg)
     plain = OmegaConf.to_container(cfg, resolve=True)
-    if group != "experiment":
-        assert plain[group]["name"] == option
-    model = option if group == "model" else EXPERIMENT_MODEL.get(option, "basicnet")
+    if group != "experiment":  # model=torchvision and model=custom leave `name` to the architecture
+        assert plain[group].get("source", plain[group]["name"]) == option
+    model = MODEL_NAMES.get(option, option) if group == "model" else EXPERIMENT_MODEL.get(option, "basicnet")
     assert plain["batch_size"] >= 1 and plain["model"]["name"] == model
 
 

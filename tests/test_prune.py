@@ -13,8 +13,9 @@ from torch import nn
 
 from conftest import CONF, SMOKE
 from sparsesweep import assemble, pack
+from sparsesweep.errors import ConfigError
 from sparsesweep.measure import evaluate, inactive_by_gamma, zeroed_copy
-from sparsesweep.models import BasicNet, FeatureBlock, build_model
+from sparsesweep.models import BasicNet, FeatureBlock, build_model, find_features
 from sparsesweep.prune import count_flops, count_parameters, main, prune_model, prune_run
 
 TINY = 1 / 16
@@ -25,7 +26,7 @@ def with_trained_looking_bn(model, seed=0):
     stays far above the threshold until a test kills it."""
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for feature in model.features:
+        for feature in find_features(model).features:
             bn = feature.bn
             for tensor, low, high in ((bn.running_mean, -0.5, 0.5), (bn.running_var, 0.5, 2.0),
                                       (bn.weight, 0.5, 1.5), (bn.bias, -0.3, 0.3)):
@@ -35,7 +36,7 @@ def with_trained_looking_bn(model, seed=0):
 
 def kill(model, dead: dict[str, list[int]], beta: float = -0.2):
     """gamma = 0 and beta = `beta` for the given channels of the named features."""
-    features = {feature.name: feature for feature in model.features}
+    features = {feature.name: feature for feature in find_features(model).features}
     with torch.no_grad():
         for name, channels in dead.items():
             features[name].bn.weight[channels] = 0.0
@@ -47,6 +48,13 @@ def assert_same_outputs(model, pruned, shape):
     with torch.no_grad():
         expected, actual = model(x), pruned(x)
     torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-5 * expected.abs().max().item())
+
+
+def pruned_units(model, pruned):
+    """(conv, norm) of each feature of `model` as `pruned` holds them at the same module paths: the fused conv
+    and the nn.Identity that replaced the norm (a pruned model has no features left to discover)."""
+    paths = {module: path for path, module in model.named_modules()}
+    return [(pruned.get_submodule(paths[f.conv]), pruned.get_submodule(f.path)) for f in find_features(model).features]
 
 
 def removed_per_layer(report):
@@ -75,10 +83,11 @@ def test_basicnet_loses_exactly_the_dead_features_and_the_closed_form_params_and
         "C4": {"before": 8, "after": 8}, "C5": {"before": 8, "after": 8}, "C6": {"before": 10, "after": 10},
         "C7": {"before": 10, "after": 7}}}
     assert report.constant_features_folded == 0
-    assert [f.conv.out_channels for f in pruned.features] == [3, 6, 4, 8, 8, 10, 7]
-    assert [f.conv.in_channels for f in pruned.features] == [3, 3, 6, 4, 8, 8, 10]
+    units = pruned_units(model, pruned)
+    assert [conv.out_channels for conv, _ in units] == [3, 6, 4, 8, 8, 10, 7]
+    assert [conv.in_channels for conv, _ in units] == [3, 3, 6, 4, 8, 8, 10]
     assert pruned.head[2].in_features == 7
-    assert all(isinstance(f.bn, nn.Identity) and f.conv.bias is not None for f in pruned.features)
+    assert all(isinstance(norm, nn.Identity) and conv.bias is not None for conv, norm in units)
     assert not pruned.training
     assert all(torch.equal(value, untouched[key]) for key, value in model.state_dict().items())
     assert [f.conv.out_channels for f in model.features] == widths
@@ -108,7 +117,8 @@ def test_a_layer_whose_every_feature_is_dead_keeps_one():
     kill(model, {"C4": list(range(8))})
     pruned, report = prune_model(model, torch.zeros(1, 3, 16, 16))
     assert removed_per_layer(report) == {"C4": list(range(1, 8))}
-    assert pruned.features[3].conv.out_channels == pruned.features[4].conv.in_channels == 1
+    units = pruned_units(model, pruned)
+    assert units[3][0].out_channels == units[4][0].in_channels == 1
     assert_same_outputs(model, pruned, (3, 16, 16))
 
 
@@ -134,10 +144,6 @@ class FlattenNet(nn.Module):
         super().__init__()
         self.body = nn.Sequential(FeatureBlock("A", 3, 4), nn.MaxPool2d(2), FeatureBlock("B", 4, 5))
         self.head = nn.Sequential(nn.Flatten(), nn.Linear(5 * 2 * 2, 3))
-
-    @property
-    def features(self):
-        return [self.body[0], self.body[2]]
 
     def forward(self, x):
         return self.head(self.body(x))
@@ -176,7 +182,7 @@ def test_vgg_loses_exactly_the_dead_features_with_the_closed_form_drop(name, hea
     assert report.constant_features_folded == 1
     widths = [f.conv.out_channels for f in features]
     after = [w - len(dead.get(f.name, [])) for f, w in zip(features, widths)]
-    assert [f.conv.out_channels for f in pruned.features] == after
+    assert [conv.out_channels for conv, _ in pruned_units(model, pruned)] == after
     # Every conv k*k*cin*cout; BN's gamma + beta -> one conv bias; the first FC loses `positions` inputs per
     # removed last-layer channel.
     first_fc = [m for m in model.head.modules() if isinstance(m, nn.Linear)][0]
@@ -238,6 +244,57 @@ def test_resnet_removes_a_residual_channel_only_when_dead_in_every_tied_bn(head,
     side1 = side if head == "cifar" else side // 4  # imagenet: stride-2 stem conv and max-pool
     assert count_flops(model, shape) - count_flops(pruned, shape) == \
         2 * (at_layer1 * side1 ** 2 + at_layer2 * (side1 // 2) ** 2)
+
+
+def test_torchvisions_resnet18_removes_a_residual_channel_only_when_dead_in_every_tied_bn():
+    """BasicBlocks: the stem's output and layer1's sums are one residual stream (no downsample in layer1)."""
+    model = with_trained_looking_bn(build_model(OmegaConf.create(
+        {"name": "resnet18", "source": "torchvision", "width_multiplier": TINY, "head": "cifar"}), 3, 5))
+    shape = (3, 16, 16)
+    example = torch.zeros(1, *shape)
+    stream = ["conv1", "layer1.0.conv2", "layer1.1.conv2"]
+
+    kill(model, {"layer1.0.conv2": [2]})
+    assert removed_per_layer(prune_model(model, example)[1]) == {}
+
+    # every member's constant <= 0, so each sum's ReLU outputs exactly 0 there: removal is exact, even for
+    # the 3x3 convs that read the stream
+    kill(model, {name: [2] for name in stream}, beta=-0.2)
+    kill(model, {"layer2.1.conv1": [0, 3]})
+    pruned, report = prune_model(model, example)
+    assert removed_per_layer(report) == {**{name: [2] for name in stream}, "layer2.1.conv1": [0, 3]}
+    assert report.constant_features_folded == 2  # the bn2s' -0.2, counted before their sum's ReLU zeroes it
+    assert [pruned.conv1.out_channels, pruned.layer1[1].conv1.in_channels, pruned.layer2[0].conv1.in_channels,
+            pruned.layer2[0].downsample[0].in_channels] == [3, 3, 3, 3]
+    assert (pruned.layer2[1].conv1.out_channels, pruned.layer2[1].conv2.in_channels) == (6, 6)
+    assert_same_outputs(model, pruned, shape)
+
+
+class GroupNormNet(nn.Module):
+    def __init__(self, activation):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, 4, 3), nn.GroupNorm(2, 4) if activation is None else nn.BatchNorm2d(4),
+                                  activation or nn.ReLU())
+
+    def forward(self, x):
+        return self.body(x).mean((2, 3))
+
+
+@pytest.mark.parametrize("model, reason", [
+    (build_model(OmegaConf.create({"name": "mobilenet_v2", "source": "torchvision", "width_multiplier": 0.25,
+                                   "head": "cifar"}), 3, 5), "features.1.conv.0.0 is a grouped convolution (8 groups)"),
+    (GroupNormNet(None), "feature layer body.0 is a GroupNorm after Conv2d"),
+    (GroupNormNet(nn.SiLU()), "feature layer body.0 is followed by silu"),
+    (nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.BatchNorm2d(4, affine=False)),
+     "normalization layer 3 is not measured (BatchNorm2d without an affine scale (affine=False): no gamma to "
+     "measure)"),
+])
+def test_a_model_pruning_cannot_handle_is_refused_with_one_line(model, reason):
+    with pytest.raises(ConfigError) as refused:
+        prune_model(model, torch.zeros(1, 3, 16, 16))
+    assert str(refused.value) == (
+        f"{type(model).__name__} cannot be pruned: {reason}; pruning handles networks of conv -> BatchNorm2d (-> "
+        f"ReLU or leaky ReLU) features without grouped convolutions (BasicNet, VGG, ResNets)")
 
 
 @pytest.fixture(scope="module")

@@ -99,9 +99,9 @@ BAD_VALUES = [
     ("+model.foo=1", f"model.foo=1: model=basicnet has no key foo: remove it (its keys: {BASICNET_KEYS})"),
     # options and names
     ("optimizer=adma", "optimizer=adma: not an option in conf/optimizer/: did you mean optimizer=adam?"),
-    ("+experiment=nope", "experiment=nope: not an option in conf/experiment/: choose experiment=claims | claims_cpu "
-                         "| difficulty | quickstart | smoke | table1 | table2 | table3 | table4 | table5 | table6 | "
-                         "table7"),
+    ("+experiment=nope", "experiment=nope: not an option in conf/experiment/: choose experiment=architectures | "
+                         "architectures_cpu | claims | claims_cpu | difficulty | quickstart | smoke | table1 | table2 "
+                         "| table3 | table4 | table5 | table6 | table7"),
     ("logger=[csv,nope]", "logger=nope: not an option in conf/logger/: python -m sparsesweep --help lists the "
                           "options"),
     ("optimizer=null", "optimizer=null: not an option in conf/optimizer/: choose optimizer=adadelta | adafactor | "
@@ -109,7 +109,7 @@ BAD_VALUES = [
     ("optimizer=adafactor optimizer.eps=[null,abc]",
      "optimizer.eps=[null,abc]: must be a list of numbers, e.g. optimizer.eps=[null,0.001]"),
     ("model.name=vgg19", "model.name=vgg19: not an option in conf/model/: choose "
-                         "model=basicnet | resnet50 | vgg11 | vgg16"),
+                         "model=basicnet | custom | resnet50 | torchvision | vgg11 | vgg16"),
     ("model.name=vgg16", "model.name=vgg16: names another option: use model=vgg16"),
     # the command line itself
     ("optimizer=adam,sgd", "optimizer=adam,sgd: a sweep needs -m (python -m sparsesweep -m ... optimizer=adam,sgd); "
@@ -146,14 +146,16 @@ def test_unusual_good_values_pass(tmp_path, overrides):
     assert problem(*overrides.split(), cwd=tmp_path) is None
 
 
-OPTIONS = [f"{group}={path.stem}" for group in ("model", "dataset", "optimizer", "regularizer", "schedule")
+# model=custom names its network: any importable nn.Module class
+OPTIONS = [f"{group}={path.stem}" + (" model._target_=torchvision.models.MobileNetV2" if path.stem == "custom" else "")
+           for group in ("model", "dataset", "optimizer", "regularizer", "schedule")
            for path in sorted((CONF / group).glob("*.yaml"))] + ["logger=csv"]  # the others need their packages
 
 
 @pytest.mark.parametrize("option", OPTIONS)
 def test_smoke_validates_with_every_option(make_config, option):
     # smoke sets keys some options lack (model.hidden, dataset.train_size): those options ignore them
-    validate.check_config(make_config(SMOKE + [option]))
+    validate.check_config(make_config(SMOKE + option.split()))
 
 
 def test_every_number_a_schema_declares_has_a_range():
@@ -236,7 +238,7 @@ CONFIG_DIR_OPTIONS = {
                                       "e.g. model.widths=[64,128,128,256,256,512,512]"),
     ("model=plain", None),
     ("model=plain model.hidden=abc", "model.hidden=abc: must be an integer, e.g. model.hidden=256"),
-    ("model=mynet", "model.name=mynet: not an option in conf/model/: choose model=basicnet | resnet50 | vgg11 | vgg16"),
+    ("model=mynet", "model.name=mynet: not an option in conf/model/: choose model=basicnet | custom | resnet50 | torchvision | vgg11 | vgg16"),
     ("model=typo", "model.hiden=8: model=basicnet has no key hiden: did you mean model.hidden=8?"),
 ])
 def test_an_option_from_a_config_dir_is_checked_like_a_built_in_one(tmp_path, overrides, message):

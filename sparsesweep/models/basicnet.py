@@ -1,14 +1,14 @@
-import functools
-
 import torch
 from torch import nn
 
+from sparsesweep.models.discovery import WithFeatures
 from sparsesweep.models.feature import scaled_width
 
 
 class FeatureBlock(nn.Sequential):
-    """3x3 conv -> BatchNorm -> ReLU (or leaky ReLU): one "feature" per output channel. The conv has no
-    bias because BatchNorm's beta takes its place."""
+    """3x3 conv -> BatchNorm -> ReLU (or leaky ReLU): one "feature" per output channel, named `name` and
+    staged `stage` (models/discovery.py asks label_feature). The conv has no bias because BatchNorm's beta
+    takes its place."""
 
     def __init__(self, name: str, in_channels: int, out_channels: int, negative_slope: float = 0.0):
         act = nn.ReLU(inplace=True) if negative_slope == 0 else nn.LeakyReLU(negative_slope, inplace=True)
@@ -25,20 +25,11 @@ class FeatureBlock(nn.Sequential):
     def bn(self) -> nn.BatchNorm2d:
         return self[1]
 
-    @property
-    def activation(self):
-        """The activation as a non-inplace function (see models/feature.py)."""
-        act = self[2]
-        return torch.relu if isinstance(act, nn.ReLU) else functools.partial(
-            nn.functional.leaky_relu, negative_slope=act.negative_slope)
-
-    @property
-    def nonnegative(self) -> bool:
-        """ReLU output: max |activation| is just the max."""
-        return self.activation is torch.relu
+    def label_feature(self, norm_path: str, default_name: str) -> tuple[str, str | None]:
+        return self.name, self.stage
 
 
-class BasicNet(nn.Module):
+class BasicNet(WithFeatures, nn.Module):
     """The paper's BasicNet (Fig. 1), reconstructed: C1..C7 FeatureBlocks with 2x2 max-pools after the
     blocks in `pool_after` (1-based), global average pooling, FC(hidden) -> ReLU -> FC(num_classes)."""
 
@@ -55,10 +46,6 @@ class BasicNet(nn.Module):
         self.body = nn.Sequential(*layers)
         self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(in_channels, hidden),
                                   nn.ReLU(inplace=True), nn.Linear(hidden, num_classes))
-
-    @property
-    def features(self) -> list[FeatureBlock]:
-        return [layer for layer in self.body if isinstance(layer, FeatureBlock)]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.body(x))

@@ -18,6 +18,7 @@ Heads:
 from torch import nn
 
 from sparsesweep.models.basicnet import FeatureBlock
+from sparsesweep.models.discovery import WithFeatures
 from sparsesweep.models.feature import scaled_width
 
 # Conv widths per group (Simonyan & Zisserman 2015, Table 1).
@@ -26,7 +27,7 @@ VGG16_GROUPS = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 51
 IMAGENET_HIDDEN = 4096
 
 
-class VGG(nn.Module):
+class VGG(WithFeatures, nn.Module):
     def __init__(self, groups, in_channels, num_classes, *, width_multiplier=1.0, head="cifar",
                  fc_batchnorm=False, dropout=0.5):
         super().__init__()
@@ -49,9 +50,9 @@ class VGG(nn.Module):
             raise ValueError(f"head must be 'cifar' or 'imagenet', got {head!r}")
         self._init_weights()
 
-    @property
-    def features(self) -> list[FeatureBlock]:
-        return [layer for layer in self.body if isinstance(layer, FeatureBlock)]
+    def label_feature(self, norm_path: str, default_name: str) -> str:
+        """The body's FeatureBlocks label themselves; what reaches here is the ImageNet head's BatchNorm1d."""
+        return "a BatchNorm1d of the fully connected head: the paper counts convolutional features"
 
     def forward(self, x):
         return self.head(self.body(x))
