@@ -99,6 +99,13 @@ class DivergedResults(EndedResults):
     status: Literal[DIVERGED]
 
 
+class FeatureLayer(FileModel):
+    """A layer of features as measurement found it (sparsesweep.models.discovery)."""
+    activation: str           # relu, relu6, leaky_relu, silu, gelu, hardswish, or none
+    stage: str | None
+    features: Positive
+
+
 class CompletedResults(EndedResults):
     status: Literal[COMPLETED]
     train_loss: Annotated[float, Field(ge=0)]
@@ -109,6 +116,8 @@ class CompletedResults(EndedResults):
     selectivity: Selectivity
     zeroed_test_error: Percent
     zeroed_test_top5_error: Percent | None = None
+    feature_layers: dict[str, FeatureLayer] | None = None   # added later: runs from before it have none
+    unmeasured_layers: dict[str, str] | None = None         # norm layer -> why it is not measured
 
 
 Results = Annotated[Union[CompletedResults, DivergedResults, FailedResults], Field(discriminator="status")]

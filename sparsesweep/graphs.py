@@ -65,7 +65,7 @@ def why_not_capturable(run) -> str | None:
     if not run.feed.capturable:
         return "its images are not on the GPU (performance.data_on_device)"
     if run.stochastic:
-        return "its dropout draws from a per-run global RNG stream"
+        return "its forward draws random numbers (dropout, stochastic depth) from a per-run global RNG stream"
     return None
 
 
