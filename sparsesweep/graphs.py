@@ -48,6 +48,8 @@ def why_not_capturable_config(cfg) -> str | None:
         return "performance.cuda_graph=off"
     if cfg.device == "cpu":
         return "device=cpu"
+    if cfg.performance.data_on_device is False:
+        return "performance.data_on_device=false (every step's batch crosses from the host)"
     if cfg.performance.compile:
         return "performance.compile=true (torch.compile makes its own graphs)"
     if reads_image_folders(cfg.dataset):

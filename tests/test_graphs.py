@@ -76,7 +76,8 @@ def test_without_a_gpu_auto_is_the_cpu_and_cuda_is_refused(monkeypatch):
     (["optimizer=adagrad"], "torch.optim.Adagrad's step keeps state on the host"),
     (["performance.compile=true"], "performance.compile=true"),
     (["performance.cuda_graph=off"], "performance.cuda_graph=off"),
-    (["dataset=imagenet"], "its images are read by DataLoader workers")])
+    (["dataset=imagenet"], "its images are read by DataLoader workers"), (["device=cpu"], "device=cpu"),
+    (["performance.data_on_device=false"], "performance.data_on_device=false")])
 def test_what_cannot_be_captured_is_known_from_the_config(overrides, reason):
     found = graphs.why_not_capturable_config(compose_config(overrides))
     assert found == reason if reason is None else found.startswith(reason)
