@@ -18,14 +18,15 @@ Throughput (BasicNet at batch 40, fp32 with TF32, 32x32 images: CIFAR-10 when it
 embedded renderings of that size; median of 3 timed windows of 2 epochs each, after a first epoch of warm-up
 and capture; evaluation and other host work between epochs left out of the windows):
   (a) a plain hand-written loop: per-sample torchvision transforms in a DataLoader, eager steps
-  (b) one sparsesweep run in a process of its own, graphs on
+  (b) one sparsesweep run in a process of its own, graphs on (channels_last=auto: NHWC), and the same in NCHW
   (c) packs of K = 2, 4, 8, 16 runs in one process, graphs on (mixed Adam / SGD / AdaMax, their own seeds)
   (e) 8 separate processes, each one run as (b), at once
   (d) a sweep's time to its first result: `python -m sparsesweep -m` of 8 short runs (pack_size=auto)
 Each row gives steps/s and images/s per run and in aggregate, the peak GPU memory, and the steps each run
 took in a CUDA graph replay (`graph_steps` of results.json): a row that claims a graph shows it replayed
 one; a row whose graph was refused says why.
-Targets: (b) >= 4x (a); the best (c) >= 1,300 aggregate steps/s; (c) at K=8 >= 1.5x (e).
+Targets: (b) >= 4x (a); the best (c) >= 1,300 aggregate steps/s; (c) at K=8 >= 1.5x (e); (b) in NHWC at
+least as fast as in NCHW (what channels_last=auto chooses on a GPU).
 """
 from __future__ import annotations
 
@@ -51,7 +52,8 @@ from hydra import compose, initialize_config_dir  # noqa: E402
 OPTIMIZERS = ("adam", "sgd", "adamax")
 WINDOWS, EPOCHS_PER_WINDOW = 3, 2
 EPOCHS = 1 + WINDOWS * EPOCHS_PER_WINDOW  # the first: warm-up and capture
-TARGETS = {"b_over_a": 4.0, "best_pack_steps_per_s": 1300.0, "pack8_over_processes8": 1.5}
+# (the last: channels_last=auto chooses NHWC for convnets on a GPU, which must not be slower than NCHW)
+TARGETS = {"b_over_a": 4.0, "best_pack_steps_per_s": 1300.0, "pack8_over_processes8": 1.5, "nhwc_over_nchw": 1.0}
 
 
 # ---- the setting --------------------------------------------------------------------------------------------
@@ -135,7 +137,7 @@ def peak_memory_mb(device: str) -> float | None:
 
 # ---- rows, each in a process of its own (`--row KIND K`) ---------------------------------------------------------
 
-def pack_row(size: dict, k: int) -> dict:
+def pack_row(size: dict, k: int, extra=()) -> dict:
     """(b), (c): a pack of k runs in this process."""
     from sparsesweep import pack
 
@@ -149,7 +151,8 @@ def pack_row(size: dict, k: int) -> dict:
     logging.getLogger("sparsesweep").addHandler(Refusals())
     logging.getLogger("sparsesweep").setLevel(logging.DEBUG)  # a CPU run's reason is logged at DEBUG
     with tempfile.TemporaryDirectory() as out, epoch_clock() as boundaries:
-        specs = [pack.RunSpec(compose_config(run_overrides(size, seed)), Path(out) / str(seed)) for seed in range(k)]
+        specs = [pack.RunSpec(compose_config(run_overrides(size, seed, extra)), Path(out) / str(seed))
+                 for seed in range(k)]
         outcomes = pack.train_runs(specs)
     errors = [repr(error) for _, error in outcomes if error is not None]
     if errors:
@@ -208,9 +211,9 @@ def plain_row(size: dict) -> dict:
             "graph_steps": [0], "iterations": [step], "not_captured": ["a plain eager loop"]}
 
 
-def row_in_process(args, kind: str, k: int = 1) -> dict:
-    """One row, run as `--row KIND K` in a child process (clean GPU memory, its own peak)."""
-    command = [sys.executable, __file__, "--out", str(args.out), "--row", kind, str(k), "--data", args.data] + \
+def row_in_process(args, kind: str, k: int = 1, extra=()) -> dict:
+    """One row, run as `--row KIND K [OVERRIDE...]` in a child process (clean GPU memory, its own peak)."""
+    command = [sys.executable, __file__, "--out", str(args.out), "--row", kind, str(k), *extra, "--data", args.data] + \
         (["--dry-run"] if args.dry_run else [])
     done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
     lines = done.stdout.strip().splitlines()
@@ -432,7 +435,9 @@ def targets(rows: dict, dry_run: bool) -> dict:
               else None,
               "best_pack_steps_per_s": max(packs.values()) if packs else None,
               "pack8_over_processes8": rate("(c) pack of 8") / rate("(e) 8 processes")
-              if rate("(c) pack of 8") and rate("(e) 8 processes") else None}
+              if rate("(c) pack of 8") and rate("(e) 8 processes") else None,
+              "nhwc_over_nchw": rate("(b) one run") / rate("(b) one run, NCHW")
+              if rate("(b) one run") and rate("(b) one run, NCHW") else None}
     verdict = {}
     for name, value in values.items():
         judged = "not judged (dry run)" if dry_run else "not measured" if value is None else \
@@ -445,7 +450,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True, help="folder for gpu_check.json and gpu_check.md")
     parser.add_argument("--dry-run", action="store_true", help="the structure on the CPU, tiny (no GPU figures)")
-    parser.add_argument("--row", nargs=2, metavar=("KIND", "K"), help=argparse.SUPPRESS)
+    parser.add_argument("--row", nargs="+", help=argparse.SUPPRESS)  # KIND K [OVERRIDE ...]
     parser.add_argument("--data", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if not args.dry_run and not torch.cuda.is_available():
@@ -456,8 +461,8 @@ def main() -> int:
     size = sizes(args.dry_run, args.data)
     if args.row:
         logging.basicConfig(level=logging.WARNING)
-        kind, k = args.row[0], int(args.row[1])
-        print(json.dumps(plain_row(size) if kind == "plain" else pack_row(size, k)))
+        kind, k, extra = args.row[0], int(args.row[1]), args.row[2:]
+        print(json.dumps(plain_row(size) if kind == "plain" else pack_row(size, k, extra)))
         return 0
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     args.out.mkdir(parents=True, exist_ok=True)
@@ -483,6 +488,8 @@ def main() -> int:
     rows = report["rows"]
     rows["(a) plain loop"] = row_in_process(args, "plain")
     rows["(b) one run"] = row_in_process(args, "pack", 1)
+    # channels_last=auto is NHWC for a convnet on a GPU: this row is the same run in NCHW
+    rows["(b) one run, NCHW"] = row_in_process(args, "pack", 1, ["performance.channels_last=false"])
     for k in size["packs"]:
         rows[f"(c) pack of {k}"] = row_in_process(args, "pack", k)
     rows[f"(e) {size['processes']} processes"] = processes_row(args, size["processes"])

@@ -32,7 +32,8 @@ def test_a_dry_run_takes_every_step_on_the_cpu_and_writes_both_reports_marked_as
     assert report["dry_run"] is True
     assert {name: ok for name, (ok, _) in report["checks"].items()} == \
         {"device": True, "graph": True, "self-check": True, "resume": True, "layout": True}
-    assert list(report["rows"]) == ["(a) plain loop", "(b) one run", "(c) pack of 2", "(e) 2 processes"]
+    assert list(report["rows"]) == ["(a) plain loop", "(b) one run", "(b) one run, NCHW", "(c) pack of 2",
+                                    "(e) 2 processes"]
     for name, row in report["rows"].items():
         assert row["aggregate_steps_per_s"] > 0 and len(row["graph_steps"]) == row["runs"], name
         assert row["graph_steps"] == [0] * row["runs"] and row["not_captured"], name  # the CPU replays no graph
