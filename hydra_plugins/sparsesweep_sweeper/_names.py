@@ -3,7 +3,8 @@
 A run's directory is named by its overrides (Hydra's `override_dirname`, `a=1,b=2`) made into one safe name:
 `%` `/`, NUL and control characters are percent-escaped (so that the mapping stays one-to-one), a leading `.`
 too (never `.`, `..` or a hidden name), and a name longer than RUN_DIRNAME_MAX_BYTES has the middle of its
-longest parts cut out (`…`) and ends in `~` and a hash of the whole name. Ordinary names (none of those characters, short enough) are unchanged.
+longest parts cut out (`…`) and ends in `~` and a hash of the whole name. Ordinary names (none of those
+characters, short enough) are unchanged.
 
 A sweep's default directory is named by its command: the experiment, then the other overrides sorted (order
 on the command line does not matter), without Hydra's own settings and without the keys that never name a run's
