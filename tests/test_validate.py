@@ -338,7 +338,7 @@ def test_in_a_sweep_an_invalid_job_is_recorded_with_its_line_and_the_valid_one_r
     sweep = tmp_path / "sweep"
     code, output = cli("sparsesweep", "-m", *SMOKE, "optimizer.lr=inf,0.001", f"hydra.sweep.dir={sweep}",
                        cwd=tmp_path)
-    assert code == 0, output
+    assert code == 1, output  # an invalid run is a run that could not start (docs/sweeps.md, exit status)
     assert "#0 invalid (not launched): optimizer.lr=inf: must be a finite number, e.g. optimizer.lr=0.001" in output
     statuses = {run: (results["status"], results.get("error")) for run, results in read_results(sweep).items()}
     assert statuses == {"optimizer.lr=inf": ("failed", "optimizer.lr=inf: must be a finite number, e.g. "
