@@ -203,22 +203,22 @@ RUNS = ["optimizer=adam,seed=0", "optimizer=adam,seed=1", "optimizer=sgd,seed=0"
 @settings(SETTINGS, max_examples=60)
 @given(changes=st.lists(mutation(RUNS), min_size=1, max_size=4))
 def test_no_mutation_of_a_sweep_crashes_a_command_or_drops_a_good_run(capsys, monkeypatch, base, changes):
-    monkeypatch.setenv("COLUMNS", str(WIDTH))
-    with tempfile.TemporaryDirectory() as work:
-        work, sweep = Path(work), Path(work) / "sweep"
-        shutil.copytree(base, sweep)
-        touched = set().union(*(apply(sweep, change) for change in changes))
-        check_commands(capsys, sweep, work, [run for run in RUNS if run not in touched], COMMANDS)
+    check_mutated_copy(capsys, monkeypatch, base, changes, COMMANDS)
 
 
 @pytest.mark.slow
 @settings(SETTINGS, max_examples=5)
 @given(changes=st.lists(mutation(RUNS), min_size=2, max_size=4))
 def test_no_mutation_of_a_sweep_crashes_the_figures_or_the_report(capsys, monkeypatch, base, changes):
+    check_mutated_copy(capsys, monkeypatch, base, changes,
+                       (["plots", "SWEEP", "--out", "figures"], ["report", "SWEEP", "--out", "report.html"]))
+
+
+def check_mutated_copy(capsys, monkeypatch, base, changes, commands):
+    """Apply `changes` to a copy of the sweep `base`; every command must run and keep the untouched runs."""
     monkeypatch.setenv("COLUMNS", str(WIDTH))
     with tempfile.TemporaryDirectory() as work:
         work, sweep = Path(work), Path(work) / "sweep"
         shutil.copytree(base, sweep)
         touched = set().union(*(apply(sweep, change) for change in changes))
-        check_commands(capsys, sweep, work, [run for run in RUNS if run not in touched],
-                       (["plots", "SWEEP", "--out", "figures"], ["report", "SWEEP", "--out", "report.html"]))
+        check_commands(capsys, sweep, work, [run for run in RUNS if run not in touched], commands)
