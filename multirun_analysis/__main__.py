@@ -204,7 +204,7 @@ def main(argv=None) -> int:
     command = argv[0] if argv[:1] and argv[0] in COMMANDS else "summary"
     parser = argparse.ArgumentParser(prog=f"python -m multirun_analysis {command}".replace(" summary", ""),
                                      description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("paths", nargs="+", type=Path, help="sweep directories (multirun/DATE/TIME) or run dirs")
+    parser.add_argument("paths", nargs="+", type=Path, help="sweep directories (multirun/SWEEP) or run dirs")
     if command in tables.TABLES:
         parser.add_argument("--format", choices=render.FORMATS, default="terminal")
         parser.add_argument("--no-paper", dest="show_paper", action="store_false", help="hide the paper's values")
@@ -218,7 +218,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv[1:] if command != "summary" else argv)
     missing = [p for p in args.paths if not p.is_dir()]
     if missing:
-        print(f"error: {missing[0]} is not a directory: pass a sweep directory such as multirun/DATE/TIME",
+        print(f"error: {missing[0]} is not a directory: pass a sweep directory such as multirun/SWEEP",
               file=sys.stderr)
         return 2
     try:

@@ -80,7 +80,7 @@ def find_run_dirs(paths) -> list[Path]:
 
     for path in map(Path, paths):
         if not path.is_dir():
-            raise FileNotFoundError(f"{path} is not a directory: pass a sweep directory (e.g. multirun/DATE/TIME)")
+            raise FileNotFoundError(f"{path} is not a directory: pass a sweep directory (e.g. multirun/SWEEP)")
         walk(path)
     while links:
         walk(links.pop(0))

@@ -146,4 +146,9 @@ def unwritable(key: str, directory) -> str | None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+        sys.stdout.flush()
+    except BrokenPipeError:  # a reader that stopped early (--help | head -1): no traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so that the flush at exit is quiet
+        sys.exit(1)

@@ -1,4 +1,8 @@
 """Every config option composes (Hydra's compose API) and validates, and the design card's sweep runs for real."""
+import os
+import subprocess
+import sys
+
 import pytest
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
@@ -163,3 +167,12 @@ def test_printing_a_runs_config_names_the_data_it_would_not_find(tmp_path):
                                 "dataset.download=true"), output
     code, output = cli("sparsesweep", "--cfg", "job", "+experiment=smoke", cwd=tmp_path)  # rendered: never missing
     assert code == 0 and "missing:" not in output, output
+
+
+def test_help_into_a_closed_pipe_ends_without_a_traceback():
+    reader, writer = os.pipe()
+    os.close(reader)  # as `| head -1` does once it has its line: every write now fails
+    done = subprocess.run([sys.executable, "-m", "sparsesweep", "--help"], cwd=ROOT, stdout=writer,
+                          stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=60)
+    os.close(writer)
+    assert (done.returncode, done.stderr) == (1, "")
