@@ -227,8 +227,11 @@ def processes_row(args, n: int) -> dict:
     """(e): n processes, each one run as (b), all at once."""
     command = [sys.executable, __file__, "--out", str(args.out), "--row", "pack", "1", "--data", args.data] + \
         (["--dry-run"] if args.dry_run else [])
+    # the cores shared out, as the local launcher does: n processes of all-core thread pools thrash a CPU
+    threads = str(max(1, (os.cpu_count() or 1) // n))
     children = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                                 env={**os.environ, "PYTHONPATH": str(ROOT)}) for _ in range(n)]
+                                 env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": threads})
+                for _ in range(n)]
     rows = []
     for child in children:
         out = child.communicate()[0].strip().splitlines()
