@@ -415,15 +415,19 @@ CLAIMS = (
 )
 
 
+NAMED_GROUPS = ("dataset", "model", "optimizer")  # a row's label names their options
+
+
 def describer(settings: list[dict]):
     """describe(setting): what a row's cells share, in words: dataset, model, optimizer, regularizer, batch
     size and iterations, then every other key whose value differs among the claim's cells."""
     keys = {key for setting in settings for key in setting}
     differing = sorted(key for key in keys - set(RUN_SETTINGS)
-                       if len({repr(setting.get(key)) for setting in settings}) > 1)
+                       if len({repr(setting.get(key)) for setting in settings}) > 1
+                       and not named_by_option(key, settings))
 
     def describe(setting: dict) -> str:
-        words = [str(setting[key]) for key in ("dataset", "model", "optimizer") if key in setting]
+        words = [str(setting[key]) for key in NAMED_GROUPS if key in setting]
         if "regularizer" not in setting:  # claim 3 compares regularizers
             words.append(f"coefficient {setting['coefficient']:g}")
         elif "coefficient" not in setting:  # claim 4 compares coefficients
@@ -436,6 +440,18 @@ def describer(settings: list[dict]):
         words.append(f"{setting['iterations']} steps")
         return ", ".join(words + [f"{key}={setting[key]}" for key in differing if key in setting])
     return describe
+
+
+def named_by_option(key: str, settings: list[dict]) -> bool:
+    """Whether `key` (optimizer.lr) takes one value for each option of its group (optimizer=adam) among
+    `settings`: the label names the option, so the key adds nothing to it."""
+    group = key.partition(".")[0]
+    if group not in NAMED_GROUPS:
+        return False
+    values: dict[str, set] = {}
+    for setting in settings:
+        values.setdefault(repr(setting.get(group)), set()).add(repr(setting.get(key)))
+    return all(len(seen) == 1 for seen in values.values())
 
 
 def check(runs: pd.DataFrame) -> pd.DataFrame:

@@ -126,6 +126,23 @@ def test_no_runs_when_nothing_can_be_compared(runs, tmp_path):
     assert list(empty["claim"]) == NUMBERS and set(empty["verdict"]) == {NO_RUNS}
 
 
+def test_a_setting_leaves_out_what_its_optimizer_option_fixes_and_keeps_what_varies_within_one(runs):
+    def add(optimizer, seed, lr):
+        runs.add(optimizer, seed, 0.0, regularizer="none", coefficient=0,
+                 config={"regularizer": {"name": "none"}, "optimizer.lr": lr})
+
+    for seed in (0, 1):
+        add("adam", seed, 1e-3)
+        add("sgd", seed, 0.1)
+    assert [row["setting"] for row in runs.rows("2")] == [
+        "shapes_clean, basicnet, adam, no regularization, batch 40, 60 steps",
+        "shapes_clean, basicnet, sgd, no regularization, batch 40, 60 steps"]
+    for seed in (0, 1):  # now Adam runs at two learning rates: the rate no longer follows from the option
+        add("adam", seed, 3e-3)
+    assert sorted(row["setting"].rpartition(", ")[2] for row in runs.rows("2")) == [
+        "optimizer.lr=0.001", "optimizer.lr=0.003", "optimizer.lr=0.1"]
+
+
 def test_claim_1_is_per_coefficient_and_names_cells_that_differ_only_in_the_lr(runs):
     runs.pair([40.0, 41.0], [0.0, 0.0])
     runs.pair([1.0, 1.0], [30.0, 31.0], coefficient=1e-4, config={"regularizer.l2": 1e-4})
