@@ -48,6 +48,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
+from sparsesweep import CONF_DIR  # noqa: E402
 
 OPTIMIZERS = ("adam", "sgd", "adamax")
 WINDOWS, EPOCHS_PER_WINDOW = 3, 2
@@ -81,7 +82,7 @@ def dataset_overrides(size: dict) -> list[str]:
 
 
 def compose_config(overrides):
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return compose("config", overrides=list(overrides))
 
 

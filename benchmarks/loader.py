@@ -25,6 +25,7 @@ import torch  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 
 from sparsesweep.batches import FolderFeed  # noqa: E402
+from sparsesweep import CONF_DIR  # noqa: E402
 from sparsesweep.datasets import load_dataset  # noqa: E402
 
 
@@ -43,7 +44,7 @@ def write_fake_imagenet(root: Path, images: int, classes: int = 10) -> None:
 
 
 def images_per_second(root: Path, workers: int, batch_size: int, count: int, device: torch.device) -> float:
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose(config_name="config", overrides=["dataset=imagenet", f"dataset.root={root}",
                                                        f"dataset.loader.workers={workers}"])
     data = load_dataset(cfg.dataset)

@@ -29,21 +29,20 @@ import torch.nn.functional as F  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 from omegaconf import open_dict  # noqa: E402
 
-from sparsesweep import assemble, pack, run  # noqa: E402
+from sparsesweep import CONF_DIR, assemble, pack, run  # noqa: E402
 from sparsesweep.batches import batches  # noqa: E402
 from sparsesweep.datasets import load_dataset  # noqa: E402
 from sparsesweep.measure import measure  # noqa: E402
 from sparsesweep.models import build_model  # noqa: E402
 from sparsesweep.optim import build_optimizer  # noqa: E402
 
-CONF = ROOT / "conf"
 DEFAULTS = ["dataset=shapes_clean", "dataset.resolution=16", "model.width_multiplier=0.25", "batch_size=40"]
 
 
 def benchmark_config(overrides: list[str], warmup: int, steps: int, threads: int):
     """The config with one epoch of exactly warmup + steps steps, so no end-of-epoch work falls among
     the timed steps, and a small test set, so the untimed evaluation stays short."""
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("config", overrides=DEFAULTS + overrides)  # later overrides win
     images = (warmup + steps) * cfg.batch_size
     with open_dict(cfg):

@@ -22,6 +22,7 @@ import torch  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
 from sparsesweep.models import BasicNet  # noqa: E402
+from sparsesweep import CONF_DIR  # noqa: E402
 from sparsesweep.prune import compare, prune_model  # noqa: E402
 
 DEAD_FRACTION = 0.70  # paper Table 1: Adam, L2 1e-4, CIFAR-10, 70% by gamma
@@ -38,7 +39,7 @@ def dead_per_layer(widths: list[int], uniform: bool) -> list[int]:
 
 
 def sparse_basicnet(uniform: bool, seed: int = 0) -> BasicNet:
-    cfg = OmegaConf.load(ROOT / "conf" / "model" / "basicnet.yaml")
+    cfg = OmegaConf.load(CONF_DIR / "model" / "basicnet.yaml")
     torch.manual_seed(seed)
     model = BasicNet(list(cfg.widths), INPUT_SHAPE[0], NUM_CLASSES, pool_after=list(cfg.pool_after),
                      hidden=cfg.hidden).eval()

@@ -2,7 +2,10 @@
 
 For a training loop of your own: `from sparsesweep import measure_sparsity, find_features` (docs/models.md).
 They are loaded on first use, so that `import sparsesweep` does not import torch."""
+from pathlib import Path
 
+# The config tree ships inside the package (Hydra's layout for an installed application).
+CONF_DIR = Path(__file__).resolve().parent / "conf"
 _LAZY = {"measure_sparsity": "sparsesweep.measure", "find_features": "sparsesweep.models.discovery"}
 __all__ = list(_LAZY)
 

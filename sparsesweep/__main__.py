@@ -21,7 +21,7 @@ import hydra
 from sparsesweep import hydra_compat, schema, validate  # noqa: F401  (schema: registers the config's schema)
 from sparsesweep.errors import LOG_FORMAT, ConfigError
 
-CONFIG_PATH, CONFIG_NAME = "../conf", "config"
+CONFIG_PATH, CONFIG_NAME = "conf", "config"
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name=CONFIG_NAME)

@@ -36,10 +36,11 @@ from omegaconf import OmegaConf  # noqa: E402
 from torch import nn  # noqa: E402
 
 from multirun_analysis.plots import save  # noqa: E402
+from sparsesweep import CONF_DIR  # noqa: E402
 from multirun_analysis.render import markdown_table  # noqa: E402
 from sparsesweep.optim import DecoupledDecay, build_optimizer  # noqa: E402
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+CONF = CONF_DIR
 THRESHOLD = 1e-3  # the paper's gamma criterion: a weight below it counts as dead
 REGULARIZERS = ("l2", "wd")
 NAME = "synthetic_decay"

@@ -30,10 +30,10 @@ from typing import Any, Callable
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from sparsesweep import loggers, schema
+from sparsesweep import CONF_DIR, loggers, schema
 from sparsesweep.errors import ConfigError
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+CONF = CONF_DIR
 INT_LIMIT = 2**31 - 1     # no count, size or length here needs more
 SEED_LIMIT = 2**32 - 1    # torch and numpy take seeds this large; a run's epoch seeds grow from it
 

@@ -3,8 +3,9 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
+from sparsesweep import CONF_DIR as CONF
+
 ROOT = Path(__file__).resolve().parents[1]
-CONF = ROOT / "conf"
 
 # The smoke experiment, one thread: runs in about a second.
 SMOKE = ["+experiment=smoke"]

@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT, SMOKE, cli
+from conftest import CONF, ROOT, SMOKE, cli
 from multirun_analysis import claims
 from multirun_analysis.__main__ import main
 from multirun_analysis.load import load_runs
@@ -335,7 +335,7 @@ def test_the_claims_grids_run_3_seeds():
     for experiment in ("claims", "claims_cpu"):
         from hydra import compose, initialize_config_dir
 
-        with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
             config = compose(config_name="config", overrides=[f"+experiment={experiment}"], return_hydra_config=True)
         assert config.hydra.sweeper.params.seed == "0,1,2", experiment
 

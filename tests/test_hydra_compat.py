@@ -4,6 +4,7 @@ import re
 
 from conftest import ROOT
 from sparsesweep import hydra_compat
+from sparsesweep import CONF_DIR
 
 
 def test_the_overrides_dirname_is_hydras_default_naming():
@@ -43,7 +44,7 @@ def test_the_search_path_and_hydra_compose_as_hydra_main_does():
     import sparsesweep.__main__ as entry
 
     search_path = hydra_compat.create_automatic_config_search_path(entry.__file__, None, entry.CONFIG_PATH)
-    assert any(source.path == str(ROOT / "conf") for source in search_path.get_path())
+    assert any(source.path == str(CONF_DIR) for source in search_path.get_path())
     try:
         composer = hydra_compat.Hydra.create_main_hydra2(task_name="sparsesweep", config_search_path=search_path)
         assert composer.get_mode("config", ["+experiment=quickstart"]) == RunMode.MULTIRUN

@@ -29,8 +29,21 @@ EXACT_EVERYWHERE = ("schema", "status", "run_id", "model", "dataset", "optimizer
                     "batch_size", "seed", "epochs", "iterations")
 
 
+def cpu_model() -> str:
+    """The CPU's model name: two CPUs with the same vector extensions (AVX512 on Intel and on AMD) still
+    round differently in some kernels."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
 def machine() -> dict:
-    return {"torch": torch.__version__, "cpu": torch.backends.cpu.get_cpu_capability(), "arch": platform.machine()}
+    return {"torch": torch.__version__, "cpu": torch.backends.cpu.get_cpu_capability(), "arch": platform.machine(),
+            "cpu_model": cpu_model()}
 
 
 def digest(run_dir: Path) -> dict:
