@@ -246,7 +246,7 @@ class GridSweeper(BasicSweeper):
                            ("skipped", "resumed", "new", "failed")))
         for line in missing:
             log.error("Missing data: %s", line)
-        steps = planned_steps([run for run in planned if run.kind in TO_TRAIN])
+        steps = planned_steps([run for run in planned if run.kind in (*TO_TRAIN, "nodata")])
         if steps:
             log.info("%s to train: %s steps in all (%s per run); the time it takes shows once the first runs report "
                      "their speed", plural(len(steps), "run"), f"{sum(steps):,}", f"{min(steps):,}" if
