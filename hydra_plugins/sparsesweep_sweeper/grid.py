@@ -51,6 +51,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 import rundir_format
 from hydra_plugins.sparsesweep_launcher._live import outcome, plural
+from hydra_plugins.sparsesweep_launcher.launchers import queued_in_slurm
 from hydra_plugins.sparsesweep_sweeper import _names as names
 from hydra_plugins.sparsesweep_sweeper._compose import JobComposer
 from sparsesweep import rundir
@@ -99,6 +100,7 @@ def expand_rows(grid) -> List[List[str]]:
 KINDS = {"skipped": "skipped (completed)", "resumed": "resumed", "new": "new", "failed": "failed before (rerun)",
          "invalid": "invalid (not launched)", "nodata": "without data (not launched)",
          "duplicate": "duplicates (not launched)", "running": "running elsewhere (not launched)",
+         "queued": "queued in SLURM (not launched again)",
          "conflict": "conflicts"}
 TO_TRAIN = ("resumed", "new", "failed")
 NOT_LAUNCHED_ERRORS = ("invalid", "nodata")  # recorded as failed: the sweep exits 1
@@ -179,6 +181,9 @@ class GridSweeper(BasicSweeper):
         job_dir = planned.job_dir
         if not names.is_direct_child(job_dir, Path(self.config.hydra.sweep.dir)):
             return planned  # not read: check_directories stops the sweep
+        if tuple(overrides) in self.queued:
+            planned.kind, planned.reason = "queued", "its task of an array this sweep submitted is in SLURM's queue"
+            return planned
         holder = rundir.lock_holder(job_dir)
         foreign = rundir.foreign_run(job_dir, planned.run_id)
         results = rundir.read_json(job_dir / rundir.RESULTS)
@@ -247,6 +252,7 @@ class GridSweeper(BasicSweeper):
         if len(runs) > 1000:
             log.info("Composing and checking the configs of %d runs ...", len(runs))
         self.composer = JobComposer(self.hydra_context.config_loader, self.config)
+        self.queued = queued_in_slurm(sweep_dir)  # a relaunch must not submit them twice
         planned = [self.inspect(number, run) for number, run in enumerate(runs)]
         check_directories(planned, sweep_dir)
         first_of = {}
@@ -289,7 +295,7 @@ class GridSweeper(BasicSweeper):
             log.warning("#%d: moved %s (run %s) to %s", run.number, run.job_dir, run.foreign["run_id"], aside)
             run.kind = "new"
         for run in planned:
-            if run.kind in ("invalid", "duplicate", "running"):
+            if run.kind in ("invalid", "duplicate", "running", "queued"):
                 log.warning("#%d %s: %s  (%s)", run.number, KINDS[run.kind], run.reason, " ".join(run.overrides))
             if run.kind in NOT_LAUNCHED_ERRORS:
                 record_invalid(run)
