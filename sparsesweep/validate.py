@@ -611,12 +611,13 @@ def _list_type(dotted: str) -> tuple[Any, str | None]:
 
 
 def not_an_option(setting: str, group: str, options: list[str] | None, guess: str | None = None) -> str:
-    """`SETTING: not an option in conf/GROUP/: ...`: the option `guess` (a typo) most likely meant, else the
-    options there are."""
+    """`SETTING: not an option of config group GROUP: ...` (the group as --help lists it, and as a --config-dir
+    folder names it: DIR/GROUP/NAME.yaml): the option `guess` (a typo) most likely meant, else the options there
+    are."""
     close = closest(guess, options or []) if guess else []
     fix = (f"did you mean {group}={close[0]}?" if close else
            f"choose {group}={' | '.join(options)}" if options else "python -m sparsesweep --help lists the options")
-    return f"{setting}: not an option in conf/{group}/: {fix}"
+    return f"{setting}: not an option of config group {group}: {fix}"
 
 
 def closest(word: str, candidates) -> list[str]:

@@ -36,8 +36,10 @@ def cli(module, *args, cwd, timeout=300):
     return done.returncode, done.stdout + done.stderr
 
 
-# What may differ between equal trainings: timings, and how many steps a CUDA graph replayed.
-TIMINGS = {"time_s", "wall_time_s", "measure_time_s", "device_time_s", "elapsed", "share_s", "graph_steps"}
+# What may differ between equal trainings: timings, how many steps a CUDA graph replayed, and what made them
+# (the provenance block: host, SLURM job, version).
+TIMINGS = {"time_s", "wall_time_s", "measure_time_s", "device_time_s", "elapsed", "share_s", "graph_steps",
+           "provenance"}
 
 
 def without_timings(value):

@@ -98,17 +98,17 @@ BAD_VALUES = [
      "dataset.loader.worker=2: dataset.loader has no key worker: did you mean dataset.loader.workers=2?"),
     ("+model.foo=1", f"model.foo=1: model=basicnet has no key foo: remove it (its keys: {BASICNET_KEYS})"),
     # options and names
-    ("optimizer=adma", "optimizer=adma: not an option in conf/optimizer/: did you mean optimizer=adam?"),
-    ("+experiment=nope", "experiment=nope: not an option in conf/experiment/: choose experiment=architectures | "
+    ("optimizer=adma", "optimizer=adma: not an option of config group optimizer: did you mean optimizer=adam?"),
+    ("+experiment=nope", "experiment=nope: not an option of config group experiment: choose experiment=architectures | "
                          "architectures_cpu | claims | claims_cpu | difficulty | quickstart | smoke | table1 | table2 "
                          "| table3 | table4 | table5 | table6 | table7"),
-    ("logger=[csv,nope]", "logger=nope: not an option in conf/logger/: python -m sparsesweep --help lists the "
+    ("logger=[csv,nope]", "logger=nope: not an option of config group logger: python -m sparsesweep --help lists the "
                           "options"),
-    ("optimizer=null", "optimizer=null: not an option in conf/optimizer/: choose optimizer=adadelta | adafactor | "
+    ("optimizer=null", "optimizer=null: not an option of config group optimizer: choose optimizer=adadelta | adafactor | "
                        "adagrad | adam | adamax | adamw | amsgrad | nadam | radam | rmsprop | sgd"),
     ("optimizer=adafactor optimizer.eps=[null,abc]",
      "optimizer.eps=[null,abc]: must be a list of numbers, e.g. optimizer.eps=[null,0.001]"),
-    ("model.name=vgg19", "model.name=vgg19: not an option in conf/model/: choose "
+    ("model.name=vgg19", "model.name=vgg19: not an option of config group model: choose "
                          "model=basicnet | custom | resnet50 | torchvision | vgg11 | vgg16"),
     ("model.name=vgg16", "model.name=vgg16: names another option: use model=vgg16"),
     # the command line itself
@@ -238,7 +238,7 @@ CONFIG_DIR_OPTIONS = {
                                       "e.g. model.widths=[64,128,128,256,256,512,512]"),
     ("model=plain", None),
     ("model=plain model.hidden=abc", "model.hidden=abc: must be an integer, e.g. model.hidden=256"),
-    ("model=mynet", "model.name=mynet: not an option in conf/model/: choose model=basicnet | custom | resnet50 | torchvision | vgg11 | vgg16"),
+    ("model=mynet", "model.name=mynet: not an option of config group model: choose model=basicnet | custom | resnet50 | torchvision | vgg11 | vgg16"),
     ("model=typo", "model.hiden=8: model=basicnet has no key hiden: did you mean model.hidden=8?"),
 ])
 def test_an_option_from_a_config_dir_is_checked_like_a_built_in_one(tmp_path, overrides, message):
@@ -251,7 +251,7 @@ def test_an_option_from_a_config_dir_is_checked_like_a_built_in_one(tmp_path, ov
 
 def test_printing_the_config_checks_only_that_it_composes(tmp_path):
     assert problem("--cfg", "job", "optimizer=adma", cwd=tmp_path) == \
-        "optimizer=adma: not an option in conf/optimizer/: did you mean optimizer=adam?"
+        "optimizer=adma: not an option of config group optimizer: did you mean optimizer=adam?"
     assert problem("--cfg", "job", "optimizer.lr=inf", cwd=tmp_path) is None  # printed as it is
 
 
@@ -306,7 +306,7 @@ ON_THE_COMMAND_LINE = [
     (["+optimizer.lrr=0.1"], "torch.optim.Adam has no argument lrr: did you mean optimizer.lr=0.1?"),
     (["optimizer.lr=inf"], "optimizer.lr=inf: must be a finite number"),
     (["seed=99999999999999999999"], "seed=99999999999999999999: must be at most 4294967295"),
-    (["optimizer=adma"], "optimizer=adma: not an option in conf/optimizer/: did you mean optimizer=adam?"),
+    (["optimizer=adma"], "optimizer=adma: not an option of config group optimizer: did you mean optimizer=adam?"),
     (["optimizer=adam,sgd"], "optimizer=adam,sgd: a sweep needs -m"),
     (["hydra.run.dir=/proc/x"], "hydra.run.dir=/proc/x: cannot be created"),
     (["-m", "seed=0,1", "hydra.sweep.dir=/proc/x"], "hydra.sweep.dir=/proc/x: cannot be created"),
