@@ -47,12 +47,15 @@ def columns(block: schema.Provenance | None) -> dict:
 def made_by(rows: list[dict]) -> list[str]:
     """What made these runs (rows with `version`, `device` and `host`): one line, and a second one when they mix
     versions or devices, naming each with its number of runs. What a run did not record (a run from before
-    provenance; the device of a run that failed before it trained) is left out. No line when none recorded it."""
+    provenance; the device of a run that failed before it trained) is left out of both, and the runs that
+    recorded nothing are counted. No line when none recorded it."""
     versions, devices = (Counter(row[key] for row in rows if row[key] != UNRECORDED) for key in ("version", "device"))
     if not versions:
         return []
     hosts = Counter(row["host"] for row in rows if isinstance(row.get("host"), str))
-    parts = [one_or_count(versions, "versions"), one_or_count(devices, "devices"), one_or_count(hosts, "hosts", "host ")]
+    unrecorded = len(rows) - sum(versions.values())
+    parts = [one_or_count(versions, "versions"), one_or_count(devices, "devices"), one_or_count(hosts, "hosts", "host "),
+             f"{unrecorded} run{'s' if unrecorded != 1 else ''} {UNRECORDED}" if unrecorded else ""]
     lines = ["made by " + " · ".join(part for part in parts if part)]
     mixed = [(name, counter) for name, counter in (("version", versions), ("device", devices)) if len(counter) > 1]
     if mixed:
