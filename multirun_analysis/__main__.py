@@ -55,6 +55,12 @@ def report_skipped(skipped: Counter) -> None:
         print(f"skipped {count} run(s): {reason}", file=sys.stderr)
 
 
+def report_mixed(runs: pd.DataFrame) -> None:
+    """On stderr, the line saying the runs mix versions or devices (multirun_analysis.provenance), if they do."""
+    for line in provenance.made_by(runs[["version", "device", "host"]].to_dict("records"))[1:]:
+        print(line, file=sys.stderr)
+
+
 def common_overrides(runs: list[str]) -> list[str]:
     """The overrides every one of several runs has (each run: its overrides, space-separated)."""
     if len(runs) < 2:
@@ -145,6 +151,7 @@ def table(name: str, paths, fmt: str, out: Path | None, show_paper: bool, where:
         spec, built = tables.build_split(spec, runs, by)
     else:
         built = tables.build(spec, runs)
+        report_mixed(runs)
     if out:
         try:
             out.mkdir(parents=True, exist_ok=True)
@@ -164,7 +171,9 @@ def table(name: str, paths, fmt: str, out: Path | None, show_paper: bool, where:
 
 def check_claims(paths, fmt: str) -> int:
     skipped = Counter()
-    verdicts = claims.check(load_runs(paths, skipped, completed_only=True))
+    runs = load_runs(paths, skipped, completed_only=True)
+    verdicts = claims.check(runs)
+    report_mixed(runs)
     if fmt == "terminal":
         terminal.show(*claims.terminal_view(verdicts))
     else:

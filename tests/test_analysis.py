@@ -184,6 +184,8 @@ def test_a_table_split_by_version_has_each_versions_runs_only(mixed, capsys):
                                (H100_VERSION, "clean"): 70.0, (H100_VERSION, "cluttered"): 50.0}
     assert table[("", "sparsity_gamma", "n")].eq(1).all() and table[("", "sparsity_gamma", "paper")].tolist() == \
         [70.0, 57.0, 70.0, 57.0]
+    assert main(["difficulty", str(mixed)]) == 0  # not split: the table, and on stderr the line saying they mix
+    assert capsys.readouterr().err.startswith("mixed: these runs come from 2 versions (")
     assert main(["difficulty", str(mixed), "--by", "device", "--format", "csv"]) == 0
     csv_lines = capsys.readouterr().out.splitlines()
     assert csv_lines[0].startswith("device,background,sparsity_gamma_mean") and len(csv_lines) == 5
@@ -191,7 +193,8 @@ def test_a_table_split_by_version_has_each_versions_runs_only(mixed, capsys):
     assert f"| {H100_VERSION} | clean | 70.0 (1) |" in capsys.readouterr().out
 
 
-def test_runs_from_before_provenance_are_left_out_of_what_made_them(template, tmp_path, capsys):
+def test_runs_from_before_provenance_are_left_out_of_what_made_them(template, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "300")
     runs = Sweep(tmp_path, template)
     runs.add("adam", 0)
     old = runs.add("sgd", 0)
