@@ -161,7 +161,7 @@ def test_each_command_is_the_same_as_python_m(user, script, module, args, exit_c
         assert "experiment: architectures, architectures_cpu, claims" in by_script[1]  # the config tree came along
     if exit_code == 2 and script == "sparsesweep":
         assert by_script[1].strip().endswith(
-            "optimizer=adma: not an option of config group optimizer: did you mean optimizer=adam?")
+            "optimizer=adma: not an option of optimizer: did you mean optimizer=adam?")
 
 
 def test_a_sweep_with_an_option_of_the_users_own_then_the_collector_status_inspect_and_report(user):
