@@ -118,8 +118,9 @@ def status(paths) -> int:
         made_by = [provenance.columns(record.provenance) for record in records if not record.problem]
         terminal.show(*([str(sweep_dir)] if len(paths) > 1 else []),
                       terminal.table(["state", "run", "detail"], rows, wraps_first=2),
-                      ", ".join(f"{n} {state}" for state, n in counts.items()),  # the most frequent first
-                      *provenance.made_by(made_by))
+                      ", ".join(f"{n} {state}" for state, n in counts.items()))  # the most frequent first
+        for line in provenance.made_by(made_by):  # on stderr: stdout stays header, runs, counts (for scripts)
+            print(line, file=sys.stderr)
     return 0
 
 

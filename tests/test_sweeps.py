@@ -13,7 +13,7 @@ import pytest
 from conftest import CONF, ROOT, SMOKE, cli, make_tiny_imagenet, read_results, training_pid, wait_for
 from sparsesweep import pack, rundir
 
-TIMINGS = {"time_s", "wall_time_s", "measure_time_s", "device_time_s", "overrides"}
+TIMINGS = {"time_s", "wall_time_s", "measure_time_s", "device_time_s", "overrides", "provenance"}
 
 
 def comparable(results):
