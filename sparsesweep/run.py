@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 from rundir_format import COMPLETED, DIVERGED, FAILED, duration
-from sparsesweep import assemble, loggers, rundir
+from sparsesweep import assemble, loggers, provenance, rundir
 from sparsesweep.batches import shuffle_seed, training_feed
 from sparsesweep.datasets import Dataset
 from sparsesweep.measure import bn_snapshot, describe, evaluate, final_measurements, gamma_sparsity_pct
@@ -271,6 +271,7 @@ class Run:
             for line in describe(results, cfg.measure):
                 self.log.info("%s", line)
         results["device_time_s"] = progress.share_s + time.monotonic() - started
+        results["provenance"] = provenance.describe(self.device)  # the process that finished the run
         rundir.write_atomic(self.out_dir / rundir.RESULTS, rundir.json_bytes(results))
         self.status, self.results = status, results
         try:
