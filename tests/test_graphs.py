@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from conftest import SMOKE, compose_config, run_state
-from sparsesweep import assemble, graphs, optim, pack
+from sparsesweep import assemble, graphs, optim, pack, rundir
 from sparsesweep.errors import ConfigError
 from sparsesweep.rundir import open_directory
 
@@ -354,9 +354,30 @@ def test_the_self_check_accepts_a_right_step_rejects_a_wrong_one_and_restores_th
         before = graphs.snapshot(runs)
         assert graphs.self_check(runs, graphs.EagerStep(runs)) == []
         problems = graphs.self_check(runs, wrong(runs))
-        assert len(problems) == 2 and all("replayed steps differ from eager ones in" in p for p in problems)
+        assert len(problems) == 2 and all("replayed steps differ from eager ones in" in str(p) for p in problems)
         after = graphs.snapshot(runs)
         assert all(torch.equal(a[k], b[k]) for a, b in zip(before, after) for k in a)  # put back, bitwise
+
+
+def without_regularization(runs):
+    """A wrong graph: the runs' steps without their regularization (L2, WD), as a capture that lost it would be."""
+    def step():
+        with contextlib.ExitStack() as plain:
+            for run in runs:
+                plain.enter_context(optim.unregularized(run.optimizer, run.decay))
+            return graphs.EagerStep(runs)()
+    return step
+
+
+@pytest.mark.parametrize("name", SMALL)
+def test_the_self_check_rejects_a_dropped_regularizer_of_1e_6_by_a_clear_margin(tmp_path, name):
+    # Dropping an L2 or WD of 1e-6 moves many tensors by less than UPDATE_FLOOR of their change over the checked
+    # steps; where the regularizer moves a tensor at all, its own effect sets the allowance.
+    with opened_runs(tmp_path, [name]) as runs:
+        steps(runs, graphs.WARMUP_STEPS)
+        assert graphs.self_check(runs, graphs.EagerStep(runs)) == []
+        problem, = graphs.self_check(runs, without_regularization(runs))
+        assert problem.off >= 0.999 * graphs.REGULARIZER_MARGIN * problem.allowed, str(problem)
 
 
 def test_the_self_check_looks_at_every_tensor_a_step_changes(tmp_path):
@@ -470,12 +491,24 @@ def test_a_refused_probe_is_tried_once_and_every_run_trains_eagerly_saying_why(p
     assert {line.split(":")[0] for line in lines} == {f"run {r['run_id']}" for r, _ in outcomes}
 
 
-def test_epochs_too_short_to_check_on_are_never_captured_and_never_overrun(pretend_gpu, tmp_path):
-    # 80 images at batch 40: 2 batches per epoch, fewer than the check's 3 steps.
+@pytest.mark.parametrize("apart", [False, True], ids=["pack_size=K", "pack_size=auto"])
+def test_epochs_too_short_to_check_on_are_a_refusal_said_up_front(pretend_gpu, tmp_path, caplog, apart):
+    # 80 images at batch 40: 2 batches per epoch, fewer than the check's 3 steps: never captured, never overrun.
+    caplog.set_level(logging.INFO, logger="sparsesweep")
     probe = pretend_gpu(RightGraph)
-    specs = [pack.RunSpec(compose_config(ONE_THREAD + RUNS["adam-l2"] + ["dataset.train_size=80"]), tmp_path / "a")]
-    (results, error), = pack.train_runs(specs)
-    assert error is None and results["status"] == "completed" and probe.attempts == []
+    specs = [pack.RunSpec(compose_config(ONE_THREAD + RUNS[name] + ["dataset.train_size=80"]), tmp_path / name)
+             for name in ("adam-l2", "sgd-l2")]
+    outcomes = pack.train_runs(specs, apart_unless_captured=apart)
+    assert probe.attempts == []
+    lines = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO and "not captured" in r.getMessage()]
+    assert len(lines) == 2 and all("its epoch of 2 step(s) is shorter than the graph's self-check" in line
+                                   for line in lines)
+    if apart:  # pack_size=auto: the runs leave at once, each to train in a process of its own
+        assert [type(error) for _, error in outcomes] == [pack.TrainApart] * 2
+        assert "each trains in a process of its own" in caplog.text
+        assert all((tmp_path / name / rundir.CHECKPOINT).exists() for name in ("adam-l2", "sgd-l2"))  # to resume from
+    else:  # an explicit pack size: they train together, eagerly
+        assert [results["status"] for results, _ in outcomes] == ["completed"] * 2
 
 
 @pytest.mark.slow
