@@ -511,23 +511,52 @@ def test_epochs_too_short_to_check_on_are_a_refusal_said_up_front(pretend_gpu, t
         assert [results["status"] for results, _ in outcomes] == ["completed"] * 2
 
 
+def sweep_jobs(tmp_path):
+    """RUNS as the jobs of a sweep's pack."""
+    from sparsesweep import jobs
+
+    members = []
+    for number, name in enumerate(RUNS):
+        cfg = compose_config(ONE_THREAD + RUNS[name])
+        hydra = {"runtime": {"output_dir": str(tmp_path / name)}, "overrides": {"task": []}}
+        members.append(jobs.Job(cfg, jobs.OmegaConf.create(hydra), number))
+    return members
+
+
 @pytest.mark.slow
 def test_a_pack_whose_probe_is_refused_trains_each_run_in_a_process_of_its_own(pretend_gpu, tmp_path, solo, caplog):
     from sparsesweep import jobs
 
     caplog.set_level(logging.INFO, logger="sparsesweep")
     pretend_gpu(lambda runs: None)
-    members = []
-    for number, name in enumerate(RUNS):
-        cfg = compose_config(ONE_THREAD + RUNS[name])
-        hydra = {"runtime": {"output_dir": str(tmp_path / name)}, "overrides": {"task": []}}
-        members.append(jobs.Job(cfg, jobs.OmegaConf.create(hydra), number))
-    said = jobs.train_jobs(members, in_sweep=True, own_logs=True, apart_unless_captured=True)
+    said = jobs.train_jobs(sweep_jobs(tmp_path), in_sweep=True, own_logs=True, apart_unless_captured=True)
     assert said == [None, None, None]
     assert "each trains in a process of its own" in caplog.text
     for name in RUNS:
         log = (tmp_path / name / "sparsesweep.log").read_text()
         assert "leaves its pack at step 4 (checkpoint saved)" in log and "resuming from" in log
+        assert run_state(tmp_path / name) == run_state(solo / name), name
+
+
+@pytest.mark.slow
+def test_on_a_gpu_a_pack_that_may_go_apart_trains_in_a_child_so_this_process_never_holds_cuda(tmp_path, solo,
+                                                                                            monkeypatch):
+    # On a GPU in EXCLUSIVE_PROCESS mode a process that holds a CUDA context keeps every other one off the device:
+    # the process that starts the runs apart must never have made one. Here the pack's child trains on the CPU,
+    # where nothing is captured, so every run leaves at once.
+    from sparsesweep import jobs
+
+    def no_cuda_here(*args, **kwargs):
+        raise AssertionError("the process that starts the runs apart trained on the device or initialised CUDA")
+
+    monkeypatch.setattr(jobs, "on_a_gpu", lambda members: True)
+    monkeypatch.setattr(torch.cuda, "_lazy_init", no_cuda_here)
+    monkeypatch.setattr(pack, "train_runs", no_cuda_here)  # on a GPU, a CUDA context comes with training
+    said = jobs.train_jobs(sweep_jobs(tmp_path), in_sweep=True, own_logs=True, apart_unless_captured=True)
+    assert said == [None, None, None]
+    for name in RUNS:
+        log = (tmp_path / name / "sparsesweep.log").read_text()
+        assert "leaves its pack at step 0 (checkpoint saved)" in log and "resuming from" in log
         assert run_state(tmp_path / name) == run_state(solo / name), name
 
 
