@@ -1,25 +1,27 @@
 """A pack's step as one CUDA graph: every captured run's train_step, each on its own CUDA stream, recorded
-once and replayed every step (the eager step is launch-bound: ~5 ms of Python and kernel launches for well
-under 1 ms of arithmetic at BasicNet's size).
+once and replayed every step (at BasicNet's size the eager step is launch-bound: its Python and kernel
+launches take far longer than its arithmetic).
 
 What makes a step capturable (run.Run.train_step is written for it): its inputs live in fixed device buffers
 that the host refills between replays (batches.EpochFeed, the WD factor), gradients keep their addresses
-(a run that may be captured zeroes them in place), the optimizer's step count lives on the device (the Adam family's
-`capturable`), and nothing reads a value back to the host. What cannot be captured is known before anything
-runs where it can be (why_not_capturable_config: the launcher packs only such runs with pack_size=auto).
-The LR is a float baked into the graph: a change means capturing again (pack.py does, once or twice per run),
-on the same streams and memory pool (GraphResources).
+(zeroed in place), the optimizer's step count lives on the device (the Adam family's `capturable`), and
+nothing reads a value back to the host. What cannot be captured is known before anything runs: from the
+config (why_not_capturable_config: the launcher packs only such runs with pack_size=auto) and from the run's
+parts (why_not_capturable, before its optimizer is built: only a run that may be captured pays for it). The
+LR is a float baked into the graph: a change means capturing again (pack.py does, once or twice per run), on
+the same streams and memory pool (GraphResources).
 
 A graph that is wrong must never produce results silently: the pack's first capture is its probe, checked by
-self_check against eager steps from the same state, tensor by tensor, before it trains anything.
+self_check against eager steps from the same state, tensor by tensor, before it trains anything, and against
+the same steps without the regularization, the step's smallest term.
 
 The capture runs with the runs' GPU current (a run on cuda:1 in a process where cuda:0 is current captures on
 cuda:1), on the pack's own capture stream, and a capture that fails reports the error of the step that broke
 it, with the stream that was current before current again (torch.cuda.graph raises the failed capture_end
 over the step's error and leaves its capture stream current).
 
-Everything here but the capture and replay themselves (GraphStep) runs on the CPU too, and is tested there;
-benchmarks/gpu_check.py checks the rest on a GPU.
+Everything here runs on the CPU too and is tested there, the capture against a stand-in of torch.cuda's
+streams, devices and graphs; benchmarks/gpu_check.py checks real captures and replays on a GPU.
 """
 from __future__ import annotations
 
