@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -78,11 +79,13 @@ UNMEASURED_MEMORY = "unmeasured (no NVML here: pip install nvidia-ml-py)"
 # ---- the setting --------------------------------------------------------------------------------------------
 
 def sizes(dry_run: bool, data: str, data_root: str | None = None) -> dict:
+    # One thread per process on the CPU: on a shared machine, thread pools that wait for each other's cores
+    # make a step 25x slower.
     if dry_run:
         return {"device": "cpu", "width": 0.25, "resolution": 16, "train": 800, "packs": [2], "processes": 2,
-                "sweep_runs": 2, "workers": 1, "data": "shapes", "data_root": None}
+                "sweep_runs": 2, "workers": 1, "data": "shapes", "data_root": None, "threads": 1}
     return {"device": "cuda", "width": 1.0, "resolution": 32, "train": 20_000, "packs": [2, 4, 8, 16],
-            "processes": 8, "sweep_runs": 8, "workers": 4, "data": data, "data_root": data_root}
+            "processes": 8, "sweep_runs": 8, "workers": 4, "data": data, "data_root": data_root, "threads": None}
 
 
 def absolute_data_root() -> str:
@@ -114,7 +117,7 @@ def run_overrides(size: dict, seed: int, extra=()) -> list[str]:
     return [*dataset_overrides(size), f"model.width_multiplier={size['width']}", "batch_size=40",
             f"device={size['device']}", f"schedule.base_epochs={EPOCHS}", "schedule.decay_epochs=0",
             f"optimizer={OPTIMIZERS[seed % len(OPTIMIZERS)]}", f"seed={seed}", "progress_interval_s=100000",
-            "checkpoint_interval_min=100000", *extra]
+            "checkpoint_interval_min=100000", *([f"threads={size['threads']}"] if size["threads"] else []), *extra]
 
 
 def synchronize(device: torch.device) -> None:
@@ -262,11 +265,24 @@ def pack_row(size: dict, k: int, extra=(), barrier: Path | None = None, index: i
 
 
 class AugmentedImages(torch.utils.data.Dataset):
-    """(a')'s dataset: uint8 images through a per-sample transform. At module level, so that a worker started
-    by forkserver or spawn (Python 3.14's default) can unpickle it."""
+    """(a')'s dataset: uint8 images through torchvision's per-sample random crop (padding 4), flip and
+    normalization. At module level, and pickled without its transform (rebuilt where it is first used, torchvision
+    imported through sparsesweep._torchvision), so that a DataLoader worker started by forkserver or spawn
+    (Python 3.14's default) can unpickle it."""
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform):
-        self.images, self.labels, self.transform = images, labels, transform
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, mean: list[float], std: list[float]):
+        self.images, self.labels, self.mean, self.std = images, labels, mean, std
+
+    @functools.cached_property
+    def transform(self):
+        from sparsesweep._torchvision import import_torchvision
+
+        t = import_torchvision().transforms
+        return t.Compose([t.RandomCrop(self.images.shape[-1], padding=4), t.RandomHorizontalFlip(),
+                          t.ConvertImageDtype(torch.float32), t.Normalize(self.mean, self.std)])
+
+    def __getstate__(self) -> dict:
+        return {key: value for key, value in self.__dict__.items() if key != "transform"}
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -277,16 +293,10 @@ class AugmentedImages(torch.utils.data.Dataset):
 
 def dataloader_batches(size: dict, data, device: torch.device):
     """(a'): per-sample torchvision transforms in DataLoader workers, as most training scripts are written."""
-    from sparsesweep._torchvision import import_torchvision
-
-    transforms = import_torchvision().transforms
-    images = data.train.images
-    mean, std = (data.mean / 255).tolist(), (data.std / 255).tolist()
-    augment = transforms.Compose([transforms.RandomCrop(images.shape[-1], padding=4), transforms.RandomHorizontalFlip(),
-                                  transforms.ConvertImageDtype(torch.float32), transforms.Normalize(mean, std)])
     workers = size["workers"]
-    loader = torch.utils.data.DataLoader(AugmentedImages(images, data.train.labels, augment), batch_size=40,
-                                         shuffle=True, drop_last=True, num_workers=workers,
+    dataset = AugmentedImages(data.train.images, data.train.labels, (data.mean / 255).tolist(),
+                              (data.std / 255).tolist())
+    loader = torch.utils.data.DataLoader(dataset, batch_size=40, shuffle=True, drop_last=True, num_workers=workers,
                                          pin_memory=device.type == "cuda", persistent_workers=workers > 0,
                                          multiprocessing_context="forkserver" if workers else None)
 
@@ -322,6 +332,8 @@ def plain_row(size: dict, dataloader: bool) -> dict:
 
     cfg = compose_config(run_overrides(size, 0))
     device = torch.device(size["device"])
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     data = load_dataset(cfg.dataset)
     torch.manual_seed(0)
     model = build_model(cfg.model, data.channels, data.num_classes)
@@ -518,8 +530,11 @@ def check_resume(size: dict, out: Path) -> dict:
         leg = f"{first}_then_{then}"
         record[f"graph_steps_at_save_{leg}"] = saved.get("graph_steps")
         record[f"graph_steps_after_resume_{leg}"] = resumed[0]["graph_steps"]
-        captured_then = resumed[0]["graph_steps"] > 0 if then != "off" else resumed[0]["graph_steps"] == 0
-        captured_first = (saved.get("graph_steps") or 0) > 0 if first != "off" else saved.get("graph_steps") == 0
+        at_save = saved.get("graph_steps")
+        captured_first = at_save is not None and (at_save > 0 if first != "off" else at_save == 0)
+        # graph_steps counts on from the checkpoint's: an eager resume adds none, a captured one adds its replays
+        captured_then = at_save is not None and (resumed[0]["graph_steps"] > at_save if then != "off" else
+                                                 resumed[0]["graph_steps"] == at_save)
         ok &= (losses_agree(resumed, straight) and resumed[0]["iterations"] == straight[0]["iterations"]
                and captured_first and captured_then)
         details.append(f"{first} -> {then}: stopped at step {stop_step} with {saved.get('graph_steps')} graph steps, "
@@ -597,7 +612,7 @@ def processes_row(args, n: int) -> dict:
     """(e): n processes, each one run as (b), training from one moment (a barrier) once all have loaded; the
     aggregate over their common window (common_window); the device's memory sampled while they all run."""
     # the cores shared out, as the local launcher does: n processes of all-core thread pools thrash a CPU
-    threads = str(max(1, (os.cpu_count() or 1) // n))
+    threads = str(args.threads or max(1, (os.cpu_count() or 1) // n))
     memory, peak = DeviceMemory(), None
     with tempfile.TemporaryDirectory() as barrier:
         barrier = Path(barrier)
@@ -772,7 +787,7 @@ def parent(args) -> int:
             "(b) one run, NCHW": ("row", "pack", "1", "performance.channels_last=false"),
             "(b) one run, cuda_graph=off": ("row", "pack", "1", "performance.cuda_graph=off"),
             **{f"(c) pack of {k}": ("row", "pack", str(k)) for k in size["packs"]}}
-    args.device = size["device"]
+    args.device, args.threads = size["device"], size["threads"]
     for name, what in [*rows.items(), (f"(e) {size['processes']} processes", None)]:
         row = in_child(args, *what) if what else processes_row(args, size["processes"])
         report["rows"][name] = row
