@@ -227,9 +227,10 @@ class DeviceMemory:
 
 # ---- rows, each in a child process (`--child row KIND K [OVERRIDE ...]`) -----------------------------------------
 
-def pack_row(size: dict, k: int, extra=(), barrier: Path | None = None, index: int = 0) -> dict:
+def pack_row(size: dict, k: int, extra=(), barrier: Path | None = None, index: int = 0,
+             timeout: float = TIMEOUT_S) -> dict:
     """(b), (c), and each process of (e): a pack of k runs in this process; with a barrier, its training starts
-    once every process of the row has loaded and the parent says go."""
+    once every process of the row has loaded and the parent says go (within `timeout` seconds)."""
     from sparsesweep import pack
 
     reasons = []
@@ -245,7 +246,10 @@ def pack_row(size: dict, k: int, extra=(), barrier: Path | None = None, index: i
 
     def at_the_barrier(*args, **kwargs):
         (barrier / f"ready{index}").touch()
+        deadline = time.monotonic() + timeout
         while not (barrier / "go").exists():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no go at the barrier within {timeout:.0f} s")
             time.sleep(0.01)
         return real_train_pack(*args, **kwargs)
 
@@ -537,9 +541,9 @@ def check_resume(size: dict, out: Path) -> dict:
                                                  resumed[0]["graph_steps"] == at_save)
         ok &= (losses_agree(resumed, straight) and resumed[0]["iterations"] == straight[0]["iterations"]
                and captured_first and captured_then)
-        details.append(f"{first} -> {then}: stopped at step {stop_step} with {saved.get('graph_steps')} graph steps, "
-                       f"resumed to loss {resumed[0]['train_loss']:.4f} (uninterrupted {straight[0]['train_loss']:.4f}) "
-                       f"with {resumed[0]['graph_steps']} graph steps")
+        details.append(f"{first} -> {then}: stopped at step {stop_step} with {at_save} graph steps, resumed to loss "
+                       f"{resumed[0]['train_loss']:.4f} (uninterrupted {straight[0]['train_loss']:.4f}) with "
+                       f"{resumed[0]['graph_steps']} graph steps")
     return {"ok": ok, "detail": "; ".join(details), "stop_step": stop_step,
             "graph_steps_at_save": record[f"graph_steps_at_save_{on}_then_off"], **record}
 
@@ -556,25 +560,27 @@ def check_layout(size: dict) -> dict:
     return {"ok": nhwc == (device.type == "cuda"), "detail": f"a conv weight {'NHWC' if nhwc else 'NCHW'} on {device}"}
 
 
-def child(size: dict, what: list[str], barrier: Path | None, index: int) -> dict:
+def child(size: dict, what: list[str], barrier: Path | None, index: int, timeout: float) -> dict:
     """What a child process does: one check or one row."""
     if what[0] == "check":
         with tempfile.TemporaryDirectory() as scratch:
-            return {"device": lambda: check_device(size), "graph": lambda: check_graph(size, Path(scratch)),
-                    "self-check": lambda: check_self_check(size, Path(scratch)),
-                    "resume": lambda: check_resume(size, Path(scratch)), "layout": lambda: check_layout(size)}[what[1]]()
+            checks = {"device": lambda: check_device(size), "graph": lambda: check_graph(size, Path(scratch)),
+                      "self-check": lambda: check_self_check(size, Path(scratch)),
+                      "resume": lambda: check_resume(size, Path(scratch)), "layout": lambda: check_layout(size)}
+            return checks[what[1]]()
     kind, k, extra = what[1], int(what[2]), what[3:]
     if kind == "plain":
         return plain_row(size, dataloader=False)
     if kind == "dataloader":
         return plain_row(size, dataloader=True)
-    return pack_row(size, k, extra, barrier, index)
+    return pack_row(size, k, extra, barrier, index, timeout)
 
 
 # ---- the parent: children, their limits, the report ---------------------------------------------------------------
 
 def child_command(args, *what: str, barrier: Path | None = None, index: int = 0) -> list[str]:
-    command = [sys.executable, __file__, "--out", str(args.out), "--data", args.data, "--child", *what]
+    command = [sys.executable, __file__, "--out", str(args.out), "--data", args.data, "--timeout", str(args.timeout),
+               "--child", *what]
     if args.data_root:
         command += ["--data-root", args.data_root]
     if barrier is not None:
@@ -820,7 +826,8 @@ def main(argv=None) -> int:
         args.data = "cifar10" if not args.dry_run and cifar10_on_disk(args.data_root) else "shapes"
     if args.child:
         logging.basicConfig(level=logging.WARNING)
-        print(json.dumps(child(sizes(args.dry_run, args.data, args.data_root), args.child, args.barrier, args.index)))
+        print(json.dumps(child(sizes(args.dry_run, args.data, args.data_root), args.child, args.barrier, args.index,
+                               args.timeout)))
         return 0
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     return parent(args)

@@ -15,8 +15,8 @@ import pytest
 from conftest import ROOT
 
 NUMBER = r"(?<![\w.,])(\d{1,3}(?:,\d{3})+|\d+)(\.\d+)?"
-RATE = re.compile(NUMBER + r"\s*(?:aggregate\s+|model-)?(?:steps?/s|steps? per second|img/s|images?/s|it/s|samples/s)\b",
-                  re.IGNORECASE)
+UNIT = r"(?:steps?/s|steps? per second|img/s|images?/s|it/s|samples/s)\b"
+RATE = re.compile(NUMBER + r"\s*(?:aggregate\s+|model-)?" + UNIT, re.IGNORECASE)
 TARGET = re.compile(r"(≥|>=|≤|<=|at least|at most|target(?: of)?:?)\s*$", re.IGNORECASE)
 CPU_SOURCE = re.compile(r"measured on [^.\n]*\bCPU\b", re.IGNORECASE)
 REPORT = re.compile(r"gpu_check report:?\s*\[?`?([\w./-]*gpu_check\.json)")
