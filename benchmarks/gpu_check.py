@@ -522,6 +522,7 @@ def check_resume(size: dict, out: Path) -> dict:
     on = "on" if size["device"] != "cpu" else "auto"
     for first, then in ((on, "off"), ("off", on)):
         where = out / f"{first}-then-{then}"
+        saved.clear()
         pack.Run.save = save_only_at_the_stop
         try:
             with graphs_for(size), contextlib.suppress(Stop):
