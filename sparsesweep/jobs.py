@@ -181,7 +181,7 @@ def record_failure(job: Job, run_log: logging.Logger, message: str) -> str:
     run_log.error("run failed: %s", message)
     line = message.strip().splitlines()[-1]
     try:
-        run_id = rundir.directory_identity(job.out_dir, job.cfg)
+        run_id = rundir.directory_identity(job.out_dir, rundir.run_config(job.cfg))
     except OmegaConfBaseException:  # a value that does not even resolve
         run_id = None
     try:

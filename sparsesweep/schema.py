@@ -327,6 +327,13 @@ register()
 # ---- values typed by OmegaConf ----------------------------------------------------------------------------------
 
 
+def resolved(cfg) -> dict:
+    """A composed config as plain data, interpolations resolved, without Hydra's own node. Key by key: a copy of
+    the config without `hydra` would cost more than the rest of a run's planning."""
+    return {key: OmegaConf.to_container(cfg[key], resolve=True) if OmegaConf.is_config(cfg[key]) else cfg[key]
+            for key in cfg if key != "hydra"}
+
+
 def typed(cls: type, values: dict, prefix: str) -> dict:
     """values merged onto the schema cls, as OmegaConf converts them. OmegaConf refuses (raises) a value its
     key's type cannot take, and names the key by its whole path: the schema is merged under the node's prefix
