@@ -1,3 +1,5 @@
+import json
+import os
 from pathlib import Path
 
 import pytest
@@ -170,3 +172,29 @@ def make_imagenet(root: Path, per_class=6):
         for k in range(len(CLASS_GRAY)):
             for i in range(count):
                 write_jpeg(root / split / f"n0{k}" / f"{i}.JPEG", CLASS_GRAY[k], size=sizes[i % len(sizes)])
+
+
+# `make check` sets SPARSESWEEP_TEST_CPU to a file: each test appends the CPU seconds it used (its process and the
+# children it waited for, setup and teardown included), and the summary lists the costliest. CPU time, unlike wall
+# time, hardly moves with the machine's load: it says which tests belong in the slow tier.
+CPU_LOG = os.environ.get("SPARSESWEEP_TEST_CPU")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    before = os.times()
+    yield
+    if CPU_LOG:
+        used = sum(os.times()[:4]) - sum(before[:4])
+        with open(CPU_LOG, "a") as log:  # one short append per test: whole lines from every xdist worker
+            log.write(json.dumps({"test": item.nodeid, "cpu_s": round(used, 2)}) + "\n")
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not CPU_LOG or not Path(CPU_LOG).is_file() or hasattr(terminalreporter.config, "workerinput"):
+        return
+    costs = sorted((json.loads(line) for line in Path(CPU_LOG).read_text().splitlines()), key=lambda t: -t["cpu_s"])
+    terminalreporter.section("CPU seconds (all processes), costliest 10")
+    for test in costs[:10]:
+        terminalreporter.write_line(f"{test['cpu_s']:7.1f}s  {test['test']}")
+    terminalreporter.write_line(f"{sum(test['cpu_s'] for test in costs):7.1f}s  in all, {len(costs)} tests")

@@ -128,6 +128,7 @@ def command_lines() -> dict[str, tuple[int, str, bool]]:
     return {name: rest for name, *rest in map(ast.literal_eval, done.stdout.splitlines())}
 
 
+@pytest.mark.slow
 def test_help_says_what_it_does_every_group_with_its_options_the_example_and_where_results_go(command_lines):
     code, output, torch_imported = command_lines["help"]
     assert code == 0 and not torch_imported, output
@@ -150,6 +151,7 @@ def test_refusing_a_value_imports_no_torch(command_lines):
 ADAM_FAST = "defaults:\n  - adam\n  - _self_\n\nname: adam_fast\nlr: 3.0e-3\n"
 
 
+@pytest.mark.slow
 def test_a_config_dir_adds_the_users_own_options_to_the_built_in_ones(tmp_path):
     (tmp_path / "myconf" / "optimizer").mkdir(parents=True)
     (tmp_path / "myconf" / "optimizer" / "adam_fast.yaml").write_text(ADAM_FAST)
@@ -178,6 +180,7 @@ def test_the_configuration_page_names_every_group_option_and_top_level_key():
             assert f"`{dotted}`" in page, dotted
 
 
+@pytest.mark.slow
 def test_printing_a_runs_config_names_the_data_it_would_not_find(tmp_path):
     code, output = cli("sparsesweep", "--cfg", "job", "+experiment=smoke", "dataset=cifar10",
                        f"dataset.root={tmp_path / 'nothing'}", cwd=tmp_path)
@@ -189,6 +192,7 @@ def test_printing_a_runs_config_names_the_data_it_would_not_find(tmp_path):
     assert code == 0 and "missing:" not in output, output
 
 
+@pytest.mark.slow
 def test_help_into_a_closed_pipe_ends_without_a_traceback():
     reader, writer = os.pipe()
     os.close(reader)  # as `| head -1` does once it has its line: every write now fails

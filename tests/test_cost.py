@@ -36,6 +36,7 @@ def test_a_runs_time_left_is_its_steps_left_at_the_speed_it_trained_at(tmp_path,
     assert trained.time_left_s() is None  # no step yet since this process started: no speed
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("hours, warned", [(2, True), (0.5, False)])
 def test_a_run_the_cpu_needs_hours_for_says_so_once_with_the_quick_command_and_goes_on(tmp_path, caplog, monkeypatch,
                                                                                        hours, warned):

@@ -109,7 +109,13 @@ def dry_run(overrides: list[str], sweep_dir) -> tuple[list[tuple[str, list[str],
     return planned, output
 
 
-@pytest.mark.parametrize("line", [line for _, line in GRAMMAR], ids=[name for name, _ in GRAMMAR])
+# The fast tier plans one line of each kind (about a CPU-second each); the slow tier plans them all.
+FAST_TIER = {"readme-6-run", "two-groups-reversed", "four-keys", "choice-groups", "glob-exclude", "range-step",
+             "list-of-lists", "quoted-comma", "plus-sweep", "experiment-key-swept-again"}
+
+
+@pytest.mark.parametrize("line", [pytest.param(line, id=name, marks=[] if name in FAST_TIER else [pytest.mark.slow])
+                                  for name, line in GRAMMAR])
 def test_a_sweep_plans_exactly_the_jobs_hydra_makes(line, tmp_path):
     overrides = command(line)
     expected = hydra_jobs(overrides)
@@ -118,7 +124,7 @@ def test_a_sweep_plans_exactly_the_jobs_hydra_makes(line, tmp_path):
     # Every job composes and passes the checks (the data of the CIFAR base setting is not on disk here; a data
     # root is no part of a run's identity, so two roots are one run).
     assert {kind for kind, _, _ in planned} <= {"new", "nodata", "duplicate"}, output
-    assert len(GRAMMAR) >= 30
+    assert len(GRAMMAR) >= 30 and FAST_TIER <= {name for name, _ in GRAMMAR}
 
 
 def test_a_typo_in_one_swept_option_names_that_value_and_plans_the_others(tmp_path):
@@ -142,7 +148,10 @@ def test_an_interval_which_a_grid_cannot_sweep_is_one_line_and_nothing_is_writte
     assert not (tmp_path / "sweep").exists()
 
 
-@pytest.mark.parametrize("experiment, runs", [("table1", 174), ("claims_cpu", 51), ("quickstart", 4)])
+# Table 1's and the claims' grids take seconds to plan: the slow tier (test_sweeps plans Table 1 in full too).
+@pytest.mark.parametrize("experiment, runs", [pytest.param("table1", 174, marks=pytest.mark.slow),
+                                              pytest.param("claims_cpu", 51, marks=pytest.mark.slow),
+                                              ("quickstart", 4)])
 def test_an_experiments_grid_rows_multiply_hydras_jobs(experiment, runs, tmp_path):
     """Grid rows (hydra.sweeper.grid) are ours: each of Hydra's jobs is combined with every row's values."""
     overrides = [f"+experiment={experiment}", "dataset.download=true"]

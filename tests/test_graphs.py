@@ -462,6 +462,7 @@ def train_pack(tmp_path, names=tuple(RUNS), apart=False):
     return pack.train_runs(specs, apart_unless_captured=apart)
 
 
+@pytest.mark.slow
 def test_a_right_graph_is_checked_once_then_replayed_and_recaptured_on_one_set_of_resources(pretend_gpu, tmp_path,
                                                                                           solo, caplog):
     caplog.set_level(logging.INFO, logger="sparsesweep")
@@ -476,6 +477,7 @@ def test_a_right_graph_is_checked_once_then_replayed_and_recaptured_on_one_set_o
     assert caplog.text.count("steps captured in a CUDA graph (self-checked against 3 eager steps") == 3
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("graph", [lambda runs: None, without_l2], ids=["capture-fails", "self-check-fails"])
 def test_a_refused_probe_is_tried_once_and_every_run_trains_eagerly_saying_why(pretend_gpu, tmp_path, solo, caplog,
                                                                                graph):
@@ -562,6 +564,7 @@ def test_on_a_gpu_a_pack_that_may_go_apart_trains_in_a_child_so_this_process_nev
 
 # ---- checkpoints between captured and eager runs --------------------------------------------------------------
 
+@pytest.mark.slow
 def test_a_captured_runs_checkpoint_resumes_eagerly_exactly(tmp_path, monkeypatch):
     cfg = compose_config(ONE_THREAD + RUNS["adam-l2"] + ["checkpoint_interval_min=0"])
     straight = pack.train(cfg, tmp_path / "straight")

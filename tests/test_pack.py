@@ -43,6 +43,7 @@ def test_a_mixed_pack_gives_every_run_exactly_its_solo_results(make_config, tmp_
     assert all(share > 0 for share in shares) and sum(shares) <= took
 
 
+@pytest.mark.slow
 def test_a_run_that_diverges_in_a_pack_is_recorded_and_the_others_go_on_untouched(make_config, tmp_path, solo):
     names = ["adam-l2", "diverges", "adamax-wd"]
     overrides = {**MIXED, "diverges": ["optimizer=sgd", "optimizer.lr=1e30"]}
@@ -53,6 +54,7 @@ def test_a_run_that_diverges_in_a_pack_is_recorded_and_the_others_go_on_untouche
         assert run_state(tmp_path / name) == run_state(solo / name), name
 
 
+@pytest.mark.slow
 def test_a_run_that_fails_in_a_pack_leaves_the_others_untouched(make_config, tmp_path, solo, monkeypatch):
     from sparsesweep import run
 
@@ -74,6 +76,7 @@ def test_a_run_that_fails_in_a_pack_leaves_the_others_untouched(make_config, tmp
         assert run_state(tmp_path / name) == run_state(solo / name), name
 
 
+@pytest.mark.slow
 def test_runs_pack_together_only_when_shapes_data_and_step_counts_agree(make_config):
     key = pack.pack_key(make_config(SMOKE))
     for free in (["optimizer=sgd"], ["regularizer=wd"], ["regularizer.l2=1e-3"], ["seed=3"], ["logger=csv"]):

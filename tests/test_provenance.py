@@ -128,6 +128,7 @@ def test_results_and_identity_record_it_and_read_back_through_the_schema(make_co
                                                              if v is not None}
 
 
+@pytest.mark.slow
 def test_a_run_resumed_on_another_host_by_another_version_in_a_slurm_job_continues(make_config, tmp_path,
                                                                                    monkeypatch, caplog):
     cfg = make_config(SMOKE + ["seed=7", "optimizer=sgd"])  # 20 steps an epoch

@@ -363,6 +363,7 @@ def test_cli_prunes_every_completed_run_and_reports_the_bad_ones(finished_run, t
         assert exit_info.value.code == 2
 
 
+@pytest.mark.slow
 def test_a_run_with_prune_after_training_writes_prune_json(tmp_path):
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose(config_name="config", overrides=[*SMOKE, "prune.after_training=true", "prune.threshold=1.0",

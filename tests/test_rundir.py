@@ -172,6 +172,7 @@ def test_two_identical_launchers_train_every_run_once(tmp_path):
 
 # ---- stop signals save the current step -----------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_sigterm_saves_the_current_step_and_the_resumed_run_ends_like_an_uninterrupted_one(make_config, tmp_path,
                                                                                            monkeypatch):
     cfg = make_config(SMOKE + ["seed=7", "dataset.augment=true", "optimizer=sgd"])  # 20 steps an epoch

@@ -282,6 +282,7 @@ def test_with_wait_the_launcher_submits_what_a_submit_limit_held_back_as_tasks_e
     assert len(re.findall(r"Submitted SLURM array", output)) >= 2, output
 
 
+@pytest.mark.slow
 def test_any_other_sbatch_refusal_is_slurms_own_line_and_exit_2(tmp_path):
     """No cluster needed: sbatch refuses before anything runs."""
     folder = tmp_path / "bin"

@@ -45,6 +45,7 @@ KEYS = st.sampled_from(["dataset.root", "+note", "optimizer.lr", "logger.csv.fil
 @settings(max_examples=300, deadline=None)
 @given(key=KEYS, values=st.lists(NASTY, min_size=1, max_size=4, unique=True),
        fixed=st.lists(st.tuples(KEYS, NASTY), max_size=2, unique_by=lambda kv: kv[0]))
+@pytest.mark.slow
 @example(key="dataset.root", values=["../../x", "..", "."], fixed=[])
 @example(key="+note", values=["a" * 300 + "1", "a" * 300 + "2"], fixed=[("optimizer.lr", "x/y")])
 def test_generated_values_never_make_a_run_directory_outside_its_sweep_or_shared(key, values, fixed):

@@ -35,6 +35,7 @@ def test_sgd_l2_follows_the_heavy_ball_recursion():
         assert torch.allclose(measured.double(), torch.tensor(expected, dtype=torch.float64), rtol=2e-5, atol=0)
 
 
+@pytest.mark.slow
 def test_weight_decay_alone_is_geometric_for_every_optimizer():
     # Zero loss gradient: every optimizer's own update is exactly 0, so theta_t = prod (1 - wd lr_t/lr_0) = (1 - wd)^t
     # at the constant LR, times AdamW's own (1 - lr weight_decay)^t: the same fp32 products, exactly.

@@ -44,6 +44,7 @@ class Interrupted(Exception):
 @pytest.mark.parametrize("crash_in, crash_call, overrides", [
     ("evaluate", 2, []), ("evaluate", 2, ["checkpoint_interval_min=0"]), ("save", 25, ["checkpoint_interval_min=0"])],
     ids=["kill-before-any-checkpoint", "kill-mid-epoch", "after-checkpoint-within-epoch"])
+@pytest.mark.slow
 def test_interrupted_then_resumed_run_ends_exactly_like_an_uninterrupted_one(make_config, tmp_path, monkeypatch,
                                                                              crash_in, crash_call, overrides):
     # Augmentation on, so the per-epoch RNG is exercised too. By default a run checkpoints every 10 minutes

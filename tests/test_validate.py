@@ -280,6 +280,7 @@ KEYS = ["optimizer.lr", "regularizer.l2", "batch_size", "seed", "device", "threa
         "performance.cuda_graph", "prune.after_training", "measure.selectivity_ratio", "optimizer", "model.name"]
 
 
+@pytest.mark.slow
 @settings(max_examples=20, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 @given(key=st.sampled_from(KEYS), value=VALUES)
 @example(key="optimizer.lr", value="\n")  # a newline in a value stays escaped in the one line
