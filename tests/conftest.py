@@ -185,9 +185,11 @@ def pytest_runtest_protocol(item, nextitem):
     before = os.times()
     yield
     if CPU_LOG:
-        used = sum(os.times()[:4]) - sum(before[:4])
+        after = os.times()
+        used = sum(after[:4]) - sum(before[:4])
         with open(CPU_LOG, "a") as log:  # one short append per test: whole lines from every xdist worker
-            log.write(json.dumps({"test": item.nodeid, "cpu_s": round(used, 2)}) + "\n")
+            log.write(json.dumps({"test": item.nodeid, "cpu_s": round(used, 2),
+                                  "wall_s": round(after.elapsed - before.elapsed, 2)}) + "\n")
 
 
 def pytest_terminal_summary(terminalreporter):
