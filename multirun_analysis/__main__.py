@@ -11,7 +11,10 @@
                                                             --where coefficient=2e-3 batch_size=20
   python -m multirun_analysis claims SWEEP_DIR... [--format terminal|markdown|csv]
                                                             each of the paper's claims the runs speak to:
-                                                            holds / contradicted / inconclusive / no runs
+                                                            holds / weaker / contradicted / negligible /
+                                                            inconclusive / not applicable / not converged /
+                                                            no runs (docs/reproducing.md)
+  python -m multirun_analysis claims --paper [--format ...] the same claims judged on the paper's own tables
   python -m multirun_analysis runs SWEEP_DIR... --out FILE  every run, every metric (.csv or .parquet)
   python -m multirun_analysis plots SWEEP_DIR... --out DIR  the figures, PNG and PDF
   python -m multirun_analysis report SWEEP_DIR... --out FILE.html
@@ -148,9 +151,14 @@ def table(name: str, paths, fmt: str, out: Path | None, show_paper: bool, where:
     return 0
 
 
-def check_claims(paths, fmt: str) -> int:
+def check_claims(paths, fmt: str, paper: bool) -> int:
     skipped = Counter()
-    verdicts = claims.check(load_runs(paths, skipped, completed_only=True))
+    if paper:
+        from multirun_analysis.paper_cells import paper_cells
+
+        verdicts = claims.check_cells(paper_cells())
+    else:
+        verdicts = claims.check(load_runs(paths, skipped, completed_only=True))
     if fmt == "terminal":
         terminal.show(*claims.terminal_view(verdicts))
     else:
@@ -204,7 +212,8 @@ def main(argv=None) -> int:
     command = argv[0] if argv[:1] and argv[0] in COMMANDS else "summary"
     parser = argparse.ArgumentParser(prog=f"python -m multirun_analysis {command}".replace(" summary", ""),
                                      description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("paths", nargs="+", type=Path, help="sweep directories (multirun/SWEEP) or run dirs")
+    parser.add_argument("paths", nargs="*" if command == "claims" else "+", type=Path,
+                        help="sweep directories (multirun/SWEEP) or run dirs")
     if command in tables.TABLES:
         parser.add_argument("--format", choices=render.FORMATS, default="terminal")
         parser.add_argument("--no-paper", dest="show_paper", action="store_false", help="hide the paper's values")
@@ -212,10 +221,13 @@ def main(argv=None) -> int:
                             help="change the table's run filter (run columns, e.g. coefficient=2e-3)")
     if command == "claims":
         parser.add_argument("--format", choices=claims.FORMATS, default="terminal")
+        parser.add_argument("--paper", action="store_true", help="judge the paper's own tables instead of runs")
     if command in tables.TABLES or command in ("runs", "plots", "report"):
         parser.add_argument("--out", type=Path, required=command in ("runs", "plots", "report"),
                             help="file (runs, report) or directory (tables: every format; plots)")
     args = parser.parse_args(argv[1:] if command != "summary" else argv)
+    if command == "claims" and bool(args.paths) == args.paper:
+        parser.error("pass sweep directories or --paper (one of the two)")
     missing = [p for p in args.paths if not p.is_dir()]
     if missing:
         print(f"error: {missing[0]} is not a directory: pass a sweep directory such as multirun/SWEEP",
@@ -229,7 +241,7 @@ def main(argv=None) -> int:
         if command == "plots":
             return figures(args.paths, args.out)
         if command == "claims":
-            return check_claims(args.paths, args.format)
+            return check_claims(args.paths, args.format, args.paper)
         if command == "report":
             return html_report(args.paths, args.out)
         if command in tables.TABLES:

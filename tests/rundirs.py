@@ -41,9 +41,11 @@ class Sweep:
         self.results = json.loads((self.template / "results.json").read_text())
 
     def add(self, optimizer="adam", seed=0, sparsity=None, *, name=None, overrides=None, config=(), nested=(),
-            **top) -> Path:
+            history=None, **top) -> Path:
         """A run directory. config: {dotted key: value} in its config; nested: {dotted key: value} elsewhere in
-        its results.json; top: its top-level keys (test_error, dataset, status, ...); sparsity: % by gamma."""
+        its results.json; top: its top-level keys (test_error, dataset, status, ...); sparsity: % by gamma, also
+        at every epoch end of its metrics.jsonl (it levelled off); history: the % by gamma at each epoch end
+        instead (as many as the template's epochs)."""
         self.count += 1
         name = name or f"run{self.count}"
         results, config = copy.deepcopy(self.results), dict(config)
@@ -61,6 +63,12 @@ class Sweep:
         (run_dir / "results.json").write_text(json.dumps(results, indent=1))
         (run_dir / "identity.json").write_text(json.dumps(
             {key: results[key] for key in ("run_id", "overrides", "config")}, indent=1))
+        if sparsity is not None or history is not None:
+            rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+            values = history if history is not None else [sparsity] * len(rows)
+            assert len(values) == len(rows), f"the template has {len(rows)} epochs"
+            (run_dir / "metrics.jsonl").write_text("".join(
+                json.dumps({**row, "sparsity_gamma_pct": value}) + "\n" for row, value in zip(rows, values)))
         for name in ("progress.json", "prune.json"):  # the template's files of its own run: now of this one
             if (run_dir / name).exists():
                 (run_dir / name).write_text(json.dumps({**json.loads((run_dir / name).read_text()),
