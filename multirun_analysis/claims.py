@@ -68,9 +68,15 @@ class Cell:
     runs: pd.DataFrame | None = None
     summary: dict = field(default_factory=dict)
     levelling: list = field(default_factory=list)
+    samples: dict = field(default_factory=dict, repr=False)  # one Sample per metric: a cell in two rows is one cell
 
     def sample(self, metric: str) -> Sample | None:
         """The metric's values by seed (None when no run has it)."""
+        if metric not in self.samples:
+            self.samples[metric] = self.read_sample(metric)
+        return self.samples[metric]
+
+    def read_sample(self, metric: str) -> Sample | None:
         if self.runs is None:
             value = self.summary.get(metric)
             return None if value is None or pd.isna(value) else Sample(summary_mean=float(value), summary_n=3)
@@ -161,7 +167,7 @@ def negative_beta_share(results: schema.CompletedResults, run_dir: Path) -> dict
     layers = list(results.sparsity.by_gamma.per_layer_pct)[-LAST_BLOCK_LAYERS:]
     path = run_dir / FEATURES
     try:
-        if not path.is_file() or path.stat().st_size > MAX_FEATURES_BYTES:
+        if not layers or not path.is_file() or path.stat().st_size > MAX_FEATURES_BYTES:
             return {}
         with np.load(path, allow_pickle=False) as archive:
             betas = np.concatenate([np.asarray(archive[f"{layer}_beta"], dtype=float).ravel() for layer in layers])
@@ -266,7 +272,7 @@ def differences(pairs, somewhere: tuple = ()):
         rows = []
         for context, group in contexts(claim, cells, describe):
             named = labels(claim, group)
-            for a, b in pairs(group):
+            for a, b in sorted(pairs(group), key=lambda pair: (named[id(pair[0])], named[id(pair[1])])):
                 sides = [(named[id(a)], a.sample(claim.metric)), (named[id(b)], b.sample(claim.metric))]
                 if None in (sides[0][1], sides[1][1]):
                     continue
@@ -349,7 +355,7 @@ def per_layer_differences(pairs, prefix: str):
         rows = []
         for context, group in contexts(claim, cells, describe):
             named = labels(claim, group)
-            for a, b in pairs(group):
+            for a, b in sorted(pairs(group), key=lambda pair: (named[id(pair[0])], named[id(pair[1])])):
                 columns = [column for column in (a.runs.columns if a.runs is not None else a.summary)
                            if column.startswith(prefix) and column.endswith("_pct")]
                 for column in columns:

@@ -126,7 +126,7 @@ def fit(contrasts: list[Contrast]) -> None:
     gram_inverse = np.linalg.pinv(design.T @ design)
     coefficients = gram_inverse @ design.T @ y
     rank = np.linalg.matrix_rank(design)
-    df = len(y) - rank
+    df = int(len(y) - rank)
     residual = y - design @ coefficients
     sigma2 = float(residual @ residual) / df if df > 0 else math.nan
     for contrast in contrasts:
