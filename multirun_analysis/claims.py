@@ -198,7 +198,7 @@ def cells_of(runs: pd.DataFrame) -> list[Cell]:
         try:
             levellings.append(convergence.levelling(convergence.history(run_dir)))
         except schema.Unreadable as error:
-            levellings.append(convergence.Levelling(False, None, None, None, None, f"unreadable history: {error}"))
+            levellings.append(convergence.Levelling(False, None, None, None, f"unreadable history: {error}"))
         setting = setting_of(run, results.config)
         by_setting.setdefault(tuple(sorted(setting.items(), key=lambda item: item[0])), []).append(len(rows) - 1)
     frame = pd.DataFrame(rows)

@@ -1,23 +1,23 @@
 """Did a run's sparsity level off? Read from its per-epoch history (metrics.jsonl: the step, the LR and the sparsity
 by γ at the end of each epoch), so that any run, of any trainer version, can be judged afterwards.
 
-The rule (docs/reproducing.md, "Converged?"): a run has levelled off when its sparsity by γ moved by less than
-MOVED_POINTS (1 point) over each of two windows:
-  - the last WINDOW (20 %) of its steps at the base LR, and
-  - the last WINDOW of all its steps.
-The first window matters most: once the LR is cut (x0.1), every weight moves ten times slower, so a sparsity
-still climbing when the cut came looks flat afterwards; the second catches what moves after the cut.
+The rule (docs/reproducing.md, "Converged?"): a run has levelled off when its sparsity by γ drifts by less than
+DRIFT_POINTS (1 point) over the last WINDOW (20 %) of its steps at the base LR, and over the last WINDOW of all
+its steps. The drift over a window is the least-squares slope of the epoch ends in it, times the window's length
+(WINDOW x the span's steps): a slope, so that one epoch's blip (a feature whose |γ| crosses 1e-3 and back) does
+not decide. A window holds at least MIN_POINTS epoch ends (with coarse epochs it reaches further back), 2 at the
+least: a span with one epoch end cannot tell, and the run counts as not levelled off.
 
-A window runs from the last epoch end at or before its start to the last epoch end of its span, so it covers at
-least WINDOW of the span (more with coarse epochs). The base-LR span is the epochs that started at the first
-epoch's LR; the schedule's cut falls at an epoch end when its epochs divide the steps (every grid of this
-project), else the epoch holding the cut counts to the base span. A span with one epoch end has no window:
-the history is too short to tell, and the run counts as not levelled off.
+Why the base-LR window first: once the LR is cut (x0.1), every weight moves ten times slower, so a sparsity still
+climbing when the cut came looks flat afterwards; the window over all steps catches what moves after the cut.
+The base-LR span is the epochs that started at the first epoch's LR (the schedule's cut falls at an epoch end
+when its epochs divide the steps, as in every grid of this project; else the epoch holding it counts to the base).
 
-How far from levelling off: the change over the base window, and over the window of the same length before it;
-when the later is the smaller (the climb slows, by a ratio r), the climb is taken to slow geometrically and
-`more_steps` is how many more steps at the base LR bring one window's change under MOVED_POINTS. When it does
-not slow, the trend gives no end: `more_steps` is the base span again (train at least twice as long).
+How far from levelling off (`more_steps`): the drift over the window before the last (the same length) is
+compared with the last; when the later is the smaller (the climb slows by a ratio r per window), the climb is
+taken to slow geometrically, and more_steps is the steps of the windows it takes to bring the drift under
+DRIFT_POINTS. When it does not slow, the trend gives no end: more_steps is the base span again (train at least
+twice as long). Both are rough: a hint of the budget to try, not a prediction.
 """
 from __future__ import annotations
 
@@ -27,8 +27,9 @@ from pathlib import Path
 
 from rundir_format import METRICS, schema
 
-MOVED_POINTS = 1.0  # a run has levelled off when its sparsity moved by less than this over each window
+DRIFT_POINTS = 1.0  # a run has levelled off when its sparsity drifts by less than this over each window
 WINDOW = 0.2        # the share of the span a window covers
+MIN_POINTS = 3      # epoch ends a window holds (reaching further back when the epochs are coarse)
 
 
 @dataclass(frozen=True)
@@ -41,15 +42,10 @@ class Point:
 @dataclass(frozen=True)
 class Levelling:
     levelled: bool
-    moved: float | None        # points the sparsity moved over the base-LR window (None: no window)
-    window_steps: int | None   # the steps that window spans
-    moved_after: float | None  # points it moved over the last window of all steps
-    more_steps: int | None     # at the base LR, until a window's change is under MOVED_POINTS (levelled: 0)
+    drift: float | None        # points over the last WINDOW of the base-LR steps (None: too few epoch ends)
+    drift_after: float | None  # points over the last WINDOW of all steps
+    more_steps: int | None     # until the drift is under DRIFT_POINTS (levelled: 0; None: cannot tell)
     why: str                   # for people: what was measured, or why nothing could be
-
-    @property
-    def short(self) -> str:
-        return "levelled off" if self.levelled else self.why
 
 
 def history(run_dir: Path) -> list[Point]:
@@ -58,52 +54,56 @@ def history(run_dir: Path) -> list[Point]:
     return [Point(row.step, row.lr, row.sparsity_gamma_pct) for row in rows]
 
 
-def window_start(points: list[Point]) -> Point | None:
-    """The last point at or before the start of the span's last WINDOW (spans start at step 0); None when the
-    span has one point."""
-    start = (1 - WINDOW) * points[-1].step
-    earlier = [point for point in points[:-1] if point.step <= start]
-    return earlier[-1] if earlier else None
+def slope(points: list[Point]) -> float:
+    """The least-squares slope of sparsity on step, points per step."""
+    centre = sum(point.step for point in points) / len(points)
+    mean = sum(point.sparsity_pct for point in points) / len(points)
+    spread = sum((point.step - centre) ** 2 for point in points)
+    return sum((point.step - centre) * (point.sparsity_pct - mean) for point in points) / spread
 
 
-def value_at(points: list[Point], step: float) -> float | None:
-    """The sparsity at `step`, linear between epoch ends (None outside the history)."""
-    for before, after in zip(points, points[1:]):
-        if before.step <= step <= after.step:
-            share = (step - before.step) / (after.step - before.step) if after.step > before.step else 0.0
-            return before.sparsity_pct + share * (after.sparsity_pct - before.sparsity_pct)
-    return None
+def drift(points: list[Point], start: float, end: float, minimum: int = MIN_POINTS) -> float | None:
+    """The drift over WINDOW of the span (points), from the epoch ends between start and end (at least `minimum`
+    of them, reaching back before start; None with fewer than 2)."""
+    inside = [point for point in points if point.step <= end]
+    window = [point for point in inside if point.step >= start]
+    if len(window) < minimum:
+        window = inside[-minimum:]
+    if len(window) < 2:
+        return None
+    return slope(window) * WINDOW * points[-1].step
 
 
-def steps_to_level(points: list[Point], moved: float, window: int) -> int:
-    """More steps (at the LR of `points`) until one window's change is under MOVED_POINTS: the module's
-    docstring."""
+def last_drift(points: list[Point]) -> float | None:
     end = points[-1].step
-    earlier, middle = value_at(points, end - 2 * window), value_at(points, end - window)
-    before = None if earlier is None or middle is None else middle - earlier
-    if not before or (before > 0) != (moved > 0) or abs(moved) >= abs(before):  # not slowing: no end in sight
+    return drift(points, (1 - WINDOW) * end, end)
+
+
+def steps_to_level(points: list[Point], last: float) -> int:
+    """Steps until the drift is under DRIFT_POINTS: the module's docstring."""
+    end = points[-1].step
+    window = WINDOW * end
+    before = drift(points, end - 2 * window, end - window, minimum=2)
+    if not before or (before > 0) != (last > 0) or abs(last) >= abs(before):  # not slowing: no end in sight
         return end
-    windows = math.ceil(math.log(MOVED_POINTS / abs(moved)) / math.log(abs(moved) / abs(before)))
-    return max(windows, 1) * window
+    windows = math.ceil(math.log(DRIFT_POINTS / abs(last)) / math.log(abs(last) / abs(before)))
+    return round(max(windows, 1) * window)
 
 
 def levelling(points: list[Point]) -> Levelling:
     """The rule of the module's docstring, on a run's history (its epoch ends in order)."""
     if not points:
-        return Levelling(False, None, None, None, None, "no history (metrics.jsonl)")
+        return Levelling(False, None, None, None, "no history (metrics.jsonl)")
     base = [point for point in points if point.lr == points[0].lr]
-    start = window_start(base)
-    if start is None:
-        return Levelling(False, None, None, None, None,
+    base_drift, all_drift = last_drift(base), last_drift(points)
+    if base_drift is None:
+        return Levelling(False, None, all_drift, None,
                          f"{len(base)} epoch end at the base LR: too few to tell whether it levelled off")
-    moved, window = base[-1].sparsity_pct - start.sparsity_pct, base[-1].step - start.step
-    last = window_start(points)
-    moved_after, last_window = points[-1].sparsity_pct - last.sparsity_pct, points[-1].step - last.step
-    if abs(moved) >= MOVED_POINTS:
-        return Levelling(False, moved, window, moved_after, steps_to_level(base, moved, window),
-                         f"moved {moved:+.1f} points over its last {window} steps at the base LR")
-    if abs(moved_after) >= MOVED_POINTS:  # flat at the base LR, moving after the cut
-        return Levelling(False, moved, window, moved_after, steps_to_level(points, moved_after, last_window),
-                         f"moved {moved_after:+.1f} points over its last {last_window} steps")
-    return Levelling(True, moved, window, moved_after, 0,
-                     f"moved {moved:+.1f} points over its last {window} steps at the base LR")
+    if abs(base_drift) >= DRIFT_POINTS:
+        return Levelling(False, base_drift, all_drift, steps_to_level(base, base_drift),
+                         f"drifting {base_drift:+.1f} points per {WINDOW:.0%} of its {base[-1].step} base-LR steps")
+    if abs(all_drift) >= DRIFT_POINTS:  # flat at the base LR, moving after the cut
+        return Levelling(False, base_drift, all_drift, steps_to_level(points, all_drift),
+                         f"drifting {all_drift:+.1f} points per {WINDOW:.0%} of its {points[-1].step} steps")
+    return Levelling(True, base_drift, all_drift, 0,
+                     f"drifting {base_drift:+.1f} points per {WINDOW:.0%} of its {base[-1].step} base-LR steps")

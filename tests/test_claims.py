@@ -136,12 +136,13 @@ def test_no_sparsity_on_either_side_is_not_applicable(runs):
 
 def test_a_cell_whose_sparsity_did_not_level_off_gives_no_verdict(runs):
     runs.pair([40.0, 41.0, 42.0], [0.0, 0.5, 0.0])
-    runs.add("adam", seed=3, sparsity=40.0, history=[5.0, 20.0, 40.0])  # +15 points over its last 20 base-LR steps
+    runs.add("adam", seed=3, sparsity=40.0, history=[5.0, 20.0, 40.0])  # +15 points from step 20 to 40
     runs.add("sgd", seed=3, sparsity=0.0)
     (row,) = runs.rows("1")
     assert (row["verdict"], row["levelled"]) == (NOT_CONVERGED, "7/8")
-    assert row["note"] == ("1 of 8 runs did not level off (adam seed 3: moved +15.0 points over its last 20 steps "
-                           "at the base LR); the trend suggests about 40 more steps")
+    # its 2 base-LR epoch ends: 15 points in 20 steps, 6 points per 20 % of its 40 base-LR steps
+    assert row["note"] == ("1 of 8 runs did not level off (adam seed 3: drifting +6.0 points per 20% of its 40 "
+                           "base-LR steps); the trend suggests about 40 more steps")
     assert row["estimate"] == pytest.approx(40.625)  # still shown, as what the runs say so far
     (zeroing,) = runs.rows("7")
     assert zeroing["verdict"] == HOLDS  # exact at any time: not gated
