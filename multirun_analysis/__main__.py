@@ -33,7 +33,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from multirun_analysis import claims, render, tables, terminal
+from multirun_analysis import claims, convergence, render, tables, terminal
 from multirun_analysis.load import load_runs
 from multirun_analysis.status import sweep_status
 
@@ -170,6 +170,10 @@ def check_claims(paths, fmt: str, paper: bool) -> int:
 def runs(paths, out: Path) -> int:
     skipped = Counter()
     frame = load_runs(paths, skipped)
+    if len(frame):  # each run's levelling off, from its history (docs/reproducing.md, "Converged?")
+        levelling = pd.DataFrame([convergence.run_columns(Path(run_dir)) for run_dir in frame.run_dir],
+                                 index=frame.index)
+        frame = pd.concat([frame, levelling], axis=1)
     if out.suffix == ".parquet":
         try:
             frame.to_parquet(out)

@@ -107,3 +107,14 @@ def levelling(points: list[Point]) -> Levelling:
                          f"drifting {all_drift:+.1f} points per {WINDOW:.0%} of its {points[-1].step} steps")
     return Levelling(True, base_drift, all_drift, 0,
                      f"drifting {base_drift:+.1f} points per {WINDOW:.0%} of its {base[-1].step} base-LR steps")
+
+
+def run_columns(run_dir: Path) -> dict:
+    """A run's record of the rule, as `runs --out` gives it: levelled_off (None: no readable history),
+    sparsity_drift_points (over the base-LR window) and more_steps."""
+    try:
+        result = levelling(history(run_dir))
+    except schema.Unreadable:
+        return {"levelled_off": None, "sparsity_drift_points": None, "more_steps": None}
+    return {"levelled_off": result.levelled if result.drift is not None else None,
+            "sparsity_drift_points": result.drift, "more_steps": result.more_steps}

@@ -621,3 +621,16 @@ def test_todays_optimizers_train_in_a_smoke_sweep_and_are_extra_rows_of_claims_a
     assert code == 0, table
     listed = {row.get("optimizer") for row in parse_csv(table)}
     assert set(TODAYS) <= listed, table
+
+
+def test_runs_out_records_whether_each_run_levelled_off(runs, tmp_path, capsys):
+    flat = runs.add("adam", 0, sparsity=30.0)
+    rising = runs.add("adam", 1, sparsity=40.0, history=[5.0, 20.0, 40.0])
+    (rising / "metrics.jsonl").write_text((rising / "metrics.jsonl").read_text().splitlines()[0] + "\n")  # 1 epoch
+    bare = runs.add("sgd", 0, sparsity=0.0)
+    (bare / "metrics.jsonl").unlink()
+    assert main(["runs", str(runs.root), "--out", str(tmp_path / "runs.csv")]) == 0
+    capsys.readouterr()
+    by_dir = {row["run_dir"]: row for row in parse_csv((tmp_path / "runs.csv").read_text())}
+    assert (by_dir[str(flat)]["levelled_off"], by_dir[str(flat)]["sparsity_drift_points"]) == ("True", "0.0")
+    assert by_dir[str(rising)]["levelled_off"] == by_dir[str(bare)]["levelled_off"] == ""  # cannot tell
