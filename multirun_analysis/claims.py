@@ -558,6 +558,9 @@ def judge(rows: list[Row]) -> None:
         for part in (family, [row for row in rows if row.scope == scope and row.verdict]):
             for metric in dict.fromkeys(row.metric for row in part):
                 inference.fit([row.contrast for row in part if row.metric == metric])
+        for row in family:
+            if row.claim.paired and row.contrast.block is None and len(row.contrast.samples) > 1:
+                row.notes.append("no seed in common: compared unpaired")
         for row, judgement in zip(family, inference.holm([row.contrast for row in family])):
             if judgement is None:
                 row.verdict = INCONCLUSIVE

@@ -102,6 +102,13 @@ def fit(contrasts: list[Contrast]) -> None:
             contrast.n = sum(sample.n for sample in contrast.samples)
         return
     block_of = {id(sample): contrast.block for contrast in contrasts for sample in contrast.samples}
+    for block in {id(contrast.block): contrast.block for contrast in contrasts if contrast.block is not None}.values():
+        members = [sample for sample in samples if block_of[id(sample)] is block]
+        if not linked_by_seeds(members):  # the seed effects would stand for the cells: compare them unpaired
+            for contrast in contrasts:
+                if contrast.block is block:
+                    contrast.block = None
+            block_of.update({id(sample): None for sample in members})
     index = {id(sample): i for i, sample in enumerate(samples)}
     rows, ys, seed_columns = [], [], {}
     for sample in samples:
@@ -136,6 +143,20 @@ def fit(contrasts: list[Contrast]) -> None:
         contrast.estimate = float(weights @ coefficients) - contrast.offset
         contrast.se = math.sqrt(max(float(weights @ gram_inverse @ weights), 0.0) * sigma2) if df > 0 else math.nan
         contrast.df, contrast.n = df, sum(sample.n for sample in contrast.samples)
+
+
+def linked_by_seeds(samples: list[Sample]) -> bool:
+    """Whether the cells are linked through the seeds they share (each to each, through others): only then do
+    seed effects leave their differences estimable."""
+    seeds = [set(sample.by_seed.index) for sample in samples]
+    reached, frontier = {0}, [0]
+    while frontier:
+        current = frontier.pop()
+        for other in range(len(samples)):
+            if other not in reached and seeds[current] & seeds[other]:
+                reached.add(other)
+                frontier.append(other)
+    return len(reached) == len(samples)
 
 
 def t_quantile(df: int, probability: float) -> float:

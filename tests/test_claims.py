@@ -160,6 +160,15 @@ def test_seeds_one_side_lacks_still_count_towards_the_variance(runs):
     assert row["estimate"] == pytest.approx(10.5)  # over the seeds both ran
 
 
+def test_cells_that_share_no_seed_are_compared_unpaired(runs):
+    runs.pair([40.0, 42.0], [])
+    for seed in (2, 3):
+        runs.add("sgd", seed, 1.0 + seed / 10)
+    (row,) = runs.rows("1")
+    assert (row["paired"], row["df"], row["note"]) == (False, 2, "no seed in common: compared unpaired")
+    assert row["estimate"] == pytest.approx(41.0 - 1.25) and row["verdict"] == HOLDS
+
+
 def test_no_runs_when_nothing_can_be_compared(runs, tmp_path):
     runs.add("adam", sparsity=50.0)
     runs.add("sgd", sparsity=0.0, config={"dataset.resolution": 32})  # not alike: another input size

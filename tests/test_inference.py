@@ -86,6 +86,14 @@ def test_a_seed_only_one_cell_ran_still_counts_towards_the_variance_not_the_diff
     assert contrast.df == 1                          # 5 values, 2 cells, 2 seed effects
 
 
+def test_cells_no_seed_links_are_compared_unpaired():
+    a, b = Sample(by_seed=pd.Series([30.0, 34.0], index=[0, 1])), Sample(by_seed=pd.Series([20.0, 21.0], index=[2, 3]))
+    contrast = difference(a, b)
+    inference.fit([contrast])
+    assert contrast.block is None
+    assert contrast.estimate / contrast.se == pytest.approx(stats.ttest_ind(a.by_seed, b.by_seed).statistic)
+
+
 def test_the_papers_means_have_no_spread_and_give_a_point():
     contrast = difference(Sample(summary_mean=70.0, summary_n=3), Sample(summary_mean=0.0, summary_n=3), paired=False)
     inference.fit([contrast])
