@@ -207,8 +207,7 @@ def cells_of(runs: pd.DataFrame) -> list[Cell]:
         # One run per seed in a cell: two runs of one setting and seed differ only in what a run's identity
         # leaves out, so they are copies; the first (by directory) stands for them.
         kept = frame.iloc[positions].drop_duplicates("seed")
-        cells.append(Cell(dict(key), kept, levelling=[(int(frame.iloc[p]["seed"]), levellings[p])
-                                                      for p in positions if p in set(kept.index)]))
+        cells.append(Cell(dict(key), kept, levelling=[(int(kept.loc[p, "seed"]), levellings[p]) for p in kept.index]))
     return cells
 
 
@@ -223,8 +222,6 @@ class Row:
     cells: list
     contrast: Contrast | None
     metric: str
-    margin: float
-    unit: str
     scope: str = PAPER
     group: tuple | None = None   # rows of one group are one verdict ('somewhere in the range': claims 1, 11)
     level: str = ""              # what the group ranges over, for this row (a coefficient)
@@ -282,7 +279,7 @@ def differences(pairs, somewhere: tuple = ()):
                 rows.append(Row(claim, describe(setting), sides, [a, b],
                                 Contrast([s for _, s in sides], [1.0, -1.0], claim.kind, claim.margin,
                                          block=context if claim.paired else None),
-                                claim.metric, claim.margin, claim.unit, scope_of(claim, [a, b]), group_key,
+                                claim.metric, scope_of(claim, [a, b]), group_key,
                                 ", ".join(f"{key} {setting.get(key)}" for key in somewhere)))
         return rows
     return build
@@ -321,13 +318,13 @@ def trend(key: str, scale: Callable[[float], float], toward: int):
             rows.append(Row(claim, describe(dict(context)), sides, levels,
                             Contrast([s for _, s in sides], weights, claim.kind, claim.margin,
                                      block=context if claim.paired else None),
-                            claim.metric, claim.margin, claim.unit, scope_of(claim, levels)))
+                            claim.metric, scope_of(claim, levels)))
         return rows
     return build
 
 
-def per_cell(side_metrics: Callable[[Cell], list[tuple[str, str]]] | None = None, offset: float = 0.0):
-    """One row per cell: its mean of the claim's metric (less `offset`). side_metrics(cell): the (label, metric)
+def per_cell(side_metrics: Callable[[Cell], list[tuple[str, str]]] | None = None):
+    """One row per cell: its mean of the claim's metric. side_metrics(cell): the (label, metric)
     sides shown instead of the metric itself (claim 9: the two halves)."""
     def build(claim: Claim, cells: list[Cell], describe) -> list[Row]:
         rows = []
@@ -338,8 +335,8 @@ def per_cell(side_metrics: Callable[[Cell], list[tuple[str, str]]] | None = None
             shown = side_metrics(cell) if side_metrics else [(claim.label(cell.setting), claim.metric)]
             sides = [(label, cell.sample(metric)) for label, metric in shown]
             rows.append(Row(claim, describe(cell.setting), sides, [cell],
-                            Contrast([sample], [1.0], claim.kind, claim.margin, offset=offset),
-                            claim.metric, claim.margin, claim.unit, scope_of(claim, [cell])))
+                            Contrast([sample], [1.0], claim.kind, claim.margin),
+                            claim.metric, scope_of(claim, [cell])))
         return rows
     return build
 
@@ -366,7 +363,7 @@ def per_layer_differences(pairs, prefix: str):
                     rows.append(Row(claim, f"{describe(dict(context))}, layer {layer}", sides, [a, b],
                                     Contrast([s for _, s in sides], [1.0, -1.0], claim.kind, claim.margin,
                                              block=context if claim.paired else None),
-                                    column, claim.margin, claim.unit, scope_of(claim, [a, b])))
+                                    column, scope_of(claim, [a, b])))
         return rows
     return build
 
@@ -387,7 +384,7 @@ def zeroing(claim: Claim, cells: list[Cell], describe) -> list[Row]:
         return []
     sizes = pd.Series([round(abs(change), inference.PRECISION) for change, _ in changes])
     row = Row(claim, "every run", [("|zeroed − test error|", Sample(by_seed=sizes))], [], None,
-              "zeroed_test_error", ZEROING_POINTS, claim.unit)
+              "zeroed_test_error")
     over = [(size, where) for size, (_, where) in zip(sizes, changes) if size >= ZEROING_POINTS]
     row.verdict, row.estimate = CONTRADICTED if over else HOLDS, float(sizes.max())
     if over:
@@ -662,7 +659,7 @@ def number_rows(claims: list[Claim], cells: list[Cell]) -> list[Row]:
     judge([row for row in rows if row.contrast is not None])
     if not rows:
         claim = claims[0]
-        return [Row(claim, "", [], [], None, claim.metric, claim.margin, claim.unit, verdict=NO_RUNS,
+        return [Row(claim, "", [], [], None, claim.metric, verdict=NO_RUNS,
                     notes=[f"needs {claim.needs}" + (f"; {len({id(c) for c in speaking_cells})} cell(s) here, "
                                                      "none with a counterpart and the claim's measure"
                                                      if speaking_cells else "")])]
@@ -701,8 +698,8 @@ def as_record(row: Row) -> dict:
             "n": contrast.n if contrast is not None else n_a,
             "paired": contrast is not None and contrast.block is not None,
             "estimate": contrast.estimate if contrast is not None else row.estimate,
-            "ci_low": row.low, "ci_high": row.high, "confidence": row.confidence, "margin": row.margin,
-            "unit": row.unit, "df": contrast.df if contrast is not None else 0, "levelled": runs_text(row.cells),
+            "ci_low": row.low, "ci_high": row.high, "confidence": row.confidence, "margin": row.claim.margin,
+            "unit": row.claim.unit, "df": contrast.df if contrast is not None else 0, "levelled": runs_text(row.cells),
             "verdict": row.verdict, "note": "; ".join(row.notes)}
 
 

@@ -8,7 +8,7 @@ The model. A claim's rows compare cells (the runs of one setting: its seeds). Th
                                          weights and its batches)
   unpaired: y = mu_i + e
 with e ~ N(0, sigma^2), sigma^2 one for the whole claim (pooled across its cells), fitted by least squares. A row's
-estimate is a contrast L = sum_i w_i mu_i - offset (a difference: w = +1, -1; a trend: the least-squares slope of
+estimate is a contrast L = sum_i w_i mu_i (a difference: w = +1, -1; a trend: the least-squares slope of
 the cell means on the levels' scale; one cell against a bound: w = 1), its standard error
 sigma * sqrt(w' (X'X)^-1 w), with the model's residual degrees of freedom. Paired, a seed one cell of a block
 lacks still counts (the seed effect is estimated from the cells that have it); paired with 2 cells and complete
@@ -75,14 +75,13 @@ class Sample:
 
 @dataclass(eq=False)
 class Contrast:
-    """A row's estimate: sum of weight x cell mean, less the offset (a bound). `block`: any object naming the
+    """A row's estimate: sum of weight x cell mean. `block`: any object naming the
     cells whose seeds pair (a claim's context), None for an unpaired claim; paired contrasts weigh to 0 within
     their block (a difference, a slope), so the seed effects cancel from the estimate."""
     samples: list[Sample]
     weights: list[float]
     kind: str
     margin: float
-    offset: float = 0.0
     block: object = None
     # filled by fit():
     estimate: float = math.nan
@@ -97,7 +96,7 @@ def fit(contrasts: list[Contrast]) -> None:
     samples = list({id(sample): sample for contrast in contrasts for sample in contrast.samples}.values())
     if any(sample.summarized for sample in samples):
         for contrast in contrasts:  # the paper's means: no residuals, the estimate alone
-            contrast.estimate = sum(w * s.mean for w, s in zip(contrast.weights, contrast.samples)) - contrast.offset
+            contrast.estimate = sum(w * s.mean for w, s in zip(contrast.weights, contrast.samples))
             contrast.se, contrast.df = 0.0, 0
             contrast.n = sum(sample.n for sample in contrast.samples)
         return
@@ -140,7 +139,7 @@ def fit(contrasts: list[Contrast]) -> None:
         weights = np.zeros(design.shape[1])
         for w, sample in zip(contrast.weights, contrast.samples):
             weights[index[id(sample)]] += w
-        contrast.estimate = float(weights @ coefficients) - contrast.offset
+        contrast.estimate = float(weights @ coefficients)
         contrast.se = math.sqrt(max(float(weights @ gram_inverse @ weights), 0.0) * sigma2) if df > 0 else math.nan
         contrast.df, contrast.n = df, sum(sample.n for sample in contrast.samples)
 
