@@ -526,7 +526,7 @@ CLAIMS = (
 
 def runs_text(cells: list[Cell]) -> str:
     levelled = [levelling for cell in cells for _, levelling in cell.levelling]
-    return f"{sum(l.levelled for l in levelled)}/{len(levelled)}" if levelled else ""
+    return f"{sum(run.levelled for run in levelled)}/{len(levelled)}" if levelled else ""
 
 
 def gate(row: Row) -> None:

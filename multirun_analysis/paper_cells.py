@@ -55,7 +55,8 @@ def table3() -> list[Cell]:
         pct = float(row.features_pruned_pct) if not pd.isna(row.features_pruned_pct) else math.nan
         cells.append(cell("table3", {SPARSITY: pct, "test_error": float(row.pre_top1),
                                      "zeroed_test_error": float(row.post_top1)},
-                          model="vgg16", dataset=row.dataset, coefficient=float(row.l2), batch_size=int(row.batch_size)))
+                          model="vgg16", dataset=row.dataset, coefficient=float(row.l2),
+                          batch_size=int(row.batch_size)))
     return cells
 
 
@@ -70,7 +71,8 @@ def table4() -> list[Cell]:
 def table5() -> list[Cell]:
     cells = []
     for row in read("table5.csv").itertuples():
-        stages = {stage: float(getattr(row, f"sparsity_{stage}")) for stage in ("conv1", "res2", "res3", "res4", "res5")}
+        stages = {stage: float(getattr(row, f"sparsity_{stage}"))
+                  for stage in ("conv1", "res2", "res3", "res4", "res5")}
         cells.append(cell("table5", {SPARSITY: float(row.sparsity_total), **halves(stages)},
                           model="resnet50", dataset="imagenet", batch_size=int(row.batch_size)))
     return cells

@@ -178,7 +178,8 @@ def test_after_a_row_that_does_not_hold_holm_keeps_its_level():
 def history(values, steps_per_epoch=100, base_epochs=None, lr=1e-3):
     """Epoch ends: the base LR for base_epochs (all without), then x0.1."""
     base_epochs = len(values) if base_epochs is None else base_epochs
-    return [Point(steps_per_epoch * (i + 1), lr if i < base_epochs else lr / 10, value) for i, value in enumerate(values)]
+    return [Point(steps_per_epoch * (i + 1), lr if i < base_epochs else lr / 10, value)
+            for i, value in enumerate(values)]
 
 
 def drift_of(values, steps_per_epoch=100, span=None):
