@@ -172,7 +172,7 @@ def runs(paths, out: Path) -> int:
     frame = load_runs(paths, skipped)
     if len(frame):  # each run's levelling off, from its history (docs/reproducing.md, "Converged?")
         levelling = pd.DataFrame([convergence.run_columns(Path(run_dir)) for run_dir in frame.run_dir],
-                                 index=frame.index)
+                                 index=frame.index).astype({"more_steps": "Int64"})
         frame = pd.concat([frame, levelling], axis=1)
     if out.suffix == ".parquet":
         try:

@@ -136,12 +136,12 @@ def test_no_sparsity_on_either_side_is_not_applicable(runs):
 
 def test_a_cell_whose_sparsity_did_not_level_off_gives_no_verdict(runs):
     runs.pair([40.0, 41.0, 42.0], [0.0, 0.5, 0.0])
-    runs.add("adam", seed=3, sparsity=40.0, history=[5.0, 20.0, 40.0])  # +15 points from step 20 to 40
+    runs.add("adam", seed=3, sparsity=40.0, history=[5.0, 20.0, 40.0])  # dead: 0, 5, 20 % at steps 0, 20, 40
     runs.add("sgd", seed=3, sparsity=0.0)
     (row,) = runs.rows("1")
     assert (row["verdict"], row["levelled"]) == (NOT_CONVERGED, "7/8")
-    # its 2 base-LR epoch ends: 15 points in 20 steps, 6 points per 20 % of its 40 base-LR steps
-    assert row["note"] == ("1 of 8 runs did not level off (adam seed 3: drifting +6.0 points per 20% of its 40 "
+    # init and its 2 base-LR epoch ends: a slope of 0.5 points per step, 4 points per 20 % of its 40 steps
+    assert row["note"] == ("1 of 8 runs did not level off (adam seed 3: drifting +4.0 points per 20% of its 40 "
                            "base-LR steps); the trend suggests about 40 more steps")
     assert row["estimate"] == pytest.approx(40.625)  # still shown, as what the runs say so far
     (zeroing,) = runs.rows("7")
@@ -635,11 +635,13 @@ def test_todays_optimizers_train_in_a_smoke_sweep_and_are_extra_rows_of_claims_a
 def test_runs_out_records_whether_each_run_levelled_off(runs, tmp_path, capsys):
     flat = runs.add("adam", 0, sparsity=30.0)
     rising = runs.add("adam", 1, sparsity=40.0, history=[5.0, 20.0, 40.0])
-    (rising / "metrics.jsonl").write_text((rising / "metrics.jsonl").read_text().splitlines()[0] + "\n")  # 1 epoch
+    torn = runs.add("adam", 2, sparsity=40.0, history=[5.0, 20.0, 40.0])
+    (torn / "metrics.jsonl").write_text((torn / "metrics.jsonl").read_text().splitlines()[0] + "\n")  # 1 of 3 epochs
     bare = runs.add("sgd", 0, sparsity=0.0)
-    (bare / "metrics.jsonl").unlink()
+    (bare / "bn_history.npz").unlink()
     assert main(["runs", str(runs.root), "--out", str(tmp_path / "runs.csv")]) == 0
     capsys.readouterr()
     by_dir = {row["run_dir"]: row for row in parse_csv((tmp_path / "runs.csv").read_text())}
     assert (by_dir[str(flat)]["levelled_off"], by_dir[str(flat)]["sparsity_drift_points"]) == ("True", "0.0")
-    assert by_dir[str(rising)]["levelled_off"] == by_dir[str(bare)]["levelled_off"] == ""  # cannot tell
+    assert (by_dir[str(rising)]["levelled_off"], by_dir[str(rising)]["more_steps"]) == ("False", "40")
+    assert by_dir[str(torn)]["levelled_off"] == by_dir[str(bare)]["levelled_off"] == ""  # cannot tell

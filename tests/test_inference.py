@@ -2,9 +2,11 @@
 hand-set numbers, against closed forms: the paired t, the two-way additive model with its variance pooled over
 cells, the pooled two-sample t, a least-squares slope; each verdict at its boundaries; Holm's levels; and
 hand-built histories that did and did not level off."""
+import json
 import math
 import statistics
 
+import numpy as np
 import pandas as pd
 import pytest
 from scipy import stats
@@ -239,9 +241,27 @@ def test_coarse_epochs_reach_back_to_three_epoch_ends():
 
 
 @pytest.mark.parametrize("points, why", [
-    ([], "no history (metrics.jsonl)"),
-    (history([5.0, 5.0], base_epochs=1), "1 epoch end at the base LR: too few to tell whether it levelled off"),
+    ([], "no history (metrics.jsonl and bn_history.npz)"),
+    (history([5.0, 5.0], base_epochs=1), "1 point at the base LR: too few to tell whether it levelled off"),
 ])
 def test_too_short_a_history_is_not_levelled_off(points, why):
     result = convergence.levelling(points)
     assert not result.levelled and result.why == why and result.more_steps is None
+
+
+def test_a_runs_history_counts_gamma_below_1e_2_at_init_and_every_epoch_end(tmp_path):
+    rows = [{"epoch": e, "step": 50 * e, "lr": 1e-3 if e < 3 else 1e-4, "train_loss": 1.0, "train_error": 50.0,
+             "test_loss": 1.0, "test_error": 50.0, "sparsity_gamma_pct": 0.0, "time_s": 1.0} for e in (1, 2, 3)]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    gamma = np.array([[1.0, 1.0, 1.0, 1.0],
+                      [5e-3, 1.0, 1.0, 1.0],       # |γ| < 1e-2: dead, though above 1e-3
+                      [-5e-3, 2e-2, 1.0, 1.0],      # the sign does not count; 2e-2 is alive
+                      [0.0, 9e-3, 1.0, 1.0]])
+    np.savez(tmp_path / "bn_history.npz", epoch=np.arange(4), C1_gamma=gamma[:, :2], C2_gamma=gamma[:, 2:],
+             C1_beta=gamma[:, :2])
+    assert convergence.history(tmp_path) == [Point(0, 1e-3, 0.0), Point(50, 1e-3, 25.0), Point(100, 1e-3, 25.0),
+                                             Point(150, 1e-4, 50.0)]
+    np.savez(tmp_path / "bn_history.npz", epoch=np.arange(3), C1_gamma=gamma[:3])  # one epoch short: no history
+    assert convergence.history(tmp_path) == []
+    (tmp_path / "bn_history.npz").write_bytes(b"PK\x03\x04 torn")
+    assert convergence.history(tmp_path) == []
