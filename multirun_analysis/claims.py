@@ -259,7 +259,7 @@ def labels(claim: "Claim", cells: list[Cell]) -> dict[int, str]:
 
 
 def scope_of(claim: "Claim", cells: list[Cell]) -> str:
-    return EXTENSION if any(claim.extension(cell.setting) for cell in cells) else PAPER
+    return EXTENSION if not claim.of_the_paper or any(claim.extension(cell.setting) for cell in cells) else PAPER
 
 
 def differences(pairs, somewhere: tuple = ()):
@@ -426,7 +426,8 @@ class Claim:
     metric: str = SPARSITY
     varies: tuple = ()                   # setting keys (fnmatch patterns) in which compared cells differ
     label: Callable[[dict], str] = lambda setting: setting["optimizer"]
-    extension: Callable[[dict], bool] = beyond_the_paper()
+    extension: Callable[[dict], bool] = beyond_the_paper()  # a cell beyond what the paper ran
+    of_the_paper: bool = True            # False: a claim the paper never made (all its rows are extensions)
     of_sparsity: bool = True             # not applicable where none of its cells is sparse
     gated: bool = True                   # not converged where its cells did not level off
 
@@ -518,7 +519,7 @@ CLAIMS = (
           "Adam + L2 and SGD + L2 runs of one model at the same coefficient, alike otherwise",
           lambda s: with_l2(s) and s["optimizer"] in ("adam", "sgd"),
           differences(versus("optimizer", "sgd"), somewhere=("coefficient",)), varies=("optimizer", "optimizer.*"),
-          label=lambda s: f"{s['optimizer']} ({s['model']})", extension=lambda s: True),
+          label=lambda s: f"{s['optimizer']} ({s['model']})", of_the_paper=False),
 )
 
 
@@ -659,7 +660,7 @@ def number_rows(claims: list[Claim], cells: list[Cell]) -> list[Row]:
     judge([row for row in rows if row.contrast is not None])
     if not rows:
         claim = claims[0]
-        return [Row(claim, "", [], [], None, claim.metric, verdict=NO_RUNS,
+        return [Row(claim, "", [], [], None, claim.metric, scope_of(claim, []), verdict=NO_RUNS,
                     notes=[f"needs {claim.needs}" + (f"; {len({id(c) for c in speaking_cells})} cell(s) here, "
                                                      "none with a counterpart and the claim's measure"
                                                      if speaking_cells else "")])]
