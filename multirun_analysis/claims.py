@@ -572,14 +572,14 @@ def judge(rows: list[Row]) -> None:
                 row.notes.append("the claimed direction, not shown beyond the margin")
 
 
-# The verdicts of a group ('somewhere in its range'), best first: one row that holds makes the group hold.
-SOMEWHERE_ORDER = (HOLDS, WEAKER, NEGLIGIBLE, INCONCLUSIVE, NOT_CONVERGED, CONTRADICTED, NOT_APPLICABLE)
+# The verdicts of a group ('somewhere in its range'): one row that holds makes the group hold; else a row that
+# still might (not converged, inconclusive) leaves it open; else the row that comes nearest.
+SOMEWHERE_ORDER = (HOLDS, NOT_CONVERGED, INCONCLUSIVE, WEAKER, NEGLIGIBLE, CONTRADICTED, NOT_APPLICABLE)
 
 
 def collapse(rows: list[Row]) -> list[Row]:
     """Each group's rows as one: the row whose verdict comes first in SOMEWHERE_ORDER (then the larger lower
-    bound), the others named in its note. All contradicted: contradicted; a row not converged, with none that
-    holds or is weaker: not converged."""
+    bound), the others named in its note."""
     out, groups = [], {}
     for row in rows:
         if row.group is None:

@@ -645,3 +645,11 @@ def test_runs_out_records_whether_each_run_levelled_off(runs, tmp_path, capsys):
     assert (by_dir[str(flat)]["levelled_off"], by_dir[str(flat)]["sparsity_drift_points"]) == ("True", "0.0")
     assert (by_dir[str(rising)]["levelled_off"], by_dir[str(rising)]["more_steps"]) == ("False", "40")
     assert by_dir[str(torn)]["levelled_off"] == by_dir[str(bare)]["levelled_off"] == ""  # cannot tell
+
+
+def test_claim_1_stays_open_while_a_coefficient_still_might_hold(runs):
+    runs.pair([3.0, 3.2, 3.6], [0.0, 0.2, 0.4])                                            # 1e-3: weaker
+    runs.pair([30.0, 31.0, 32.0], [0.0, 0.2, 0.4], **l2(1e-4))                              # 1e-4: still climbing
+    runs.add("adam", 3, 33.0, history=[5.0, 20.0, 40.0], **l2(1e-4))
+    (row,) = runs.rows("1")
+    assert row["verdict"] == NOT_CONVERGED and "coefficient 0.001: weaker" in row["note"]
