@@ -16,7 +16,9 @@ A run directory (see docs/results.md for every field):
   checkpoint.pt, checkpoint.prev.pt   the latest checkpoint and the one before it
   prune.json       after pruning
   sparsesweep.log  the run's log
-A sweep directory holds its runs' directories (one level down), multirun.yaml and sweep_plan.json.
+A sweep directory holds its runs' directories (one level down), multirun.yaml, sweep_plan.json and, from the
+SLURM launcher, submissions.json: {"arrays": [{"job_id", "tasks": [[a task's runs' overrides, ...], ...]}],
+"not_submitted": [[overrides], ...]}.
 What each file holds, as pydantic models, and how a reader reads one: rundir_format.schema.
 """
 from __future__ import annotations
@@ -38,6 +40,7 @@ CHECKPOINT, PREVIOUS_CHECKPOINT = "checkpoint.pt", "checkpoint.prev.pt"
 PRUNE, IDENTITY, LOCK, PROGRESS, LOG = "prune.json", "identity.json", ".lock", "progress.json", "sparsesweep.log"
 HYDRA_OVERRIDES = Path(".hydra", "overrides.yaml")
 SWEEP_PLAN, MULTIRUN = "sweep_plan.json", "multirun.yaml"  # in a sweep directory: {"runs": [[override, ...], ...]}
+SUBMISSIONS = "submissions.json"  # in a sweep directory: what the SLURM launcher submitted, and what it could not
 SUPERSEDED = ".superseded"  # runs moved aside by the sweeper (hydra.sweeper.on_conflict=move_aside)
 TEMPORARY_SUFFIX = ".tmp"   # write_atomic's temp files: `.<name>.<random>.tmp` beside the file
 
