@@ -178,15 +178,20 @@ def check_claims(paths, fmt: str, paper: bool) -> int:
     if paper:
         from multirun_analysis.paper_cells import paper_cells
 
-        verdicts = claims.check_cells(paper_cells())
+        cells = paper_cells()
     else:
         runs = load_runs(paths, skipped, completed_only=True)
-        verdicts = claims.check(runs)
+        cells = claims.cells_of(runs) if len(runs) else []
         report_mixed(runs)
+    verdicts = claims.check_cells(cells)
+    summary = claims.summary(verdicts, cells)
     if fmt == "terminal":
-        terminal.show(*claims.terminal_view(verdicts))
-    else:
+        terminal.show(*claims.terminal_view(verdicts), *summary)
+    elif fmt == "markdown":
+        print(claims.format_verdicts(verdicts, fmt) + "\n" + "\n\n".join(summary))
+    else:  # the csv on stdout stays one table, for tools
         print(claims.format_verdicts(verdicts, fmt), end="")
+        print("\n".join(summary), file=sys.stderr)
     report_skipped(skipped)
     return 0
 

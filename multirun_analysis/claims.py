@@ -767,6 +767,24 @@ def terminal_view(verdicts: pd.DataFrame) -> list:
     return view + [LEGEND]
 
 
+ONE_SEED_HINT = ("Every cell has 1 seed, so no row has an interval: add seeds to the sweep's command (seed=0,1,2) "
+                 "and judge it again.")
+
+
+def summary(verdicts: pd.DataFrame, cells: list[Cell]) -> list[str]:
+    """The lines `claims` ends with: its rows counted per verdict (the extensions' apart), and, when every cell of
+    the runs has one seed (so that no row can have an interval), how to add seeds."""
+    def counts(part: pd.DataFrame) -> str:
+        tally = part["verdict"].value_counts()
+        return ", ".join(f"{tally[verdict]} {verdict}" for verdict in VERDICTS if verdict in tally)
+    papers, extensions = (verdicts[verdicts["scope"] == scope] for scope in (PAPER, EXTENSION))
+    line = f"{len(papers)} rows of the paper's claims: {counts(papers)}"
+    if len(extensions):
+        line += f"; {len(extensions)} of extensions: {counts(extensions)}"
+    seeds = [len(cell.runs) for cell in cells if cell.runs is not None]
+    return [line] + ([ONE_SEED_HINT] if seeds and max(seeds) == 1 else [])
+
+
 def format_verdicts(verdicts: pd.DataFrame, fmt: str) -> str:
     """csv: every number; markdown: the texts, one table (the terminal's: terminal_view)."""
     if fmt == "csv":
