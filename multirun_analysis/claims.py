@@ -481,8 +481,8 @@ CLAIMS = (
     Claim("7", "zeroing the inactive features changes no test error (< 0.1 points, every run)",
           "Sec. 1: 'Explicitly zeroing the features thus marked inactive does not affect the test error'; "
           "Tables 3-4 (before and after pruning)", "completed runs with a zeroed test error", lambda s: True,
-          zeroing, margin=ZEROING_POINTS, unit="points of test error", of_sparsity=False, gated=False,
-          extension=lambda s: False),
+          zeroing, margin=ZEROING_POINTS, unit="points of test error", paired=False, of_sparsity=False,
+          gated=False, extension=lambda s: False),
     Claim("8", "leaky ReLU: sparsity comparable to ReLU's",
           "Table 2; Sec. 2: 'using leaky ReLU does not prevent sparsification'",
           "adaptive + L2 runs with model.negative_slope 0 and > 0, alike otherwise",

@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import math
+import re
 import statistics
 import subprocess
 import sys
@@ -460,6 +461,46 @@ def test_terminal_markdown_and_csv_formats(runs, capsys):
         with pytest.raises(SystemExit) as error:
             main(bad)
         assert error.value.code == 2
+
+
+# ---- the claims as docs/reproducing.md states them ---------------------------------------------------------------
+
+KIND_WORDS = {claims.GREATER: ("a > b", "trend"), claims.EQUIVALENT: ("≈",), claims.BELOW: ("< bound",)}
+
+
+def doc_rows(heading: str, columns: int) -> list[list[str]]:
+    """The rows of the first table after `heading` in docs/reproducing.md whose rows have `columns` cells."""
+    text = (ROOT / "docs" / "reproducing.md").read_text().partition(heading)[2]
+    rows, started = [], False
+    for line in text.splitlines():
+        cells = [cell.strip() for cell in re.split(r"(?<!\\)\|", line.strip()[1:-1])]  # at unescaped pipes
+        if line.startswith("|") and len(cells) == columns:
+            started = True
+            rows.append(cells)
+        elif started:
+            break
+    return [row for row in rows[1:] if not set(row[0]) <= {"-"}]  # no header, no rule
+
+
+def test_each_claim_names_its_source_margin_and_pairing_in_the_docs_as_the_code_judges_it():
+    paper = doc_rows("## The claims", 7)        # | # | claim | source | runs | compared | kind, margin | paired |
+    extensions = doc_rows("**Extensions.**", 5)  # | # | claim | compared | kind, margin | paired |
+    documented = [(row[0], row[2], row[5], row[6]) for row in paper] + \
+                 [(row[0], "", row[3], row[4]) for row in extensions]
+    assert [number for number, *_ in documented] == [claim.number for claim in claims.CLAIMS]
+    for claim, (number, source, kind_margin, paired) in zip(claims.CLAIMS, documented):
+        if claim.of_the_paper:  # the code's first reference (Table 1, Sec. 3, Fig. 2, ...) is the doc's
+            first = re.split(r"[,;:(]", claim.source)[0].strip().replace("-", "–")
+            assert source.startswith(first), (number, source)
+        words = ("exact",) if claim.build is claims.zeroing else KIND_WORDS[claim.kind]
+        assert kind_margin.startswith(words) and re.search(rf"(?<![\d.]){re.escape(f'{claim.margin:g}')} ",
+                                                           kind_margin), (number, kind_margin)
+        assert (paired == "yes") == claim.paired, (number, paired)
+
+
+def test_the_verdicts_are_the_words_tools_read():
+    assert claims.VERDICTS == ("holds", "weaker", "contradicted", "negligible", "inconclusive", "not applicable",
+                               "not converged", "no runs")
 
 
 # ---- the paper agrees with itself ----------------------------------------------------------------------------------
