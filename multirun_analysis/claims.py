@@ -606,6 +606,7 @@ def collapse(rows: list[Row]) -> list[Row]:
 
 
 NAMED_GROUPS = ("dataset", "model", "optimizer")  # a row's label names their options
+OPTION_GROUPS = NAMED_GROUPS + ("regularizer",)    # ... and the regularizer's (l2 1e-05, no regularization)
 
 
 def describer(settings: list[dict]):
@@ -637,7 +638,7 @@ def named_by_option(key: str, settings: list[dict]) -> bool:
     """Whether `key` (optimizer.lr) takes one value for each option of its group (optimizer=adam) among
     `settings`: the label names the option, so the key adds nothing to it."""
     group = key.partition(".")[0]
-    if group not in NAMED_GROUPS:
+    if group not in OPTION_GROUPS:
         return False
     values: dict[str, set] = {}
     for setting in settings:
