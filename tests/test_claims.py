@@ -617,6 +617,23 @@ def test_the_claims_grids_give_every_claim_its_cells_with_3_seeds(tmp_path):
         assert {("sgd", c) for c in ("0.001", "0.0001", "1e-05", "none")} <= adam_sgd
 
 
+@pytest.mark.parametrize("experiment, train_size, steps", [("claims", 60_000, 406_500), ("claims_cpu", 12_000, 6_000)])
+def test_the_claims_grids_train_the_steps_and_cost_the_gpu_hours_the_docs_give(experiment, train_size, steps):
+    from omegaconf import OmegaConf
+
+    from conftest import compose_config
+    from sparsesweep.optim import plan_schedule
+
+    config = compose_config([f"+experiment={experiment}"])
+    schedule = OmegaConf.create(OmegaConf.to_container(config.schedule))
+    assert {plan_schedule(schedule, train_size, batch).total_steps for batch in (20, 40, 80)} == {steps}
+    text = " ".join((ROOT / "docs" / "reproducing.md").read_text().split())
+    assert f"{steps:,} steps" in text or f"{steps:,})" in text
+    if experiment == "claims":  # 60 runs at gpu_check's target of 1,300 aggregate steps/s
+        assert f"60 runs × {steps:,} = {60 * steps / 1e6:.1f} M steps" in text
+        assert f"about {60 * steps / 1300 / 3600:.1f} GPU-hours" in text
+
+
 def test_the_package_still_never_imports_torch_or_the_trainer():
     code = ("import sys, multirun_analysis.__main__, multirun_analysis.claims, multirun_analysis.report, "
             "multirun_analysis.paper_cells; "
