@@ -768,8 +768,7 @@ def terminal_view(verdicts: pd.DataFrame) -> list:
     return view + [LEGEND]
 
 
-ONE_SEED_HINT = ("Every cell has 1 seed, so no row has an interval: add seeds to the sweep's command (seed=0,1,2) "
-                 "and judge it again.")
+ONE_SEED_HINT = "Each cell has 1 seed, so no row has an interval: add seed=0,1,2 to the sweep's command."
 
 
 def summary(verdicts: pd.DataFrame, cells: list[Cell]) -> list[str]:

@@ -651,7 +651,7 @@ def test_a_smoke_sweep_gets_one_row_or_more_per_claim_each_with_a_valid_verdict(
     code, output = cli("sparsesweep", "-m", *SMOKE, "optimizer=adam,sgd", "regularizer.l2=1e-3,1e-5", "seed=0,1",
                        f"hydra.sweep.dir={sweep}", cwd=tmp_path)
     assert code == 0, output
-    code, output = cli("multirun_analysis", "claims", str(sweep), "--format", "csv", cwd=sweep)
+    code, output = cli("multirun_analysis", "claims", str(sweep), "--format", "csv", cwd=sweep, stderr=False)
     assert code == 0, output
     rows = parse_csv(output)
     assert list(rows[0]) == list(claims.COLUMNS)
@@ -677,7 +677,7 @@ def test_todays_optimizers_train_in_a_smoke_sweep_and_are_extra_rows_of_claims_a
     code, output = cli("sparsesweep", "-m", *SMOKE, "optimizer=sgd,adamw,nadam,radam,adafactor",
                        f"hydra.sweep.dir={sweep}", cwd=tmp_path)
     assert code == 0 and "All 5 jobs ended: completed 5" in output, output
-    code, output = cli("multirun_analysis", "claims", str(sweep), "--format", "csv", cwd=tmp_path)
+    code, output = cli("multirun_analysis", "claims", str(sweep), "--format", "csv", cwd=tmp_path, stderr=False)
     assert code == 0, output
     against_sgd = {(row["cell_a"], row["cell_b"], row["scope"]) for row in parse_csv(output) if row["claim"] == "1"}
     assert against_sgd == {(name, "sgd", "extension") for name in TODAYS}
