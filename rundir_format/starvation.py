@@ -36,6 +36,22 @@ def layers(arrays) -> list[str]:
     return [layer for layer in found if all(key(layer, counter) in names for counter in COUNTERS)]
 
 
+def per_layer(counters: dict, sizes: dict[str, int]) -> dict[str, np.ndarray]:
+    """features.npz's counters from the flat ones a checkpoint holds (sparsesweep.starvation.FeatureCounters:
+    `steps`, and `starved_steps`, `longest_starved`, `dead_run` over every feature in layer order), split by
+    `sizes` ({layer: features}, in that order)."""
+    steps = int(np.asarray(counters["steps"]))
+    dead_run = np.asarray(counters["dead_run"], dtype=np.int64)
+    flat = {STARVED_STEPS: np.asarray(counters[STARVED_STEPS], dtype=np.int64),
+            LONGEST_STARVED: np.asarray(counters[LONGEST_STARVED], dtype=np.int64),
+            DEATH_STEP: np.where(dead_run > 0, steps - dead_run + 1, -1)}
+    if sum(sizes.values()) != dead_run.size:
+        raise ValueError(f"{dead_run.size} counted features, but the layers have {sum(sizes.values())}")
+    bounds = np.cumsum([0, *sizes.values()])
+    return {key(layer, counter): values[start:end] for counter, values in flat.items()
+            for layer, start, end in zip(sizes, bounds[:-1], bounds[1:])}
+
+
 def starved_share(starved_steps, death_step, steps: int) -> np.ndarray:
     """Per feature, the fraction of its steps before death in which it was starved (steps 1 to death_step - 1,
     NaN for a feature dead from step 1); for a feature that did not die, of all `steps`. The dead stretch is

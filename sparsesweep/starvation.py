@@ -125,13 +125,8 @@ class FeatureCounters:
 
     def arrays(self) -> dict[str, np.ndarray]:
         """features.npz's counters: per layer, each feature's starved_steps, longest_starved and death_step."""
-        steps = int(self.steps)
-        death = torch.where(self.dead_run > 0, steps - self.dead_run + 1, -1)
-        arrays = {}
-        for counter, flat in ((starvation.STARVED_STEPS, self.starved_steps),
-                              (starvation.LONGEST_STARVED, self.longest_starved), (starvation.DEATH_STEP, death)):
-            arrays.update({starvation.key(layer, counter): values for layer, values in self._per_layer(flat).items()})
-        return arrays
+        state = {name: tensor.numpy() for name, tensor in self.state_dict().items()}
+        return starvation.per_layer(state, {feature.name: size for feature, size in zip(self.features, self.sizes)})
 
     def summary(self) -> dict:
         """{steps, gamma_threshold, per_layer: {layer: features, dead, death_step_first / _median / _last,

@@ -86,6 +86,17 @@ def test_the_counters_of_a_hand_built_network_are_those_of_its_construction():
     assert model.bn.weight[2].item() == 2.0 ** -STEPS
 
 
+def test_the_hook_object_of_a_users_loop_summarizes_per_layer():
+    from sparsesweep import FeatureCounters as exported
+
+    model = HandBuilt()
+    counters = exported(model)
+    train_hand_built(model, counters)
+    summary = counters.summary()
+    assert summary["steps"] == STEPS and summary["gamma_threshold"] == 1e-3
+    assert summary["per_layer"]["conv"] == starvation.layer_summary(*EXPECTED.values(), STEPS)
+
+
 def test_a_resumed_counter_ends_like_an_uninterrupted_one():
     model = HandBuilt()
     straight = FeatureCounters(model)
