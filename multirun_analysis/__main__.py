@@ -14,7 +14,10 @@
                                                             gives one part per version or device
   python -m multirun_analysis claims SWEEP_DIR... [--format terminal|markdown|csv]
                                                             each of the paper's claims the runs speak to:
-                                                            holds / contradicted / inconclusive / no runs
+                                                            holds / weaker / contradicted / negligible /
+                                                            inconclusive / not applicable / not converged /
+                                                            no runs (docs/reproducing.md)
+  python -m multirun_analysis claims --paper [--format ...] the same claims judged on the paper's own tables
   python -m multirun_analysis runs SWEEP_DIR... --out FILE  every run, every metric (.csv or .parquet)
   python -m multirun_analysis plots SWEEP_DIR... --out DIR  the figures, PNG and PDF
   python -m multirun_analysis report SWEEP_DIR... --out FILE.html
@@ -33,7 +36,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from multirun_analysis import claims, provenance, render, tables, terminal
+from multirun_analysis import claims, convergence, provenance, render, tables, terminal
 from multirun_analysis.load import collect, load_runs
 from multirun_analysis.status import sweep_status
 
@@ -170,15 +173,25 @@ def table(name: str, paths, fmt: str, out: Path | None, show_paper: bool, where:
     return 0
 
 
-def check_claims(paths, fmt: str) -> int:
+def check_claims(paths, fmt: str, paper: bool) -> int:
     skipped = Counter()
-    runs = load_runs(paths, skipped, completed_only=True)
-    verdicts = claims.check(runs)
-    report_mixed(runs)
-    if fmt == "terminal":
-        terminal.show(*claims.terminal_view(verdicts))
+    if paper:
+        from multirun_analysis.paper_cells import paper_cells
+
+        cells = paper_cells()
     else:
+        runs = load_runs(paths, skipped, completed_only=True)
+        cells = claims.cells_of(runs) if len(runs) else []
+        report_mixed(runs)
+    verdicts = claims.check_cells(cells)
+    summary = claims.summary(verdicts, cells)
+    if fmt == "terminal":
+        terminal.show(*claims.terminal_view(verdicts), *summary)
+    elif fmt == "markdown":
+        print(claims.format_verdicts(verdicts, fmt) + "\n" + "\n\n".join(summary))
+    else:  # the csv on stdout stays one table, for tools
         print(claims.format_verdicts(verdicts, fmt), end="")
+        print("\n".join(summary), file=sys.stderr)
     report_skipped(skipped)
     return 0
 
@@ -186,6 +199,10 @@ def check_claims(paths, fmt: str) -> int:
 def runs(paths, out: Path) -> int:
     skipped = Counter()
     frame = load_runs(paths, skipped)
+    if len(frame):  # each run's levelling off, from its history (docs/reproducing.md, "Converged?")
+        levelling = pd.DataFrame([convergence.run_columns(Path(run_dir)) for run_dir in frame.run_dir],
+                                 index=frame.index).astype({"more_steps": "Int64"})
+        frame = pd.concat([frame, levelling], axis=1)
     if out.suffix == ".parquet":
         try:
             frame.to_parquet(out)
@@ -228,7 +245,8 @@ def main(argv=None) -> int:
     command = argv[0] if argv[:1] and argv[0] in COMMANDS else "summary"
     parser = argparse.ArgumentParser(prog=f"python -m multirun_analysis {command}".replace(" summary", ""),
                                      description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("paths", nargs="+", type=Path, help="sweep directories (multirun/SWEEP) or run dirs")
+    parser.add_argument("paths", nargs="*" if command == "claims" else "+", type=Path,
+                        help="sweep directories (multirun/SWEEP) or run dirs")
     if command in tables.TABLES:
         parser.add_argument("--format", choices=render.FORMATS, default="terminal")
         parser.add_argument("--no-paper", dest="show_paper", action="store_false", help="hide the paper's values")
@@ -238,10 +256,13 @@ def main(argv=None) -> int:
                             help="one part per version (sparsesweep, commit, torch) or device that made the runs")
     if command == "claims":
         parser.add_argument("--format", choices=claims.FORMATS, default="terminal")
+        parser.add_argument("--paper", action="store_true", help="judge the paper's own tables instead of runs")
     if command in tables.TABLES or command in ("runs", "plots", "report"):
         parser.add_argument("--out", type=Path, required=command in ("runs", "plots", "report"),
                             help="file (runs, report) or directory (tables: every format; plots)")
     args = parser.parse_args(argv[1:] if command != "summary" else argv)
+    if command == "claims" and bool(args.paths) == args.paper:
+        parser.error("pass sweep directories or --paper (one of the two)")
     missing = [p for p in args.paths if not p.is_dir()]
     if missing:
         print(f"error: {missing[0]} is not a directory: pass a sweep directory such as multirun/SWEEP",
@@ -255,7 +276,7 @@ def main(argv=None) -> int:
         if command == "plots":
             return figures(args.paths, args.out)
         if command == "claims":
-            return check_claims(args.paths, args.format)
+            return check_claims(args.paths, args.format, args.paper)
         if command == "report":
             return html_report(args.paths, args.out)
         if command in tables.TABLES:

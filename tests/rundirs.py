@@ -19,6 +19,19 @@ def train_smoke_run(run_dir: Path, overrides=TEMPLATE_OVERRIDES) -> Path:
     return run_dir
 
 
+def write_history(run_dir: Path, dead_pct) -> None:
+    """bn_history.npz of one layer of 100 features, `dead_pct[e]` of them with gamma 0 after epoch e + 1 (none
+    at init), the others 1: as many values as metrics.jsonl has epochs."""
+    import numpy as np
+
+    epochs = len((run_dir / "metrics.jsonl").read_text().splitlines())
+    assert len(dead_pct) == epochs, f"the run has {epochs} epochs"
+    gamma = np.ones((epochs + 1, 100), dtype=np.float32)
+    for epoch, pct in enumerate(dead_pct, start=1):
+        gamma[epoch, :round(pct)] = 0.0
+    np.savez(run_dir / "bn_history.npz", epoch=np.arange(epochs + 1), C1_gamma=gamma, C1_beta=np.zeros_like(gamma))
+
+
 def put(tree: dict, dotted: str, value) -> None:
     *parents, leaf = dotted.split(".")
     for key in parents:
@@ -41,9 +54,11 @@ class Sweep:
         self.results = json.loads((self.template / "results.json").read_text())
 
     def add(self, optimizer="adam", seed=0, sparsity=None, *, name=None, overrides=None, config=(), nested=(),
-            **top) -> Path:
+            history=None, **top) -> Path:
         """A run directory. config: {dotted key: value} in its config; nested: {dotted key: value} elsewhere in
-        its results.json; top: its top-level keys (test_error, dataset, status, ...); sparsity: % by gamma."""
+        its results.json; top: its top-level keys (test_error, dataset, status, ...); sparsity: % by gamma;
+        history: the % of dead features at each epoch end (write_history), else the template's (none dead
+        at any epoch: levelled off)."""
         self.count += 1
         name = name or f"run{self.count}"
         results, config = copy.deepcopy(self.results), dict(config)
@@ -61,6 +76,8 @@ class Sweep:
         (run_dir / "results.json").write_text(json.dumps(results, indent=1))
         (run_dir / "identity.json").write_text(json.dumps(
             {key: results[key] for key in ("run_id", "overrides", "config")}, indent=1))
+        if history is not None:
+            write_history(run_dir, history)
         for name in ("progress.json", "prune.json"):  # the template's files of its own run: now of this one
             if (run_dir / name).exists():
                 (run_dir / name).write_text(json.dumps({**json.loads((run_dir / name).read_text()),
