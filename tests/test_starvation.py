@@ -95,6 +95,10 @@ def test_the_hook_object_of_a_users_loop_summarizes_per_layer():
     summary = counters.summary()
     assert summary["steps"] == STEPS and summary["gamma_threshold"] == 1e-3
     assert summary["per_layer"]["conv"] == starvation.layer_summary(*EXPECTED.values(), STEPS)
+    from sparsesweep import measure_sparsity
+
+    measured = measure_sparsity(model, [batch(1), batch(8)], counters=counters)
+    assert measured["starvation"] == summary and measured["by_gamma"]["per_layer_inactive"] == {"conv": 3}  # features 2, 4, 5
 
 
 def test_a_resumed_counter_ends_like_an_uninterrupted_one():
