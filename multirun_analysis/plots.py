@@ -267,7 +267,7 @@ def counters(run_dir: Path) -> dict[str, dict[str, np.ndarray]] | None:
 
 
 def with_counters(runs: pd.DataFrame) -> pd.DataFrame:
-    return runs[[counters(Path(d)) is not None for d in runs.run_dir]]
+    return runs.loc[[counters(Path(d)) is not None for d in runs.run_dir]]
 
 
 def death_steps(runs: pd.DataFrame, problems: list[str]):
@@ -304,9 +304,10 @@ def death_steps(runs: pd.DataFrame, problems: list[str]):
 
 def fraction_dead(runs: pd.DataFrame, problems: list[str]):
     """Per layer, the % of features dead (by their death step) at each step, for an Adam and an SGD run."""
-    pair = pick_pair(with_counters(runs))
-    if not pair:
+    runs = with_counters(runs)
+    if not len(runs):
         raise Skipped(f"no completed run has starvation counters in its {FEATURES}")
+    pair = pick_pair(runs)
     fig, axes = plt.subplots(1, len(pair), figsize=(5.5 * len(pair), 4.2), squeeze=False, sharey=True)
     for ax, run in zip(axes[0], pair):
         steps = int(run.iterations)
