@@ -4,7 +4,9 @@
 
 1. Per training step: `sparsesweep.pack.train` (one run) vs a minimal hand-written loop on the same model (same
    config and seed, so the same init), data, batch size, optimizer and regularizer (target <= 1.03).
-2. The sparsity pass: `sparsesweep.measure.measure` over the training set vs one plain eval-mode
+2. The starvation counters (sparsesweep.starvation): the hand-written loop's step with the counters' update vs
+   without it, two copies of the loop stepped alternately (target <= 1.03).
+3. The sparsity pass: `sparsesweep.measure.measure` over the training set vs one plain eval-mode
    forward pass over it at the same batch size (target <= 1.3).
 The two sides alternate step by step (batch by batch in the sparsity pass), so bursts of load from other
 processes on a shared machine hit both alike; each measurement is repeated `repeats` times and the
@@ -35,6 +37,7 @@ from sparsesweep.datasets import load_dataset  # noqa: E402
 from sparsesweep.measure import measure  # noqa: E402
 from sparsesweep.models import build_model  # noqa: E402
 from sparsesweep.optim import build_optimizer  # noqa: E402
+from sparsesweep.starvation import FeatureCounters  # noqa: E402
 
 DEFAULTS = ["dataset=shapes_clean", "dataset.resolution=16", "model.width_multiplier=0.25", "batch_size=40"]
 
@@ -56,9 +59,10 @@ def benchmark_config(overrides: list[str], warmup: int, steps: int, threads: int
     return cfg
 
 
-def baseline_stepper(cfg, data):
+def baseline_stepper(cfg, data, counted: bool = False):
     """The hand-written loop, one step per call: same model init, optimizer and batch size as sparsesweep's,
-    data pre-normalized and shuffled once, batches sliced."""
+    data pre-normalized and shuffled once, batches sliced; `counted`: with the starvation counters' update
+    where Run.train_step has it."""
     # As sparsesweep does: the same initial weights, memory format and (if performance.compile) compiled forward.
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, data.channels, data.num_classes)
@@ -71,6 +75,7 @@ def baseline_stepper(cfg, data):
     images = ((data.train.images.float() - data.mean.view(1, -1, 1, 1)) / data.std.view(1, -1, 1, 1))[order]
     images, labels = images.contiguous(memory_format=memory_format), data.train.labels[order]
     size, starts = cfg.batch_size, iter(range(0, len(data.train), cfg.batch_size))
+    counters = FeatureCounters(model, cfg.measure.gamma_threshold) if counted else None
     model.train()
 
     def step() -> None:
@@ -79,11 +84,29 @@ def baseline_stepper(cfg, data):
         loss = F.cross_entropy(forward(x), y)
         optimizer.zero_grad()
         loss.backward()
+        if counters:
+            counters.see_gradients()
         optimizer.step()
         with torch.no_grad():
             for params, factor in decoupled_decay:  # regularizer=wd only; the LR here is constant
                 torch._foreach_mul_(params, factor)
+        if counters:
+            counters.see_scales()
     return step
+
+
+def paired_counter_times(cfg, data, warmup: int, steps: int) -> tuple[list[float], list[float]]:
+    """Seconds of each timed step of the hand-written loop with the starvation counters and without, two
+    copies from the same init stepped alternately, which one first alternating too."""
+    counted, plain = baseline_stepper(cfg, data, counted=True), baseline_stepper(cfg, data)
+    times = {counted: [], plain: []}
+    for done in range(warmup + steps):
+        for step in (counted, plain) if done % 2 else (plain, counted):
+            start = time.perf_counter()
+            step()
+            if done >= warmup:
+                times[step].append(time.perf_counter() - start)
+    return times[counted], times[plain]
 
 
 def paired_step_times(cfg, data, warmup: int, steps: int) -> tuple[list[float], list[float]]:
@@ -172,6 +195,9 @@ def main() -> None:
           f"{args.warmup} warm-up + {args.steps} timed steps, {args.threads} threads, {args.repeats} repeats")
     ours, base = zip(*(paired_step_times(cfg, data, args.warmup, args.steps) for _ in range(args.repeats)))
     report("training step, mean ms", ms_per_step(ours), ms_per_step(base), 1.03)
+    counted, plain = zip(*(paired_counter_times(cfg, data, args.warmup, args.steps) for _ in range(args.repeats)))
+    report("starvation counters: hand-written step with / without, mean ms", ms_per_step(counted),
+           ms_per_step(plain), 1.03)
 
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, data.channels, data.num_classes)

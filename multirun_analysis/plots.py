@@ -7,6 +7,9 @@ run whose file is missing or corrupt is left out of a figure, and a figure that 
 - per_layer_sparsity: % inactive features per layer, by gamma and by activation, for a few runs
 - selectivity: per-layer histograms of feature selectivity for a few runs
 - sparsity_over_training: % sparsity by gamma per epoch (metrics.jsonl)
+- death_steps: one run's features ordered by death step, with each one's starved share before death
+  (features.npz's starvation counters, docs/results.md)
+- fraction_dead: per layer, the fraction of features dead against the training step, an Adam and an SGD run
 
 Text from run files (an optimizer's or a dataset's name) reaches titles and legends escaped: a `$` in it is a
 dollar sign, never mathtext.
@@ -27,7 +30,7 @@ import pandas as pd  # noqa: E402
 
 from multirun_analysis.load import read_completed  # noqa: E402
 from multirun_analysis.render import mathtext_text  # noqa: E402
-from rundir_format import BN_HISTORY, METRICS, RESULTS, schema  # noqa: E402
+from rundir_format import BN_HISTORY, FEATURES, METRICS, RESULTS, schema, starvation  # noqa: E402
 
 MAX_RUNS_SHOWN = 6
 # What reading bn_history.npz (NumPy's archive: no schema of ours) raises when it is missing, truncated or
@@ -253,11 +256,80 @@ def sparsity_over_training(runs: pd.DataFrame, problems: list[str]):
     return fig
 
 
+def counters(run_dir: Path) -> dict[str, dict[str, np.ndarray]] | None:
+    """{layer: {starved_steps, longest_starved, death_step}} from features.npz; None without counters."""
+    try:
+        with np.load(run_dir / FEATURES) as arrays:
+            return {layer: {counter: arrays[starvation.key(layer, counter)] for counter in starvation.COUNTERS}
+                    for layer in starvation.layers(arrays)} or None
+    except READ_ERRORS:
+        return None
+
+
+def with_counters(runs: pd.DataFrame) -> pd.DataFrame:
+    return runs.loc[[counters(Path(d)) is not None for d in runs.run_dir]]
+
+
+def death_steps(runs: pd.DataFrame, problems: list[str]):
+    """The run with the most dead features (an adaptive one first): every feature ordered by death step, the
+    survivors last, with its starved share before death (of the whole run for a survivor)."""
+    runs = with_counters(runs)
+    if not len(runs):
+        raise Skipped(f"no completed run has starvation counters in its {FEATURES}")
+    dead = [sum(int((c["death_step"] > 0).sum()) for c in counters(Path(d)).values()) for d in runs.run_dir]
+    run = runs.assign(dead=dead, adaptive=runs.optimizer != "sgd").sort_values(
+        ["dead", "adaptive"], ascending=False).iloc[0]
+    per_layer, steps = counters(Path(run.run_dir)), int(run.iterations)
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(9, 6), sharex=True)
+    start = 0
+    for layer, c in per_layer.items():  # a layer's features side by side, its dead ones first by death step
+        death = c["death_step"]
+        order = np.lexsort((np.where(death > 0, death, steps + 1),))
+        share = 100 * starvation.starved_share(c["starved_steps"], death, steps)[order]
+        x = np.arange(start, start + len(order))
+        died = death[order] > 0
+        top.scatter(x[died], death[order][died], s=6, label=mathtext_text(layer))
+        bottom.scatter(x, share, s=6, c=np.where(died, "C3", "0.6"))
+        start += len(order)
+    top.set_ylabel("death step")
+    top.set_ylim(0, steps * 1.02)
+    top.set_title(f"Features by death step, layer by layer ({run.dead} died): {label(run)}", fontsize=9)
+    if run.dead:
+        top.legend(fontsize=7, ncol=4, markerscale=2)
+    bottom.set_ylabel("% of steps starved\n(before death; survivors: all)")
+    bottom.set_xlabel("feature (per layer: dead by death step, red; then survivors, grey)")
+    bottom.set_ylim(-3, 103)
+    return fig
+
+
+def fraction_dead(runs: pd.DataFrame, problems: list[str]):
+    """Per layer, the % of features dead (by their death step) at each step, for an Adam and an SGD run."""
+    runs = with_counters(runs)
+    if not len(runs):
+        raise Skipped(f"no completed run has starvation counters in its {FEATURES}")
+    pair = pick_pair(runs)
+    fig, axes = plt.subplots(1, len(pair), figsize=(5.5 * len(pair), 4.2), squeeze=False, sharey=True)
+    for ax, run in zip(axes[0], pair):
+        steps = int(run.iterations)
+        grid = np.linspace(0, steps, 200)
+        for layer, c in counters(Path(run.run_dir)).items():
+            death = c["death_step"][c["death_step"] > 0]
+            ax.plot(grid, 100 * np.searchsorted(np.sort(death), grid, side="right") / len(c["death_step"]),
+                    label=mathtext_text(layer))
+        ax.set_title(f"Dead features per layer: {label(run)}", fontsize=9)
+        ax.set_xlabel("training step")
+        ax.set_ylim(-3, 103)
+        ax.legend(fontsize=7, ncol=2)
+    axes[0][0].set_ylabel("% of the layer's features dead")
+    return fig
+
+
 # File name: the function drawing it from the completed runs (a matplotlib Figure, or Skipped saying why);
 # each takes (runs, problems), and says in `problems` which run files it could not read (their runs left out).
 FIGURES = {"fig2_bn_C6": fig2, "sparsity_vs_coefficient": sparsity_vs_coefficient,
            "sparsity_vs_batch_size": sparsity_vs_batch_size, "per_layer_sparsity": per_layer_sparsity,
-           "selectivity": selectivity, "sparsity_over_training": sparsity_over_training}
+           "selectivity": selectivity, "sparsity_over_training": sparsity_over_training,
+           "death_steps": death_steps, "fraction_dead": fraction_dead}
 
 
 def draw_each(runs: pd.DataFrame, skipped: Counter, output):

@@ -11,8 +11,8 @@ A run directory (see docs/results.md for every field):
                    "total_steps", "steps_per_s" (this epoch so far; null at its start), "updated" (Unix time)}
   results.json     summary and measurements, schema RESULTS_SCHEMA; a failed run's is a short stub
   metrics.jsonl    one JSON object per epoch
-  bn_history.npz   BN gamma/beta of every feature at every epoch
-  features.npz     final per-feature arrays
+  bn_history.npz   BN gamma/beta (and starved steps so far) of every feature at every epoch
+  features.npz     final per-feature arrays, the starvation counters among them (starvation.py)
   checkpoint.pt, checkpoint.prev.pt   the latest checkpoint and the one before it
   prune.json       after pruning
   sparsesweep.log  the run's log

@@ -12,8 +12,13 @@ PATH is
   or package.module.Class. Its layers are found as for any model (models/discovery.py) and their gammas read
   from the state dict by module path, so any width, input channels or classes fit. By gamma only: by
   activation needs the training data (a run, or measure_sparsity in your own loop).
+A run's directory also shows why its features died (docs/results.md, "Starvation counters"): per layer, how
+many died and at which steps (first, median, last), the mean starved share before death of those that died
+and of the survivors over the run, the longest starved run; from features.npz, or from the checkpoint of a
+run in progress.
 --json prints the same as one JSON object: source, model, measured ("training set" or "gamma only"),
-sparsity (results.json's block), feature_layers ({layer: {activation, stage, features}}), unmeasured_layers.
+sparsity (results.json's block), feature_layers ({layer: {activation, stage, features}}), unmeasured_layers,
+and for a run with counters starvation ({steps, per_layer: {layer: rundir_format.starvation.layer_summary}}).
 Bad input: one line naming the fix, exit 2.
 """
 from __future__ import annotations
@@ -24,6 +29,7 @@ import sys
 from pathlib import Path
 
 import rundir_format
+from rundir_format import starvation
 from sparsesweep.errors import ConfigError
 
 CRITERIA = (("by_activation", "act"), ("by_activation_alt", "act"), ("by_gamma", "|γ|"), ("by_gamma_alt", "|γ|"))
@@ -47,9 +53,13 @@ def _from_run(run_dir: Path, gamma_thresholds) -> dict:
     results = _read_json(run_dir / rundir_format.RESULTS)
     if results.get("status") == rundir_format.COMPLETED and "sparsity" in results:
         layers = results.get("feature_layers") or _layers_from_arrays(run_dir, results["sparsity"])
-        return {"source": str(run_dir), "model": results.get("model"), "measured": "training set",
-                "sparsity": results["sparsity"], "feature_layers": layers,
-                "unmeasured_layers": results.get("unmeasured_layers", {})}
+        report = {"source": str(run_dir), "model": results.get("model"), "measured": "training set",
+                  "sparsity": results["sparsity"], "feature_layers": layers,
+                  "unmeasured_layers": results.get("unmeasured_layers", {})}
+        counters = _counters_from_arrays(run_dir)
+        if counters:
+            report["starvation"] = starvation.summary(counters, results["iterations"])
+        return report
     identity = _read_json(run_dir / rundir_format.IDENTITY)
     checkpoint = next((run_dir / name for name in (rundir_format.CHECKPOINT, rundir_format.PREVIOUS_CHECKPOINT)
                        if (run_dir / name).exists()), None)
@@ -62,7 +72,24 @@ def _from_run(run_dir: Path, gamma_thresholds) -> dict:
     report = _from_state_dict(checkpoint, _state_dict(state), model_cfg, model_cfg["name"], gamma_thresholds)
     report["source"] = str(run_dir)
     report["measured"] = f"gamma only, {checkpoint.name} at epoch {state.get('epoch')}, step {state.get('step')}"
+    if state.get("counters"):  # a checkpoint of a version with the counters
+        sizes = {layer: info["features"] for layer, info in report["feature_layers"].items()}
+        counters = {name: value.numpy() for name, value in state["counters"].items()}
+        report["starvation"] = starvation.summary(starvation.per_layer(counters, sizes), int(counters["steps"]))
     return report
+
+
+def _counters_from_arrays(run_dir: Path) -> dict | None:
+    """features.npz's starvation counters, None for a run measured before they were kept."""
+    import numpy as np
+
+    try:
+        with np.load(run_dir / rundir_format.FEATURES) as arrays:
+            return {name: arrays[name] for name in arrays.files if any(
+                name == starvation.key(layer, counter) for layer in starvation.layers(arrays)
+                for counter in starvation.COUNTERS)} or None
+    except (OSError, ValueError):
+        return None
 
 
 def _read_json(path: Path) -> dict:
@@ -192,8 +219,31 @@ def render(report: dict, console) -> None:
         for stage in first["per_stage_pct"]:
             stages.add_row(stage, *(f"{sparsity[key]['per_stage_pct'][stage]:.1f}%" for key, _ in criteria))
         console.print(stages)
+    if report.get("starvation"):
+        render_starvation(report["starvation"], console)
     for path, reason in report["unmeasured_layers"].items():
         console.print(f"not measured: {path}: {reason}", highlight=False, markup=False)
+
+
+def render_starvation(summary: dict, console) -> None:
+    """Per layer: features, dead, death steps (first, median, last), starved shares, longest starved run."""
+    from rich.table import Table
+
+    table = Table(title=f"why features died: starvation counters over {summary['steps']:,} steps "
+                        f"(docs/results.md)", title_justify="left")
+    for column in ("layer", "features", "dead", "death step: first", "median", "last",
+                   "starved % before death (dead)", "starved % (alive)", "longest starved"):
+        table.add_column(column, justify="left" if column == "layer" else "right")
+
+    def number(value, form="{:,}"):
+        return "–" if value is None else form.format(value)
+
+    for layer, row in summary["per_layer"].items():
+        table.add_row(layer, str(row["features"]), str(row["dead"]), number(row["death_step_first"]),
+                      number(row["death_step_median"], "{:,.0f}"), number(row["death_step_last"]),
+                      number(row["starved_pct_dead"], "{:.1f}"), number(row["starved_pct_alive"], "{:.1f}"),
+                      f"{row['longest_starved']:,}")
+    console.print(table)
 
 
 class _Parser(argparse.ArgumentParser):

@@ -166,10 +166,11 @@ def measure(model, batches, cfg) -> tuple[dict, dict[str, dict[str, torch.Tensor
 
 def measure_sparsity(model: nn.Module, loader, *, activation_threshold: float = 1e-12,
                      activation_threshold_alt: float = 1e-4, gamma_threshold: float = 1e-3,
-                     gamma_threshold_alt: float = 1e-2) -> dict:
+                     gamma_threshold_alt: float = 1e-2, counters=None) -> dict:
     """Filter sparsity of any model, for your own training loop: results.json's `sparsity` block
     ({by_activation, by_activation_alt, by_gamma, by_gamma_alt}, each with total_pct, per_layer_pct,
-    per_stage_pct where the model has stages, counts and its threshold).
+    per_stage_pct where the model has stages, counts and its threshold); with `counters`, the
+    sparsesweep.FeatureCounters your loop stepped, also `starvation`: their summary (why features died).
 
     loader: the training set without augmentation, as batches of inputs or (inputs, targets, ...) tuples, e.g.
     a DataLoader; each batch goes to the model's device. One pass in eval mode and full fp32; the model's mode
@@ -185,7 +186,10 @@ def measure_sparsity(model: nn.Module, loader, *, activation_threshold: float = 
         maxima = per_image_maxima(model, ((x, None) for x in inputs), features)
     thresholds = {"activation_threshold": activation_threshold, "activation_threshold_alt": activation_threshold_alt,
                   "gamma_threshold": gamma_threshold, "gamma_threshold_alt": gamma_threshold_alt}
-    return sparsity(features, {name: m.amax(0) for name, m in maxima.items()}, thresholds)
+    measured = sparsity(features, {name: m.amax(0) for name, m in maxima.items()}, thresholds)
+    if counters is not None:
+        measured["starvation"] = counters.summary()
+    return measured
 
 
 @torch.no_grad()

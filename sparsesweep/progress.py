@@ -20,7 +20,8 @@ class Progress:
     share_s: float = 0.0      # its share of its process's time (pack.train_pack charges it)
     graph_steps: int = 0      # steps taken inside a CUDA graph replay (graphs.GraphStep)
     metrics: list = field(default_factory=list)     # a metrics.jsonl row per finished epoch
-    bn_history: list = field(default_factory=list)  # BN gamma/beta at initialisation and after every epoch
+    bn_history: list = field(default_factory=list)  # BN gamma/beta (and starved steps) at init and every epoch end
+    counters: dict | None = None  # the starvation counters (starvation.FeatureCounters.state_dict) at the save
     # The unfinished epoch's running sums {loss_sum, wrong, elapsed, lr}; None at an epoch's start.
     within_epoch: dict | None = None
     rng: Any = None           # a run with dropout: its own stream of the global RNG (CPU) ...

@@ -31,6 +31,7 @@ from sparsesweep.measure import bn_snapshot, describe, evaluate, final_measureme
 from sparsesweep.models import draws_randomness
 from sparsesweep.optim import DecoupledDecay, build_optimizer, coefficient, plan_schedule, set_lr, stop_capturable
 from sparsesweep.progress import EpochTally, Progress
+from sparsesweep.starvation import FeatureCounters
 
 TRAINING, TRAINED = "training", "trained"  # then COMPLETED, DIVERGED or FAILED (rundir_format)
 CPU_WARNING_S = 3600  # a run the CPU needs longer for is said as a warning, with what to do instead
@@ -55,6 +56,7 @@ class Run:
         self.optimizer = build_optimizer(cfg.optimizer, cfg.regularizer, self.model,
                                          capturable=self.capturable and device.type == "cuda")
         self.tally = EpochTally(device)
+        self.counters = FeatureCounters(self.model, cfg.measure.gamma_threshold)
         self.progress = self._resume() or self._fresh()
         # A run stopped after its last step, before its results were written, only has to finish.
         self.status = TRAINING if self.progress.step < self.plan.total_steps else TRAINED
@@ -80,7 +82,7 @@ class Run:
         # continues from its model's initialisation as it would alone.
         stochastic = draws_randomness(self.model)
         on_cuda = stochastic and self.device.type == "cuda"
-        return Progress(bn_history=[bn_snapshot(self.model)], rng=torch.get_rng_state() if stochastic else None,
+        return Progress(bn_history=[self._snapshot(0)], rng=torch.get_rng_state() if stochastic else None,
                         cuda_rng=torch.cuda.get_rng_state(self.device) if on_cuda else None)
 
     def _resume(self) -> Progress | None:
@@ -93,7 +95,17 @@ class Run:
         self.optimizer.load_state_dict(state["optimizer"])
         progress = Progress.from_checkpoint(state)
         self.log.info("resuming from %s: epoch %d, step %d", path, progress.epoch, progress.step)
+        if progress.counters is not None:
+            self.counters.load_state_dict(progress.counters)
+        else:
+            self.counters.start_at(progress.step)
+            self.log.warning("the checkpoint has no starvation counters (an older version wrote it): they count "
+                             "from step %d on", progress.step)
         return progress
+
+    def _snapshot(self, step: int) -> dict[str, torch.Tensor]:
+        """bn_history.npz's row: every feature's gamma and beta, its starved steps so far, the steps taken."""
+        return {**bn_snapshot(self.model), **self.counters.history_row(), "step": torch.tensor(step)}
 
     @property
     def device(self) -> torch.device:
@@ -127,20 +139,23 @@ class Run:
         # (zeroed); otherwise dropping them is cheaper (backward writes them instead of adding to zeros).
         self.optimizer.zero_grad(set_to_none=not self.capturable)
         loss.backward()
+        self.counters.see_gradients()  # the loss's own gradients: the optimizer's L2 pre-hook adds to them in place
         self.optimizer.step()
         self.decay.apply()
+        self.counters.see_scales()
         # A NaN/inf loss poisons the sum. Every training batch is full, so the mean of batch means is per image.
         self.tally.loss_sum += loss.detach()
         self.tally.wrong += (logits.detach().argmax(1) != y).sum()
 
     def step_state(self) -> dict[str, torch.Tensor]:
         """Every tensor train_step changes (in place, at a fixed address): the model's parameters and buffers,
-        the optimizer's state, the feed's position, the epoch's sums."""
+        the optimizer's state, the feed's position, the epoch's sums, the starvation counters."""
         tensors = {f"model.{k}": v.data if isinstance(v, torch.nn.Parameter) else v
                    for k, v in self.model.state_dict(keep_vars=True).items()}
         params = (p for group in self.optimizer.param_groups for p in group["params"])
         tensors.update({f"optimizer.{i}.{key}": value for i, p in enumerate(params)
                         for key, value in self.optimizer.state[p].items() if torch.is_tensor(value)})
+        tensors.update({f"counters.{key}": value for key, value in self.counters.tensors().items()})
         return {**tensors, "feed.position": self.feed.position, "loss_sum": self.tally.loss_sum,
                 "wrong": self.tally.wrong}
 
@@ -209,6 +224,7 @@ class Run:
     def save(self) -> None:
         """A checkpoint at the current step (within an epoch, with its sums; a host sync)."""
         self.progress.within_epoch = self.tally.sums() if self.steps_done_in_epoch > 0 else None
+        self.progress.counters = self.counters.state_dict()
         rundir.save_checkpoint(self.out_dir, self.progress.payload(self.run_id, self.model, self.optimizer))
 
     def end_epoch_if_due(self) -> None:
@@ -232,7 +248,7 @@ class Run:
                "sparsity_gamma_pct": gamma_sparsity_pct(self.model, self.cfg.measure.gamma_threshold),
                "time_s": progress.elapsed}
         progress.metrics.append(row)
-        progress.bn_history.append(bn_snapshot(self.model))
+        progress.bn_history.append(self._snapshot(progress.step))
         self.loggers.log_epoch(row, progress.bn_history[-1])
         self.log.info("epoch %d/%d  lr %.3g  train loss %.4f err %.2f%%  test loss %.4f err %.2f%%  "
                       "sparsity by gamma %.1f%%  (%.0f s)", progress.epoch, self.plan.epochs, self.tally.lr,
@@ -275,6 +291,7 @@ class Run:
         if status == COMPLETED:
             self.save()  # the final weights: pruning and `inspect` read them
             measured, features = final_measurements(self.model, self.data, cfg, self.device)
+            features.update(self.counters.arrays())
             rundir.write_atomic(self.out_dir / rundir.FEATURES, rundir.npz_bytes(features))
             results.update(measured)
             results["wall_time_s"] += results["measure_time_s"]

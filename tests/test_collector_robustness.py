@@ -136,7 +136,7 @@ def test_runs_and_summary_of_failed_runs_only_list_them_and_say_what_they_skippe
 
 
 FIGURES = ("fig2", "sparsity_vs_coefficient", "sparsity_vs_batch_size", "per_layer_sparsity", "selectivity",
-           "sparsity_over_training")
+           "sparsity_over_training", "death_steps", "fraction_dead")
 
 
 def bn_history(epochs=3, features=8):

@@ -36,7 +36,7 @@ def test_a_finished_runs_report_is_its_results(finished_run, capsys):
     assert report["sparsity"] == results["sparsity"] and report["unmeasured_layers"] == {}
     assert report["feature_layers"] == results["feature_layers"]
     code, table = run_main(capsys, run_dir)
-    rows = [line for line in table.splitlines() if line.startswith("│ C")]
+    rows = [line for line in table.splitlines() if line.startswith("│ C") and "%" in line]
     assert code == 0 and len(rows) == 7 and "act < 1e-12" in table and "|γ| < 0.01" in table
     total = next(line for line in table.splitlines() if "total" in line)
     assert str(results["sparsity"]["by_gamma"]["features"]) in total
@@ -134,3 +134,51 @@ def test_importing_sparsesweep_does_not_import_torch(tmp_path):
     done = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)},
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+def hand_set_counters(features: int = 232, c7_start: int = 168) -> dict[str, torch.Tensor]:
+    """A checkpoint's flat counters after 60 steps: C7's feature 0 dead from step 41 (starved 10 of the 40
+    steps before), feature 1 from step 51 (starved in all 50 before), feature 2 alive and starved 6 times."""
+    zeros = torch.zeros(features, dtype=torch.int64)
+    starved, longest, dead_run = zeros.clone(), zeros.clone(), zeros.clone()
+    starved[c7_start:c7_start + 3] = torch.tensor([30, 60, 6])
+    longest[c7_start:c7_start + 3] = torch.tensor([20, 60, 3])
+    dead_run[c7_start:c7_start + 2] = torch.tensor([20, 10])
+    return {"steps": torch.tensor(60), "starved_steps": starved, "starved_run": zeros.clone(),
+            "longest_starved": longest, "dead_run": dead_run}
+
+
+C7_SUMMARY = {"features": 64, "dead": 2, "death_step_first": 41, "death_step_median": 46.0, "death_step_last": 51,
+              "starved_pct_dead": 62.5, "starved_pct_alive": pytest.approx(100 * 6 / 60 / 62),
+              "longest_starved": 60}
+
+
+def test_a_runs_death_steps_and_starved_shares_are_shown_per_layer(finished_run, tmp_path, capsys):
+    import numpy as np
+
+    from rundir_format import starvation
+
+    run_dir, results = finished_run
+    # in progress: from the checkpoint's counters
+    unfinished = tmp_path / "unfinished"
+    shutil.copytree(run_dir, unfinished, ignore=shutil.ignore_patterns("results.json"))
+    state = torch.load(unfinished / "checkpoint.pt", weights_only=True)
+    state["counters"] = hand_set_counters()
+    torch.save(state, unfinished / "checkpoint.pt")
+    report = json.loads(run_main(capsys, unfinished, "--json")[1])
+    assert report["starvation"]["steps"] == 60 and report["starvation"]["per_layer"]["C7"] == C7_SUMMARY
+    assert report["starvation"]["per_layer"]["C1"]["dead"] == 0
+    # finished: from features.npz, and in the table
+    finished = tmp_path / "finished"
+    shutil.copytree(run_dir, finished)
+    sizes = {layer: info["features"] for layer, info in results["feature_layers"].items()}
+    counters = starvation.per_layer({k: v.numpy() for k, v in hand_set_counters().items()}, sizes)
+    with np.load(finished / "features.npz") as arrays:
+        np.savez(finished / "features.npz", **{**dict(arrays), **counters})
+    report = json.loads(run_main(capsys, finished, "--json")[1])
+    assert report["starvation"]["per_layer"]["C7"] == C7_SUMMARY
+    code, table = run_main(capsys, finished)
+    row = next(line for line in table.splitlines() if line.startswith("│ C7") and "62.5" in line)
+    assert code == 0 and "why features died" in table
+    assert [cell.strip() for cell in row.strip("│").split("│")] == ["C7", "64", "2", "41", "46", "51", "62.5",
+                                                                    "0.2", "60"]

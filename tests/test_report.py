@@ -25,7 +25,7 @@ GRID = ("hydra.sweeper.grid=[{optimizer:[adam,sgd],regularizer.l2:1e-4},{regular
 FAILED = "+experiment=smoke batch_size=801"
 DIVERGED = "+experiment=smoke optimizer.lr=1e+30 optimizer=sgd"
 FIGURES = ["fig2_bn_C6", "sparsity_vs_coefficient", "sparsity_vs_batch_size", "per_layer_sparsity", "selectivity",
-           "sparsity_over_training"]
+           "sparsity_over_training", "death_steps", "fraction_dead"]
 
 
 @pytest.fixture(scope="module")
