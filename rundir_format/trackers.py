@@ -373,9 +373,10 @@ class MLflowStore:
                 self.client.log_batch(run_id, **{kind: entities[start:start + size]})
 
     def sweep_parent(self, sweep: Sweep, record_in_sweep: bool) -> str:
-        """The sweep's parent run: recorded in the sweep directory's trackers.json (record_in_sweep), else found by
-        its tag, else made (its name the sweep's, its overrides a tag). One process at a time (a lock)."""
-        with sweep_lock(sweep):
+        """The sweep's parent run: the one the sweep directory's trackers.json records (record_in_sweep: the
+        trainer's runs, one process at a time under a lock), else the one tagged with the sweep's key, else a new
+        one named by the sweep, its overrides a tag."""
+        with sweep_lock(sweep) if record_in_sweep else contextlib.nullcontext():
             known = recorded(sweep.directory).mlflow.get(self.label) if record_in_sweep else None
             parent = known if known and self.exists(known) else self.find(SWEEP_KEY_TAG, sweep.key)
             if parent is None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -178,4 +179,5 @@ class RunLoggers:
 def export_hint(cfg, out_dir: Path) -> str:
     """For a finished run asked again with a tracker logger: how to send it (it is not trained again)."""
     sent = [name for name in chosen(cfg) if name in ("tensorboard", "wandb", "mlflow")]
-    return "".join(f" (to send it to {name}: python -m multirun_analysis export {out_dir} --to {name})" for name in sent)
+    return "".join(f" (to send it to {name}: python -m multirun_analysis export {shlex.quote(str(out_dir))} --to {name})"
+                   for name in sent)
