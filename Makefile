@@ -9,11 +9,13 @@ PIP = $(PYTHON) -m pip install --quiet --disable-pip-version-check
 # PyTorch pinned, CPU build: from PyTorch's CPU wheel index when it answers (within 10 s, no retries), else from
 # the default index, where the same versions are a multi-GB CUDA build on x86-64 Linux (it runs on a CPU too).
 TORCH = torch==2.13.0 torchvision==0.28.0
+# The extras installed with it; CI adds `trackers` (W&B and MLflow), so that their tests run.
+EXTRAS ?= test
 CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 install-cpu:
 	$(PIP) --index-url $(CPU_INDEX) --timeout 10 --retries 0 $(TORCH) \
 	  || { echo "PyTorch's CPU wheel index did not answer: installing $(TORCH) from the default index"; $(PIP) $(TORCH); }
-	$(PIP) -e '.[test]'
+	$(PIP) -e '.[$(EXTRAS)]'
 
 quickstart: install-cpu
 	$(PYTHON) -m sparsesweep +experiment=quickstart
