@@ -237,7 +237,8 @@ def main(argv=None) -> int:
                             help="file (runs, report) or directory (tables: every format; plots)")
     if command == "export":
         parser.add_argument("--to", required=True, choices=export.TARGETS, dest="target")
-        parser.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI", trackers.MLFLOW_TRACKING_URI),
+        parser.add_argument("--tracking-uri",
+                            default=os.environ.get("MLFLOW_TRACKING_URI", trackers.MLFLOW_TRACKING_URI),
                             help="mlflow: a store's URI or a local directory (default: $MLFLOW_TRACKING_URI, else "
                                  f"{trackers.MLFLOW_TRACKING_URI})")
         parser.add_argument("--experiment", default=trackers.MLFLOW_EXPERIMENT, help="mlflow: the experiment's name")

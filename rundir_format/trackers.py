@@ -252,7 +252,9 @@ class TensorBoard:
 
 def hparam(value):
     """A config value as TensorBoard's hparams take it: a bool, number or text."""
-    return value if isinstance(value, (bool, int, float, str)) else yaml.safe_dump(value, default_flow_style=True).strip()
+    if isinstance(value, (bool, int, float, str)):
+        return value
+    return yaml.safe_dump(value, default_flow_style=True).strip()
 
 
 class WandB:
@@ -366,9 +368,11 @@ class MLflowStore:
         """log_batch within MLflow's limits per call."""
         from mlflow.entities import Metric, Param, RunTag
 
-        calls = [[Param(k, str(v)) for k, v in (params or {}).items()], [RunTag(k, str(v)) for k, v in (tags or {}).items()],
-                 [Metric(tag, value, int(time.time() * 1000), step) for step, tag, value in metrics]]
-        for kind, entities, size in zip(("params", "tags", "metrics"), calls, (self.BATCH, self.BATCH, 10 * self.BATCH)):
+        now_ms = int(time.time() * 1000)
+        calls = {"params": ([Param(k, str(v)) for k, v in (params or {}).items()], self.BATCH),
+                 "tags": ([RunTag(k, str(v)) for k, v in (tags or {}).items()], self.BATCH),
+                 "metrics": ([Metric(tag, value, now_ms, step) for step, tag, value in metrics], 10 * self.BATCH)}
+        for kind, (entities, size) in calls.items():
             for start in range(0, len(entities), size):
                 self.client.log_batch(run_id, **{kind: entities[start:start + size]})
 

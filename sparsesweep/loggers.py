@@ -66,14 +66,19 @@ _watcher: subprocess.Popen | None = None
 
 
 def watch(uri: str, run_id: str, is_open: bool) -> None:
-    """Tells the watcher (started on first use, one per process) that an MLflow run is open or closed."""
+    """Tells the watcher (started on first use, one per process) that an MLflow run is open or closed. Best
+    effort: a watcher that cannot be started or told leaves a killed run RUNNING, and the run goes on."""
     global _watcher
-    if _watcher is None or _watcher.poll() is not None:
-        # Its own session: the Ctrl-C of a terminal stops this process, not the watcher.
-        _watcher = subprocess.Popen([sys.executable, "-c", WATCH], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                                    stderr=subprocess.DEVNULL, start_new_session=True, text=True)
-    _watcher.stdin.write(json.dumps([uri, run_id, is_open]) + "\n")
-    _watcher.stdin.flush()
+    try:
+        if _watcher is None or _watcher.poll() is not None:
+            # Its own session: the Ctrl-C of a terminal stops this process, not the watcher.
+            _watcher = subprocess.Popen([sys.executable, "-c", WATCH], stdin=subprocess.PIPE, text=True,
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        _watcher.stdin.write(json.dumps([uri, run_id, is_open]) + "\n")
+        _watcher.stdin.flush()
+    except OSError as error:
+        logging.getLogger("sparsesweep").warning("the MLflow watcher is not running (%s): a run killed outright "
+                                                 "stays RUNNING in MLflow", error)
 
 
 _stores: dict[tuple[str, str], trackers.MLflowStore] = {}
@@ -179,5 +184,5 @@ class RunLoggers:
 def export_hint(cfg, out_dir: Path) -> str:
     """For a finished run asked again with a tracker logger: how to send it (it is not trained again)."""
     sent = [name for name in chosen(cfg) if name in ("tensorboard", "wandb", "mlflow")]
-    return "".join(f" (to send it to {name}: python -m multirun_analysis export {shlex.quote(str(out_dir))} --to {name})"
-                   for name in sent)
+    directory = shlex.quote(str(out_dir))
+    return "".join(f" (to send it to {name}: python -m multirun_analysis export {directory} --to {name})" for name in sent)
