@@ -2,13 +2,14 @@
 
     python benchmarks/trackers.py [--repeats R] [--epochs E] [--runs N]
 
-1. Per run, fixed: the wall time of a smoke run (`python -m sparsesweep +experiment=smoke logger=X`, 3 epochs, a
-   fresh process) minus that of logger=none: importing the tracker, opening its run, finishing it. The loggers
-   take turns within each repeat, so bursts of load from other processes hit all alike; medians over repeats.
-2. Per epoch: the time the loggers take at an epoch's end (RunLoggers.log_epoch, in one process over a smoke run
-   of E epochs), mean ms, and as a share of a smoke epoch (the shortest epoch there is: a real one is longer).
+1. Per run, fixed: a smoke run (`python -m sparsesweep +experiment=smoke logger=X`, 3 epochs, a fresh process)
+   minus one with logger=none: importing the tracker, opening its run, finishing it. Wall time, and the CPU time
+   of the process and the children it waits for (steadier than wall time on a machine others load). The loggers
+   take turns within each repeat, so bursts of load hit all alike; medians over repeats.
+2. Per epoch: what the loggers take at an epoch's end (RunLoggers.log_epoch, in one process, over a smoke run of
+   E epochs): mean wall and CPU ms, and the wall time as a share of a smoke epoch (the shortest epoch there is).
 3. MLflow's run lookup as the experiment grows: a resumed run's MLflow run opened by the id its directory records
-   (trackers.json), in an experiment holding 0 and N other runs, beside a search of the experiment by tag.
+   (trackers.json), in an experiment of 0 and of N other runs, beside a search of the experiment by tag.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import argparse
 import importlib.util
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -56,14 +58,16 @@ def versions() -> str:
     return ", ".join(found)
 
 
-def smoke_run_s(logger: str, root: Path) -> float:
+def smoke_run_s(logger: str, root: Path) -> tuple[float, float]:
+    """(wall s, CPU s) of a smoke run with `logger`, in a fresh process."""
     run_dir = Path(tempfile.mkdtemp(dir=root))
-    started = time.perf_counter()
     store = [f"logger.mlflow.tracking_uri={root / 'mlruns'}"] if logger == "mlflow" else []
+    before, started = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
     subprocess.run([sys.executable, "-m", "sparsesweep", "+experiment=smoke", f"logger={logger}", *store,
                     f"hydra.run.dir={run_dir}"], cwd=root, check=True, stdout=subprocess.DEVNULL,
                    stderr=subprocess.DEVNULL, env={**os.environ, **OFFLINE, "PYTHONPATH": str(ROOT)})
-    return time.perf_counter() - started
+    wall, after = time.perf_counter() - started, resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
 
 
 def config(overrides):
@@ -71,14 +75,16 @@ def config(overrides):
         return compose("config", overrides=overrides)
 
 
-def epoch_costs(logger: str, epochs: int, root: Path) -> tuple[float, float]:
-    """(mean ms the loggers take at an epoch's end, mean s of an epoch) over a smoke run of `epochs` epochs."""
-    times, real = [], loggers.RunLoggers.log_epoch
+def epoch_costs(logger: str, epochs: int, root: Path) -> tuple[float, float, float]:
+    """(mean wall ms, mean CPU ms the loggers take at an epoch's end, mean s of an epoch) over a smoke run of
+    `epochs` epochs."""
+    walls, cpus, real = [], [], loggers.RunLoggers.log_epoch
 
     def timed(self, row, snapshot):
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         real(self, row, snapshot)
-        times.append(time.perf_counter() - started)
+        walls.append(time.perf_counter() - started)
+        cpus.append(time.process_time() - cpu)
 
     loggers.RunLoggers.log_epoch = timed
     try:
@@ -88,7 +94,7 @@ def epoch_costs(logger: str, epochs: int, root: Path) -> tuple[float, float]:
                                      *extra]), run_dir)
     finally:
         loggers.RunLoggers.log_epoch = real
-    return 1000 * statistics.mean(times), results["wall_time_s"] / results["epochs"]
+    return 1000 * statistics.mean(walls), 1000 * statistics.mean(cpus), results["wall_time_s"] / results["epochs"]
 
 
 def mlflow_lookup_s(store: trackers.MLflowStore, root: Path, repeats: int) -> tuple[float, float]:
@@ -126,13 +132,16 @@ def main() -> None:
         for _ in range(args.repeats):
             for name in chosen:
                 per_run[name].append(smoke_run_s(name, root))
-        base = statistics.median(per_run["none"])
-        print(f"\nsmoke run (3 epochs, fresh process) with logger=none: {base:.2f} s (median of {args.repeats})")
-        print(f"{'logger':<12} {'per run, fixed (s)':>19} {'per epoch (ms)':>15} {'share of a smoke epoch':>23}")
+        wall = {name: statistics.median(w for w, _ in times) for name, times in per_run.items()}
+        cpu = {name: statistics.median(c for _, c in times) for name, times in per_run.items()}
+        print(f"\nsmoke run (3 epochs, a fresh process), logger=none: {wall['none']:.2f} s wall, {cpu['none']:.2f} s "
+              f"CPU (medians of {args.repeats})")
+        print(f"{'logger':<12} {'per run: wall s':>16} {'CPU s':>6} {'per epoch: wall ms':>19} {'CPU ms':>7} "
+              f"{'share of a smoke epoch':>23}")
         for name in chosen[1:]:
-            ms, epoch_s = epoch_costs(name, args.epochs, root)
-            print(f"{name:<12} {statistics.median(per_run[name]) - base:>19.2f} {ms:>15.1f} "
-                  f"{ms / 1000 / epoch_s:>22.1%}")
+            epoch_wall, epoch_cpu, epoch_s = epoch_costs(name, args.epochs, root)
+            print(f"{name:<12} {wall[name] - wall['none']:>16.2f} {cpu[name] - cpu['none']:>6.2f} "
+                  f"{epoch_wall:>19.1f} {epoch_cpu:>7.1f} {epoch_wall / 1000 / epoch_s:>22.1%}")
         if "mlflow" in chosen:
             store = trackers.MLflowStore(str(root / "lookup"), "sparsesweep")
             print(f"\nMLflow, a resumed run's lookup (median of {args.repeats}):")

@@ -214,7 +214,7 @@ def send(paths, destination: export.Destination) -> int:
     rows = export.export(paths, destination, skipped)
     counts = Counter(outcome for _, outcome, _ in rows)
     terminal.show(terminal.table(["run", "outcome", "where"], rows, wraps_first=2),
-                  ", ".join(f"{n} {outcome}" for outcome, n in counts.items()) or "no finished runs to send")
+                  ", ".join(f"{n} {outcome}" for outcome, n in counts.items()) or "nothing sent")
     report_skipped(skipped)
     return 0
 

@@ -185,4 +185,5 @@ def export_hint(cfg, out_dir: Path) -> str:
     """For a finished run asked again with a tracker logger: how to send it (it is not trained again)."""
     sent = [name for name in chosen(cfg) if name in ("tensorboard", "wandb", "mlflow")]
     directory = shlex.quote(str(out_dir))
-    return "".join(f" (to send it to {name}: python -m multirun_analysis export {directory} --to {name})" for name in sent)
+    return "".join(f" (to send it to {name}: python -m multirun_analysis export {directory} --to {name})"
+                   for name in sent)

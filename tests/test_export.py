@@ -5,6 +5,7 @@ import pytest
 
 from conftest import SMOKE, cli
 from rundir_format import identity_payload
+from rundirs import train_smoke_run
 from tracker_readers import (hparams_session_groups, identity_params, layer_sparsity, mlflow_history, mlflow_runs,
                              needs_mlflow, needs_wandb, offline, params_of, parent_and_children,  # noqa: F401
                              read_metrics, read_results, tensorboard_events, wandb_runs)
@@ -84,3 +85,14 @@ def test_export_to_tensorboard_writes_events_and_hparams_once(plain_sweep, tmp_p
     assert len(hparams_session_groups(sweep)) == 2
     assert "2 already there" in export(sweep, "tensorboard", cwd=tmp_path)
     assert sorted(sweep.glob("*/tensorboard/*")) == files
+
+
+def test_a_run_whose_metrics_cannot_be_read_is_not_sent_and_the_line_says_why(tmp_path, capsys):
+    from multirun_analysis.__main__ import main
+
+    run_dir = train_smoke_run(tmp_path / "run")
+    (run_dir / "metrics.jsonl").write_text('{"epoch": "one"}\n')
+    assert main(["export", str(tmp_path), "--to", "tensorboard"]) == 0
+    captured = capsys.readouterr()
+    assert "not sent (unreadable file): " in captured.err and "metrics.jsonl: line 1" in captured.err
+    assert "nothing sent" in captured.out and not (run_dir / "tensorboard").exists()
