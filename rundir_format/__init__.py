@@ -71,6 +71,17 @@ def identity_payload(config: dict) -> dict:
     return plain
 
 
+def duration(seconds: float | None) -> str:
+    """A time left or taken, as progress lines and the live view show it: 45s, 3m 05s, 2h 10m, 6d 01h."""
+    if seconds is None:
+        return "?"
+    seconds = int(round(seconds))
+    for unit, size, smaller, smaller_size in (("d", 86400, "h", 3600), ("h", 3600, "m", 60), ("m", 60, "s", 1)):
+        if seconds >= size:
+            return f"{seconds // size}{unit} {(seconds % size) // smaller_size:02d}{smaller}"
+    return f"{seconds}s"
+
+
 # ---- the lock -----------------------------------------------------------------------------------------------
 
 def lock_holder(run_dir: Path) -> str | None:

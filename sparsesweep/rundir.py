@@ -83,6 +83,11 @@ def recorded_run(run_dir: Path) -> dict:
                                              if k in ("run_id", "overrides", "config")}
 
 
+def is_finished(run_dir: Path) -> bool:
+    """Whether the directory holds a run's final results (completed or diverged): never retrained."""
+    return read_json(run_dir / RESULTS).get("status") in FINISHED
+
+
 def has_checkpoint(run_dir: Path) -> bool:
     return (run_dir / CHECKPOINT).exists() or (run_dir / PREVIOUS_CHECKPOINT).exists()
 
@@ -90,7 +95,7 @@ def has_checkpoint(run_dir: Path) -> bool:
 def holds_run_state(run_dir: Path) -> bool:
     """Whether the directory holds something of a run that must not be lost: finished results or a
     checkpoint (a failed stub or a run that never reached its first checkpoint holds nothing)."""
-    return read_json(run_dir / RESULTS).get("status") in FINISHED or has_checkpoint(run_dir)
+    return is_finished(run_dir) or has_checkpoint(run_dir)
 
 
 def foreign_run(run_dir: Path, run_id: str) -> dict:
@@ -105,7 +110,7 @@ def foreign_run(run_dir: Path, run_id: str) -> dict:
 def may_record_failure(run_dir: Path, run_id: str | None) -> bool:
     """Whether a failed stub may be written as run_dir's results.json: never over finished results, and
     never into a directory holding another run's state (run_id None: a run whose config did not compose)."""
-    if read_json(run_dir / RESULTS).get("status") in FINISHED:
+    if is_finished(run_dir):
         return False
     recorded = recorded_run(run_dir).get("run_id")
     return not (holds_run_state(run_dir) and (run_id is None or recorded not in (None, run_id)))

@@ -45,9 +45,9 @@ from hydra_plugins.hydra_submitit_launcher.submitit_launcher import BaseSubmitit
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from omegaconf.errors import OmegaConfBaseException
 
-from hydra_plugins.sparsesweep_launcher._live import RunView, SweepView, outcome
+from hydra_plugins.sparsesweep_launcher._live import RunView, SweepView, outcome, plural
 from hydra_plugins.sparsesweep_sweeper import _names as names
-from sparsesweep import interrupts
+from sparsesweep import interrupts, rundir
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +131,7 @@ class _QueueingLauncher(BaseSubmititLauncher):
         super().setup(**kwargs)
         size = self.params["pack_size"]
         if size != "auto" and not (type(size) is int and size >= 1):
-            from sparsesweep.validate import show
+            from sparsesweep.refusals import show
 
             # A quoted number ('3') is a string to Hydra: show the quotes, or the message would refuse 3.
             shown = f"'{size}'" if isinstance(size, str) and size.strip().lstrip("-").isdigit() else show(size)
@@ -283,7 +283,7 @@ class LocalPoolLauncher(_QueueingLauncher):
         running: dict[int, tuple[list, object]] = {}  # slot -> (pack, job)
         returns: dict[int, JobReturn] = {}
         try:
-            with stop_on(signal.SIGTERM), self.view(queue) as view:
+            with stop_on(signal.SIGTERM, signal.SIGINT), self.view(queue) as view:
                 while queue or running:
                     for slot in [s for s in range(len(slots)) if s not in running][:len(queue)]:
                         pack = queue.pop(0)
@@ -296,22 +296,30 @@ class LocalPoolLauncher(_QueueingLauncher):
                             self.ended(view, pack, job, returns)
                     view.poll()
         except KeyboardInterrupt:
-            self.stop([job for _, job in running.values()], runs=sum(len(pack) for pack, _ in running.values()),
-                      queued=sum(len(pack) for pack in queue), sweep_dir=sweep_dir)
+            self.stop(list(running.values()), queued=sum(len(pack) for pack in queue), sweep_dir=sweep_dir)
         return self.report(returns)
 
     @staticmethod
-    def stop(jobs, runs: int, queued: int, sweep_dir: Path) -> None:
-        """Ctrl-C or SIGTERM to the launcher: every running job saves its state at its current step and
-        stops (SIGTERM, which submitit's local controller passes on); then the launcher exits."""
-        log.warning("Interrupted: stopping %d running runs (each saves a checkpoint at its current step) ...", runs)
+    def stop(running: list[tuple[list[PlannedJob], object]], queued: int, sweep_dir: Path) -> None:
+        """Ctrl-C, SIGINT or SIGTERM to the launcher (whatever it inherited: a script's background job starts
+        with SIGINT ignored): every running job saves its state at its current step and stops (SIGTERM, which
+        submitit's local controller passes on); then the launcher exits 130. Runs of a running pack that had
+        already finished are not counted as stopped."""
+        unfinished = [planned for pack, _ in running for planned in pack
+                      if not (planned.run_dir and rundir.is_finished(planned.run_dir))]
+        log.warning("Interrupted: stopping %d running runs (each saves a checkpoint at its current step) ...",
+                    len(unfinished))
+        jobs = [job for _, job in running]
         for job in jobs:
             job._process.send_signal(signal.SIGTERM)  # the job's controller process
         deadline = time.monotonic() + STOP_TIMEOUT_S
         while any(not job.done() for job in jobs) and time.monotonic() < deadline:
             time.sleep(POLL_S)
-        log.warning("Sweep stopped: %d runs stopped where they were, %d not started. To resume, run the same "
-                    "command again with hydra.sweep.dir=%s", runs, queued, sweep_dir)
+        stopped = [planned for planned in unfinished
+                   if not (planned.run_dir and rundir.is_finished(planned.run_dir))]
+        log.warning("Sweep stopped: %s stopped where %s, %d not started. To resume, run the same command again "
+                    "with hydra.sweep.dir=%s", plural(len(stopped), "run"), "it was" if len(stopped) == 1 else
+                    "they were", queued, sweep_dir)
         sys.exit(130)
 
     def submit(self, executor, gpu: int | None, body, argument):
@@ -340,13 +348,16 @@ class LocalPoolLauncher(_QueueingLauncher):
 
 
 @contextlib.contextmanager
-def stop_on(signum: int):
-    """Within the block, `signum` interrupts like Ctrl-C (KeyboardInterrupt)."""
-    previous = signal.signal(signum, signal.default_int_handler)
+def stop_on(*signums: int):
+    """Within the block, each of `signums` interrupts like Ctrl-C (KeyboardInterrupt), whatever this process
+    inherited for it (a shell script's background job starts with SIGINT ignored)."""
+    previous = {signum: signal.signal(signum, signal.default_int_handler) for signum in signums}
     try:
         yield
     finally:
-        signal.signal(signum, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
 
 
 class SlurmArrayLauncher(_QueueingLauncher):

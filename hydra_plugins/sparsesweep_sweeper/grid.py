@@ -34,6 +34,7 @@ import itertools
 import json
 import logging
 import os
+import shlex
 import sys
 import time
 from collections import Counter
@@ -49,7 +50,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from omegaconf.errors import OmegaConfBaseException
 
 import rundir_format
-from hydra_plugins.sparsesweep_launcher._live import outcome
+from hydra_plugins.sparsesweep_launcher._live import outcome, plural
 from hydra_plugins.sparsesweep_sweeper import _names as names
 from sparsesweep import rundir
 from sparsesweep.errors import ConfigError
@@ -144,7 +145,12 @@ class GridSweeper(BasicSweeper):
     def plan(self, arguments: List[str]) -> List[List[str]]:
         """Every run's override list."""
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
-        common = self.split_arguments(parser.parse_overrides(self._parse_config() + list(arguments)), None)[0]
+        overrides = parser.parse_overrides(self._parse_config() + list(arguments))
+        for override in overrides:
+            if override.is_sweep_override() and not override.is_discrete_sweep():
+                raise HydraException(f"{override.input_line}: a grid sweeps lists of values, not an interval: give "
+                                     f"the values, e.g. {override.get_key_element()}=0.001,0.01,0.1")
+        common = self.split_arguments(overrides, None)[0]
         runs = []
         for base in common:
             base_keys = {o.split("=", 1)[0].lstrip("+~") for o in base}
@@ -240,10 +246,16 @@ class GridSweeper(BasicSweeper):
                            ("skipped", "resumed", "new", "failed")))
         for line in missing:
             log.error("Missing data: %s", line)
+        steps = planned_steps([run for run in planned if run.kind in (*TO_TRAIN, "nodata")])
+        if steps:
+            log.info("%s to train: %s steps in all (%s per run); the time it takes shows once the first runs report "
+                     "their speed", plural(len(steps), "run"), f"{sum(steps):,}", f"{min(steps):,}" if
+                     min(steps) == max(steps) else f"{min(steps):,} to {max(steps):,}")
         if self.dry_run:
             for run in planned:
                 reason = "its data is missing: above" if run.kind == "nodata" else run.reason
-                print(f"#{run.number:<4} {run.kind:9} {' '.join(run.overrides)}" + (f"  ({reason})" if reason else ""))
+                print(f"#{run.number:<4} {run.kind:9} {shlex.join(run.overrides)}" +
+                      (f"  ({reason})" if reason else ""))
             print(f"{len(runs)} runs")
             return []
         conflicts = [run for run in planned if run.kind == "conflict"]
@@ -313,6 +325,28 @@ class GridSweeper(BasicSweeper):
 
 
 DEFAULT_SUBDIR = "${sparsesweep.run_dirname:${hydra.job.override_dirname}}"
+
+
+def planned_steps(runs: List[PlannedRun]) -> List[int]:
+    """The steps each run has left to train, from its config and the published size of its dataset (a run with
+    a checkpoint: less the steps its progress.json says are done); runs whose dataset size is unknown are left
+    out."""
+    from sparsesweep.datasets import train_size
+    from sparsesweep.optim import plan_schedule
+
+    steps = []
+    for run in runs:
+        cfg = run.composed
+        size = train_size(cfg.dataset) if cfg is not None else None
+        try:
+            total = plan_schedule(cfg.schedule, size, cfg.batch_size).total_steps if size else None
+        except ConfigError:  # a batch larger than the data: the run says so when it starts
+            total = None
+        if total is not None:
+            done = rundir.read_json(run.job_dir / rundir_format.PROGRESS).get("step", 0) if run.kind == "resumed" else 0
+            steps.append(max(total - done, 0))
+    return steps
+
 
 
 def check_directories(planned: List[PlannedRun], sweep_dir: Path) -> None:
