@@ -246,7 +246,7 @@ RULES = [
 ]
 # Long, or run in the fast tier by tests of their own (the report's and the figures' tests).
 SLOW = ("+experiment=table", "+experiment=claims", "+experiment=architectures", "+experiment=difficulty",
-        "multirun_analysis report", "multirun_analysis plots")
+        "multirun_analysis report", "multirun_analysis plots", "multirun_analysis export")
 
 
 def cases():
