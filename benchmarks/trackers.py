@@ -1,6 +1,6 @@
 """What each logger costs a run (docs/configuration.md, Loggers), on CPU, offline (W&B offline, MLflow file store).
 
-    python benchmarks/trackers.py [--repeats R] [--epochs E] [--runs N]
+    python benchmarks/trackers.py [--repeats R] [--epochs E] [--runs N] [--loggers csv tensorboard mlflow wandb]
 
 1. Per run, fixed: a smoke run (`python -m sparsesweep +experiment=smoke logger=X`, 3 epochs, a fresh process)
    minus one with logger=none: importing the tracker, opening its run, finishing it. Wall time, and the CPU time
@@ -121,10 +121,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=20, help="epochs of the in-process run (per-epoch cost)")
     parser.add_argument("--runs", type=int, default=400, help="runs in the experiment for the MLflow lookup")
+    parser.add_argument("--loggers", nargs="+", default=LOGGERS[1:], choices=LOGGERS[1:])
     args = parser.parse_args()
     os.environ.update(OFFLINE)
-    chosen = [name for name in LOGGERS if name == "none" or loggers.PACKAGES[name] is None
-              or importlib.util.find_spec(loggers.PACKAGES[name])]
+    chosen = ["none"] + [name for name in args.loggers
+                         if loggers.PACKAGES[name] is None or importlib.util.find_spec(loggers.PACKAGES[name])]
     print(f"{machine()}\n{versions()}")
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(scratch)

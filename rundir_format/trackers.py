@@ -209,11 +209,12 @@ class TensorBoard:
         from tensorboard.compat.proto.event_pb2 import Event, SessionLog
         from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
+        earlier = any(Path(logdir).glob("events.out.tfevents.*"))
         self.writer, self.event = EventFileWriter(str(logdir)), Event
         if logged_through:
             self.writer.add_event(Event(wall_time=time.time(), step=logged_through + 1,
                                         session_log=SessionLog(status=SessionLog.START)))
-        else:
+        if not earlier:  # the run's first event file (a logger chosen on a resume too)
             from tensorboard.plugins.hparams.summary_v2 import hparams_pb
             from tensorboard.plugins.text.summary_v2 import text_pb
 

@@ -10,8 +10,9 @@ A resumed run continues its tracker runs and logs each epoch once: the epochs th
 metrics.jsonl as the run opens; recorded in trackers.json, so that a run that redoes epochs from an earlier
 checkpoint and is killed again still knows) are not logged again. A stop signal marks the tracker runs stopped
 (MLflow KILLED; W&B preempting, exit code 128 + the signal); a process killed outright (SIGKILL, the OOM killer)
-has its MLflow runs marked KILLED by a watcher process that outlives it. A logger that fails is dropped for the
-rest of the run, with one line: the run's own files are its record.
+has its MLflow runs marked KILLED by a watcher process that outlives it. A logger that fails while the run trains
+fails the run, as any of its host work does (in a pack or a sweep the others go on); one that fails as the run
+ends is said in one line and leaves the run as it ended: its own files are its record.
 """
 from __future__ import annotations
 
@@ -147,8 +148,8 @@ class RunLoggers:
             return
         gammas = trackers.layer_gammas({key: value.float().numpy() for key, value in snapshot.items()})
         scalars = trackers.epoch_scalars(row, gammas, self.run.threshold)
-        for name in list(self.loggers):
-            self._call(name, "log_epoch", row["epoch"], scalars, gammas)
+        for logger in self.loggers.values():
+            logger.log_epoch(row["epoch"], scalars, gammas)
 
     def finish(self, results: dict) -> None:
         """The run ended (completed or diverged): its final values, and its tracker runs end."""
@@ -163,22 +164,17 @@ class RunLoggers:
         self._end("fail")
 
     def _end(self, method: str, *args) -> None:
-        for name in list(self.loggers):
-            mirror = self.loggers[name]
-            if self._call(name, method, *args) and name == "mlflow":
-                watch(mirror.store.uri, mirror.run_id, False)
-        self.loggers = {}
-
-    def _call(self, name: str, method: str, *args) -> bool:
-        """One logger's call; one that raises is dropped with a line saying so (the run goes on)."""
-        try:
-            getattr(self.loggers[name], method)(*args)
-            return True
-        except Exception as error:  # noqa: BLE001 (any tracker's error: the run itself must not stop for it)
-            self.log.error("logger=%s failed (%s: %s): it logs nothing more of run %s; the run goes on, its "
-                           "directory holds every epoch", name, type(error).__name__, error, self.run.run_id)
-            del self.loggers[name]
-            return False
+        """Each logger's end; one that raises is said in one line (the run's own files are complete)."""
+        loggers, self.loggers = self.loggers, {}
+        for name, logger in loggers.items():
+            try:
+                getattr(logger, method)(*args)
+            except Exception as error:  # noqa: BLE001 (any tracker's error: the run has ended as it has)
+                self.log.error("logger=%s failed to end run %s (%s: %s); the run's directory holds all of it", name,
+                               self.run.run_id, type(error).__name__, error)
+                continue
+            if name == "mlflow":
+                watch(logger.store.uri, logger.run_id, False)
 
 
 def export_hint(cfg, out_dir: Path) -> str:
