@@ -33,5 +33,6 @@ test:
 	$(PYTHON) -m pytest -q -n $(TEST_WORKERS) --dist loadscope
 
 check:
-	@start=$$(date +%s); $(PYTHON) -m pytest -q -n $(TEST_WORKERS) --dist loadscope -m "not slow"; status=$$?; \
+	@start=$$(date +%s); $(PYTHON) -m pytest -q -n $(TEST_WORKERS) --dist loadscope -m "not slow" --durations=10; \
+	status=$$?; \
 	echo "make check: $$(( $$(date +%s) - start )) s"; exit $$status

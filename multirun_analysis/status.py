@@ -6,7 +6,8 @@ does not validate, or names another run than its identity.json). Runs are matche
 to the plan (sweep_plan.json) by their overrides: two directories claiming one run (the same run_id, or the
 same planned overrides) keep the state of the copy that got furthest, and the other is a duplicate (the same
 results) or a conflict (anything else: a stray failed stub beside a completed run). A planned run with no
-directory is missing.
+directory is submitted (in a SLURM array that has yet to start it), not submitted (a submit limit left it for
+the same command to submit) or missing (not started).
 """
 from __future__ import annotations
 
@@ -16,12 +17,12 @@ from pathlib import Path
 import pandas as pd
 
 from multirun_analysis.load import RunRecord, collect, measured, rank
-from rundir_format import HYDRA_OVERRIDES, LOG, PROGRESS, SWEEP_PLAN, lock_holder, schema
+from rundir_format import HYDRA_OVERRIDES, LOG, PROGRESS, SUBMISSIONS, SWEEP_PLAN, lock_holder, schema
 
 LOG_TAIL_BYTES = 4096  # the last line of sparsesweep.log is all we show, whatever the log's length
 # Every state, in the order the report lists them.
 STATES = ("completed", "running", "failed", "diverged", "interrupted", "unreadable", "conflict", "duplicate",
-          "missing")
+          "submitted", "not submitted", "missing")
 COLUMNS = ["run", "state", "detail", "dir"]
 
 
@@ -75,6 +76,23 @@ def planned_runs(sweep_dir: Path, problems: list[str]) -> list[tuple[str, ...]]:
         problems.append(f"{error}: runs planned but not started cannot be listed")
         return []
     return [tuple(sorted(run)) for run in plan.runs] if plan is not None else []
+
+
+def submissions(sweep_dir: Path, problems: list[str]) -> dict[tuple[str, ...], dict]:
+    """What the SLURM launcher recorded of the runs it submitted (submitted: in an array, the array's job id and
+    task) and of the runs a submit limit left (not submitted), by overrides sorted; {} without a record."""
+    try:
+        record = schema.read(sweep_dir / SUBMISSIONS)
+    except schema.Unreadable as error:
+        problems.append(f"{error}: which runs were submitted to SLURM is not known")
+        return {}
+    if record is None:
+        return {}
+    states = {tuple(sorted(run)): {"state": "submitted", "detail": f"SLURM array {array.job_id}, task {number}"}
+              for array in record.arrays for number, task in enumerate(array.tasks) for run in task}
+    states.update({tuple(sorted(run)): {"state": "not submitted", "detail": "the same command submits it"}
+                   for run in record.not_submitted})
+    return states
 
 
 def claimants(records: list[RunRecord], overrides: dict) -> list[list[RunRecord]]:
@@ -137,10 +155,11 @@ def sweep_status(sweep_dir: Path, problems: list[str] | None = None,
         problems += record.file_problems
 
     ordered, placed = [], set()
+    unstarted = submissions(sweep_dir, problems)
     for planned in dict.fromkeys(planned_runs(sweep_dir, problems)):
         matching = [record for record in records if overrides[id(record)] == planned and id(record) not in placed]
         placed.update(map(id, matching))
         ordered += [rows[id(record)] for record in sorted(matching, key=rank)] or [
-            {"run": " ".join(planned), "state": "missing", "detail": "", "dir": ""}]
+            {"run": " ".join(planned), **unstarted.get(planned, {"state": "missing", "detail": ""}), "dir": ""}]
     ordered += [rows[id(record)] for record in records if id(record) not in placed]
     return pd.DataFrame(ordered, columns=COLUMNS)

@@ -18,7 +18,9 @@ A run directory (see docs/results.md for every field):
   sparsesweep.log  the run's log
   trackers.json    with a logger: the last epoch the trackers hold, the MLflow run mirroring the run (in a sweep
                    directory: the sweep's MLflow parent run); rundir_format.trackers
-A sweep directory holds its runs' directories (one level down), multirun.yaml and sweep_plan.json.
+A sweep directory holds its runs' directories (one level down), multirun.yaml, sweep_plan.json and, from the
+SLURM launcher, submissions.json: {"arrays": [{"job_id", "tasks": [[a task's runs' overrides, ...], ...]}],
+"not_submitted": [[overrides], ...]}.
 What each file holds, as pydantic models, and how a reader reads one: rundir_format.schema.
 """
 from __future__ import annotations
@@ -42,6 +44,7 @@ PRUNE, IDENTITY, LOCK, PROGRESS, LOG = "prune.json", "identity.json", ".lock", "
 TRACKERS = "trackers.json"
 HYDRA_OVERRIDES = Path(".hydra", "overrides.yaml")
 SWEEP_PLAN, MULTIRUN = "sweep_plan.json", "multirun.yaml"  # in a sweep directory: {"runs": [[override, ...], ...]}
+SUBMISSIONS = "submissions.json"  # in a sweep directory: what the SLURM launcher submitted, and what it could not
 SUPERSEDED = ".superseded"  # runs moved aside by the sweeper (hydra.sweeper.on_conflict=move_aside)
 TEMPORARY_SUFFIX = ".tmp"   # write_atomic's temp files: `.<name>.<random>.tmp` beside the file
 

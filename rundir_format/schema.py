@@ -16,7 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter, ValidationError
 
 from rundir_format import (COMPLETED, DIVERGED, FAILED, HYDRA_OVERRIDES, IDENTITY, METRICS, MULTIRUN, PROGRESS,
-                           PRUNE, PRUNE_SCHEMA, RESULTS, RESULTS_SCHEMA, SWEEP_PLAN, TRACKERS)
+                           PRUNE, PRUNE_SCHEMA, RESULTS, RESULTS_SCHEMA, SUBMISSIONS, SWEEP_PLAN, TRACKERS)
 
 RunId = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{16}$")]  # run_identity: sha256[:16]
 Percent = Annotated[float, Field(ge=0, le=100)]
@@ -61,6 +61,22 @@ class Selectivity(FileModel):
     per_layer: dict[str, LayerSelectivity]
 
 
+class Provenance(FileModel):
+    """What made a run (sparsesweep.provenance): never part of its identity. Added later: runs from before it
+    have none. A failed run's stub has the process's part only: no CUDA, cuDNN nor device keys."""
+    sparsesweep: str                  # its version
+    git_commit: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{40}([0-9a-f]{24})?$")] | None = None
+    git_dirty: bool | None = None     # tracked files differed from the commit; None: unknown (no checkout)
+    python: str
+    host: str
+    slurm_job_id: str | None = None
+    torch: str | None = None
+    cuda: str | None = None           # the CUDA version torch was built for; None: a CPU build
+    cudnn: int | None = None          # torch.backends.cudnn.version()
+    device: str | None = None         # cpu, cuda:0, ...
+    device_name: str | None = None    # the GPU's name, or the CPU's model
+
+
 class FailedResults(FileModel):
     """A run that did not train: a stub. Without run_id when its config did not compose."""
     schema_: Literal[RESULTS_SCHEMA] = Field(alias="schema")
@@ -68,6 +84,7 @@ class FailedResults(FileModel):
     run_id: RunId | None = None
     overrides: list[str]
     error: str
+    provenance: Provenance | None = None  # added later
 
 
 class EndedResults(FileModel):
@@ -93,6 +110,7 @@ class EndedResults(FileModel):
     test_loss: Annotated[float, Field(ge=0)] | None
     test_error: Percent | None
     test_top5_error: Percent | None = None
+    provenance: Provenance | None = None  # added later: the process that finished the run
 
 
 class DivergedResults(EndedResults):
@@ -130,6 +148,7 @@ class Identity(FileModel):
     run_id: RunId
     overrides: list[str]
     config: dict[str, Any]
+    provenance: Provenance | None = None  # added later: the process that started the run
 
 
 class MetricsRow(FileModel):
@@ -212,6 +231,18 @@ class SweepPlan(FileModel):
     runs: list[list[str]]
 
 
+class SlurmArray(FileModel):
+    """One job array the SLURM launcher submitted: its id, and the runs (by overrides) of each of its tasks."""
+    job_id: str
+    tasks: list[list[list[str]]]
+
+
+class Submissions(FileModel):
+    """submissions.json: the SLURM launcher's arrays, and the runs a submit limit left for a later launch."""
+    arrays: list[SlurmArray] = []
+    not_submitted: list[list[str]] = []
+
+
 class HydraPart(BaseModel):
     """The parts of Hydra's config that are read; the rest is Hydra's."""
     model_config = ConfigDict(strict=True, extra="ignore")
@@ -247,7 +278,8 @@ class Unreadable(ValueError):
 
 
 JSON_FILES = {RESULTS: TypeAdapter(Results), IDENTITY: TypeAdapter(Identity), PRUNE: TypeAdapter(Prune),
-              PROGRESS: TypeAdapter(Progress), SWEEP_PLAN: TypeAdapter(SweepPlan), TRACKERS: TypeAdapter(Trackers)}
+              PROGRESS: TypeAdapter(Progress), SWEEP_PLAN: TypeAdapter(SweepPlan),
+              SUBMISSIONS: TypeAdapter(Submissions), TRACKERS: TypeAdapter(Trackers)}
 YAML_FILES = {MULTIRUN: TypeAdapter(Multirun), HYDRA_OVERRIDES.name: TypeAdapter(list[str])}
 METRICS_ROW = TypeAdapter(MetricsRow)
 SHOWN_INPUT = 40  # characters of a wrong value quoted in a problem

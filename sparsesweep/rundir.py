@@ -14,12 +14,12 @@ import socket
 import time
 from pathlib import Path
 
-from omegaconf import OmegaConf
 
 from rundir_format import (BN_HISTORY, CHECKPOINT, FEATURES, FINISHED, IDENTITY, LOCK, METRICS,  # noqa: F401
                            PREVIOUS_CHECKPOINT, PROGRESS, PRUNE, PRUNE_SCHEMA, RESULTS, RESULTS_SCHEMA,
                            RUN_IRRELEVANT, SWEEP_PLAN, describe_holder, finite_or_none, identity_payload, json_bytes,
                            jsonl_bytes, lock_holder, remove_temporaries, write_atomic, write_temporary)
+from sparsesweep import provenance, schema
 from sparsesweep.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -29,7 +29,7 @@ LOCK_ATTEMPTS = 5
 
 def run_config(cfg) -> dict:
     """The resolved config without Hydra's own settings."""
-    return OmegaConf.to_container(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), resolve=True)
+    return schema.resolved(cfg)
 
 
 def run_identity(cfg) -> str:
@@ -42,13 +42,14 @@ def identity_hash(config: dict) -> str:
     return hashlib.sha256(json.dumps(identity_payload(config), sort_keys=True).encode()).hexdigest()[:16]
 
 
-def directory_identity(run_dir: Path, cfg) -> str:
-    """This run's identity in run_dir: run_identity(cfg), or the identity the directory records for a config
-    equal to this one by value. A run recorded before config values were typed by the schema (then
-    `regularizer.l2=0` was the integer 0, now it is 0.0, and the hash differs) keeps its directory so."""
-    run_id, recorded = run_identity(cfg), recorded_run(run_dir)
+def directory_identity(run_dir: Path, config: dict) -> str:
+    """The identity in run_dir of the run whose resolved config (run_config) is `config`: its identity_hash, or
+    the identity the directory records for a config equal to this one by value. A run recorded before config
+    values were typed by the schema (then `regularizer.l2=0` was the integer 0, now it is 0.0, and the hash
+    differs) keeps its directory so."""
+    run_id, recorded = identity_hash(config), recorded_run(run_dir)
     if recorded.get("run_id") not in (None, run_id) and isinstance(recorded.get("config"), dict) \
-            and identity_payload(recorded["config"]) == identity_payload(run_config(cfg)):
+            and identity_payload(recorded["config"]) == identity_payload(config):
         return recorded["run_id"]
     return run_id
 
@@ -123,7 +124,7 @@ def record_failure(run_dir: Path, overrides, error: str, run_id: str | None = No
         return False
     run_dir.mkdir(parents=True, exist_ok=True)
     stub = {"schema": RESULTS_SCHEMA, "status": "failed", **({"run_id": run_id} if run_id else {}),
-            "overrides": list(overrides), "error": error}
+            "overrides": list(overrides), "error": error, "provenance": provenance.describe()}
     write_atomic(run_dir / RESULTS, json_bytes(stub))
     return True
 
@@ -162,8 +163,13 @@ def write_progress(run_dir: Path, where: dict) -> None:
 
 
 def write_identity(run_dir: Path, run_id: str, cfg, overrides) -> None:
-    write_atomic(run_dir / IDENTITY, json_bytes({"run_id": run_id, "overrides": list(overrides),
-                                                 "config": run_config(cfg)}))
+    """identity.json; its provenance is that of the process that started the run, kept as it was when the run
+    resumes (results.json has the one that finished it)."""
+    recorded = recorded_run(run_dir)
+    started = recorded.get("provenance") if recorded.get("run_id") == run_id else None
+    write_atomic(run_dir / IDENTITY, json_bytes({
+        "run_id": run_id, "overrides": list(overrides), "config": run_config(cfg),
+        "provenance": started if isinstance(started, dict) else provenance.describe(cfg.device)}))
 
 
 # ---- opening a run's directory ---------------------------------------------------------------------------
@@ -185,7 +191,7 @@ def open_directory(cfg, out_dir: Path, overrides, on_open,
     then) called."""
     out_dir.mkdir(parents=True, exist_ok=True)
     resources.enter_context(locked(out_dir))
-    run_id = directory_identity(out_dir, cfg)
+    run_id = directory_identity(out_dir, run_config(cfg))
     foreign = foreign_run(out_dir, run_id)
     if foreign:
         raise RunDirConflict(out_dir, foreign, cfg, run_id)

@@ -27,12 +27,11 @@ INT_LIMIT = 2**31 - 1     # no count, size or length here needs more
 SEED_LIMIT = 2**32 - 1    # torch and numpy take seeds this large; a run's epoch seeds grow from it
 
 
-def check_config(cfg) -> None:
-    """Raises ConfigError for the first bad key or value of a composed config; `hydra` is not looked at."""
+def check_config(cfg, config: dict | None = None) -> None:
+    """Raises ConfigError for the first bad key or value of a composed config; `hydra` is not looked at.
+    config: schema.resolved(cfg), where the caller has it."""
     try:
-        # Key by key: a copy of the config without `hydra` would cost more than all the checks.
-        config = {key: OmegaConf.to_container(cfg[key], resolve=True) if OmegaConf.is_config(cfg[key])
-                  else cfg[key] for key in cfg if key != "hydra"}
+        config = schema.resolved(cfg) if config is None else config
     except OmegaConfBaseException as error:   # an interpolation that does not resolve
         raise ConfigError(explain(error)) from error
     later: list[Callable[[], None]] = []      # the checks that import torch

@@ -195,7 +195,8 @@ def inspect(args, env, workspace, tmp_path) -> tuple[int, str, int]:
 
 def script(args, env, workspace, tmp_path) -> tuple[int, str, int]:
     """python -m sparsesweep.prune / .synthetic, python benchmarks/...: real processes, small where they are
-    long (prune on one run; the synthetic experiment for 200 steps; the collector on 50 runs)."""
+    long (prune on one run; the synthetic experiment for 200 steps; the collector on 50 runs; a plan of 10 runs;
+    the cost of one grid)."""
     args = literal(args)
     module = args[1] if args[0] == "-m" else args[0]
     expected = 0
@@ -210,6 +211,10 @@ def script(args, env, workspace, tmp_path) -> tuple[int, str, int]:
         args = [*args, "--runs", "50"]
     elif module.endswith("trackers.py"):
         args = [*args, "--repeats", "1", "--epochs", "2", "--loggers", "csv"]
+    elif module.endswith("plan.py"):
+        args = [*args, "--runs", "10"]
+    elif module.endswith("cost_model.py"):
+        args = [*args, "--grids", "table2"]
     elif module.endswith("gpu_check.py"):
         args = [*args[:1], "--out", str(tmp_path / "gc")]
         expected = 0 if _has_cuda() else 3  # without CUDA: one line, exit 3
@@ -265,7 +270,7 @@ def test_every_command_the_docs_show_runs(page, command, elsewhere, run, workspa
     if elsewhere:
         return  # RUN_ELSEWHERE says where
     assert run is not None, f"{page} shows `{command}`, which no rule of this test runs: add one"
-    words = shlex.split(command.split(" | ")[0])
+    words = shlex.split(command.split(" | ")[0].removesuffix(" &"))  # in the background: the same command
     env = {}
     while re.fullmatch(r"[A-Z_]+=\S+", words[0]):
         key, value = words.pop(0).split("=", 1)

@@ -262,7 +262,7 @@ def test_a_run_recorded_before_values_were_typed_keeps_its_directory(make_config
         recorded["run_id"] = rundir.identity_hash(recorded["config"])
         (tmp_path / "run" / name).write_text(json.dumps(recorded))
     old_id = recorded["run_id"]
-    assert old_id != rundir.run_identity(cfg) and rundir.directory_identity(tmp_path / "run", cfg) == old_id
+    assert old_id != rundir.run_identity(cfg) and rundir.directory_identity(tmp_path / "run", rundir.run_config(cfg)) == old_id
     assert pack.train(cfg, tmp_path / "run")["run_id"] == old_id  # the same run, finished: nothing to do
     other = make_config(SMOKE + ["regularizer.l2=1e-3"])  # a config that differs in value is another run
     with pytest.raises(rundir.RunDirConflict, match=r"regularizer.l2: 0 -> 0.001"):

@@ -51,7 +51,9 @@ from omegaconf.errors import OmegaConfBaseException
 
 import rundir_format
 from hydra_plugins.sparsesweep_launcher._live import outcome, plural
+from hydra_plugins.sparsesweep_launcher.launchers import queued_in_slurm
 from hydra_plugins.sparsesweep_sweeper import _names as names
+from hydra_plugins.sparsesweep_sweeper._compose import JobComposer
 from sparsesweep import rundir
 from sparsesweep.errors import ConfigError
 from sparsesweep.hydra_compat import BasicSweeper
@@ -98,6 +100,7 @@ def expand_rows(grid) -> List[List[str]]:
 KINDS = {"skipped": "skipped (completed)", "resumed": "resumed", "new": "new", "failed": "failed before (rerun)",
          "invalid": "invalid (not launched)", "nodata": "without data (not launched)",
          "duplicate": "duplicates (not launched)", "running": "running elsewhere (not launched)",
+         "queued": "queued in SLURM (not launched again)",
          "conflict": "conflicts"}
 TO_TRAIN = ("resumed", "new", "failed")
 NOT_LAUNCHED_ERRORS = ("invalid", "nodata")  # recorded as failed: the sweep exits 1
@@ -113,7 +116,7 @@ class PlannedRun:
     job_dir: Optional[Path] = None
     run_id: Optional[str] = None
     config: Optional[dict] = None   # resolved, without hydra
-    composed: Optional[DictConfig] = None  # the whole composed config, which our launchers hand to the job
+    task: Optional[DictConfig] = None  # the composed config without `hydra` (the launcher gets the whole one)
     foreign: Optional[dict] = None  # for a conflict: the identity the directory records
 
 
@@ -166,13 +169,11 @@ class GridSweeper(BasicSweeper):
         """Compose and check the run's config, then read its directory: what the sweep does with it."""
         planned = PlannedRun(number, overrides)
         try:
-            config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
-            names.pin_sweep_dir(config, self.config.hydra.sweep.dir)
-            planned.job_dir = Path(config.hydra.sweep.dir) / str(config.hydra.sweep.subdir)
-            check_config(config)
-            planned.run_id, planned.config = rundir.directory_identity(planned.job_dir, config), \
-                rundir.run_config(config)
-            planned.composed = config
+            planned.job_dir = self.job_dir(overrides)
+            config = self.composer.task(overrides)
+            planned.config = rundir.run_config(config)
+            check_config(config, planned.config)
+            planned.run_id, planned.task = rundir.directory_identity(planned.job_dir, planned.config), config
         except (HydraException, OmegaConfBaseException, ConfigError, ValueError) as error:  # ValueError: Hydra's own
             planned.kind, planned.reason = "invalid", explain(error, overrides)
             planned.job_dir = planned.job_dir or self.job_dir_without_config(overrides)
@@ -180,6 +181,9 @@ class GridSweeper(BasicSweeper):
         job_dir = planned.job_dir
         if not names.is_direct_child(job_dir, Path(self.config.hydra.sweep.dir)):
             return planned  # not read: check_directories stops the sweep
+        if tuple(overrides) in self.queued:
+            planned.kind, planned.reason = "queued", "its task of an array this sweep submitted is in SLURM's queue"
+            return planned
         holder = rundir.lock_holder(job_dir)
         foreign = rundir.foreign_run(job_dir, planned.run_id)
         results = rundir.read_json(job_dir / rundir.RESULTS)
@@ -194,6 +198,21 @@ class GridSweeper(BasicSweeper):
         elif rundir.has_checkpoint(job_dir):
             planned.kind = "resumed"
         return planned
+
+    def composed(self, overrides: List[str]) -> DictConfig:
+        """The job's whole config, as the launcher hands it to the job: in the sweep's directory."""
+        config = self.composer.compose(overrides)
+        names.pin_sweep_dir(config, self.config.hydra.sweep.dir)
+        return config
+
+    def job_dir(self, overrides: List[str]) -> Path:
+        """Where the run trains: named by its overrides (the default hydra.sweep.subdir), else as its config's
+        hydra.sweep.subdir says."""
+        by_name = self.job_dir_without_config(overrides)
+        if by_name is not None:
+            return by_name
+        config = self.composed(overrides)
+        return Path(config.hydra.sweep.dir) / str(config.hydra.sweep.subdir)
 
     def job_dir_without_config(self, overrides: List[str]) -> Optional[Path]:
         """Where a run whose config does not compose would have gone: known when runs are named by their
@@ -216,10 +235,10 @@ class GridSweeper(BasicSweeper):
 
         lines: Dict[str, List[str]] = {}  # by dataset config: checked once however many runs use it
         for run in planned:
-            if run.kind in TO_TRAIN and run.composed is not None:
+            if run.kind in TO_TRAIN and run.task is not None:
                 key = json.dumps(run.config.get("dataset"), sort_keys=True, default=str)
                 if key not in lines:
-                    lines[key] = missing_data(run.composed)
+                    lines[key] = missing_data(run.task)
                 if lines[key]:
                     run.kind, run.reason = "nodata", lines[key][0]
         return list(dict.fromkeys(line for found in lines.values() for line in found))
@@ -230,8 +249,10 @@ class GridSweeper(BasicSweeper):
         except HydraException as error:  # a grid row that does not parse, a key set in two places
             stop_with("%s", explain(error, arguments))
         sweep_dir = Path(self.config.hydra.sweep.dir)
-        if len(runs) > 20:
+        if len(runs) > 1000:
             log.info("Composing and checking the configs of %d runs ...", len(runs))
+        self.composer = JobComposer(self.hydra_context.config_loader, self.config)
+        self.queued = queued_in_slurm(sweep_dir)  # a relaunch must not submit them twice
         planned = [self.inspect(number, run) for number, run in enumerate(runs)]
         check_directories(planned, sweep_dir)
         first_of = {}
@@ -274,7 +295,7 @@ class GridSweeper(BasicSweeper):
             log.warning("#%d: moved %s (run %s) to %s", run.number, run.job_dir, run.foreign["run_id"], aside)
             run.kind = "new"
         for run in planned:
-            if run.kind in ("invalid", "duplicate", "running"):
+            if run.kind in ("invalid", "duplicate", "running", "queued"):
                 log.warning("#%d %s: %s  (%s)", run.number, KINDS[run.kind], run.reason, " ".join(run.overrides))
             if run.kind in NOT_LAUNCHED_ERRORS:
                 record_invalid(run)
@@ -288,7 +309,8 @@ class GridSweeper(BasicSweeper):
         self.overrides = list(self.split_overrides_to_chunks(todo, self.max_batch_size))
         if hasattr(self.launcher, "planned_configs"):  # ours: every batch's jobs train the configs checked here
             self.launcher.planned_configs.update(
-                (tuple(run.overrides), run.composed) for run in planned if run.composed is not None)
+                (tuple(run.overrides), self.composed(run.overrides)) for run in planned
+                if run.kind in TO_TRAIN and run.task is not None)
         returns: List[Sequence[JobReturn]] = []
         initial_job_idx = 0
         while not self.is_done():
@@ -336,7 +358,7 @@ def planned_steps(runs: List[PlannedRun]) -> List[int]:
 
     steps = []
     for run in runs:
-        cfg = run.composed
+        cfg = run.task
         size = train_size(cfg.dataset) if cfg is not None else None
         try:
             total = plan_schedule(cfg.schedule, size, cfg.batch_size).total_steps if size else None
