@@ -27,8 +27,12 @@ def installed(package: str) -> bool:
     return importlib.util.find_spec(package) is not None
 
 
-needs_wandb = pytest.mark.skipif(not installed("wandb"), reason="wandb is not installed (pip install '.[trackers]')")
-needs_mlflow = pytest.mark.skipif(not installed("mlflow"), reason="mlflow is not installed (pip install '.[trackers]')")
+def needs(package: str):
+    """Skips a test where the tracker's package is not installed (CI installs them all and checks, .ci/run)."""
+    return pytest.mark.skipif(not installed(package), reason=f"{package} is not installed (pip install '.[trackers]')")
+
+
+needs_wandb, needs_mlflow = needs("wandb"), needs("mlflow")
 
 
 @pytest.fixture(scope="module")
