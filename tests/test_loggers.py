@@ -4,6 +4,7 @@ sweep over two seeds logging to every tracker at once, read back through each tr
 else, the sweep grouped, each run's log saying where its data went; export finding every run the loggers sent."""
 import csv
 import importlib.util
+import logging
 import shlex
 import sys
 
@@ -118,12 +119,13 @@ TRACKED = ["tensorboard", "csv", *[name for name in ("wandb", "mlflow") if insta
 @pytest.fixture(scope="module")
 def logged_sweep(tmp_path_factory):
     """(sweep directory, its two run directories by seed, the MLflow store) of a smoke sweep over two seeds
-    with every logger."""
+    with every logger, trained as one pack (one process: each run has its own W&B run and MLflow run there)."""
     root = tmp_path_factory.mktemp("loggers")
     code, output = cli("sparsesweep", "-m", *SMOKE, "seed=0,1", f"logger=[{','.join(TRACKED)}]",
                        "logger.wandb.mode=offline", f"logger.mlflow.tracking_uri={root}/mlruns",
-                       f"hydra.sweep.dir={root}/sweep", cwd=root)
-    assert code == 0, output
+                       "hydra.launcher.pack_size=2", "hydra.launcher.cpu_parallel=1", f"hydra.sweep.dir={root}/sweep",
+                       cwd=root)
+    assert code == 0 and "All 2 jobs ended: completed 2" in output, output
     runs = {read_results(p.parent)["seed"]: p.parent for p in (root / "sweep").glob("*/results.json")}
     assert sorted(runs) == [0, 1] and all([row["epoch"] for row in read_metrics(d)] == [1, 2, 3] for d in runs.values())
     return root / "sweep", runs, root / "mlruns"
@@ -233,20 +235,27 @@ def test_each_runs_log_says_where_its_data_went_in_one_line_per_logger(logged_sw
 
 
 @pytest.mark.slow
-@needs_mlflow
-def test_a_directory_of_another_config_is_refused_before_any_tracker_call(logged_sweep, tmp_path):
+def test_a_directory_of_another_config_is_refused_before_any_tracker_call(logged_sweep, make_config, monkeypatch,
+                                                                          caplog):
     _, runs, store = logged_sweep
-    before = sorted(mlflow_runs(store)["run_id"])
-    wandb_dirs = sorted((runs[0] / "wandb").iterdir())
-    code, output = cli("sparsesweep", *SMOKE, "seed=5", "logger=[mlflow,wandb,tensorboard]",
-                       "logger.wandb.mode=offline", f"logger.mlflow.tracking_uri={store}", f"hydra.run.dir='{runs[0]}'",
-                       cwd=tmp_path)
-    errors = [line for line in output.splitlines() if "ERROR" in line]
-    assert code == 2 and len(errors) == 1 and "seed: 0 -> 5" in errors[0], output
-    assert sorted(mlflow_runs(store)["run_id"]) == before and sorted((runs[0] / "wandb").iterdir()) == wandb_dirs
+    files = sorted(runs[0].rglob("*"))
+
+    def touched(*args, **kwargs):
+        raise AssertionError("a tracker was called")
+
+    for tracker in (trackers.MLflowStore, trackers.WandB, trackers.TensorBoard, trackers.Csv):
+        monkeypatch.setattr(tracker, "__init__", touched)
+    loggers = ["logger=[mlflow,wandb,tensorboard,csv]", "logger.wandb.mode=offline",
+               f"logger.mlflow.tracking_uri={store}"]
+    with pytest.raises(ConfigError) as refused:
+        pack.train(make_config(SMOKE + ["seed=5", *loggers]), runs[0])
+    assert "seed: 0 -> 5" in str(refused.value) and "\n" not in str(refused.value)
+    assert sorted(runs[0].rglob("*")) == files
     # The run itself again, now with a logger: finished, so not trained again; the line says how to send it.
-    code, output = cli("sparsesweep", *SMOKE, "seed=0", "logger=mlflow", f"hydra.run.dir='{runs[0]}'", cwd=tmp_path)
-    assert code == 0 and f"python -m multirun_analysis export {shlex.quote(str(runs[0]))} --to mlflow" in output, output
+    with caplog.at_level(logging.INFO, logger="sparsesweep"):
+        pack.train(make_config(SMOKE + ["seed=0", *loggers]), runs[0])
+    assert f"python -m multirun_analysis export {shlex.quote(str(runs[0]))} --to mlflow" in caplog.text
+    assert sorted(runs[0].rglob("*")) == files
 
 
 @pytest.mark.slow
