@@ -251,7 +251,7 @@ RULES = [
 ]
 # Long, or run in the fast tier by tests of their own (the report's and the figures' tests).
 SLOW = ("+experiment=table", "+experiment=claims", "+experiment=architectures", "+experiment=difficulty",
-        "multirun_analysis report", "multirun_analysis plots", "multirun_analysis export")
+        "multirun_analysis report", "multirun_analysis plots", "multirun_analysis export", "benchmarks/trackers.py")
 
 
 def cases():
