@@ -15,9 +15,10 @@ pytestmark = pytest.mark.usefixtures("offline")
 
 @pytest.fixture(scope="module")
 def plain_sweep(tmp_path_factory):
-    """A smoke sweep over two seeds without any logger."""
+    """A smoke sweep over two seeds without any logger (one pack: a single trainer process)."""
     root = tmp_path_factory.mktemp("plain")
-    code, output = cli("sparsesweep", "-m", *SMOKE, "seed=0,1", f"hydra.sweep.dir={root}/sweep", cwd=root)
+    code, output = cli("sparsesweep", "-m", *SMOKE, "seed=0,1", "hydra.launcher.pack_size=2",
+                       "hydra.launcher.cpu_parallel=1", f"hydra.sweep.dir={root}/sweep", cwd=root)
     assert code == 0, output
     return root / "sweep", {read_results(p.parent)["seed"]: p.parent for p in (root / "sweep").glob("*/results.json")}
 
