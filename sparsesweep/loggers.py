@@ -6,9 +6,10 @@ snapshot of bn_history.npz) and its final results, through rundir_format.tracker
 is not part of a run's identity (rundir_format.RUN_IRRELEVANT). Each logger is a mapping under `logger`
 (conf/logger/NAME.yaml), so several at once merge into one node.
 
-A resumed run continues its tracker runs and logs each epoch once: the epochs the trackers already hold (those of
-metrics.jsonl as the run opens; recorded in trackers.json, so that a run that redoes epochs from an earlier
-checkpoint and is killed again still knows) are not logged again. A stop signal marks the tracker runs stopped
+A resumed run continues its tracker runs and logs each epoch once: trackers.json records the last epoch the
+trackers hold, moved as each epoch is sent. A resumed run sends first the epochs its metrics.jsonl holds past that
+mark (written by a process killed before it had sent them), from the run's files, and does not send again the
+epochs it redoes from an earlier checkpoint. A stop signal marks the tracker runs stopped
 (MLflow KILLED; W&B preempting, exit code 128 + the signal); a process killed outright (SIGKILL, the OOM killer)
 has its MLflow runs marked KILLED by a watcher process that outlives it. A logger that fails while the run trains
 fails the run, as any of its host work does (in a pack or a sweep the others go on); one that fails as the run
@@ -116,15 +117,6 @@ def open_logger(name: str, settings, run: trackers.RunInfo, logged_through: int)
     return trackers.Csv(run.run_dir / settings.file, logged_through)
 
 
-def last_epoch(run_dir: Path) -> int:
-    """The last epoch of the run's metrics.jsonl (0: none, or unreadable)."""
-    try:
-        rows = schema.read(run_dir / rundir.METRICS) or []
-    except schema.Unreadable:
-        return 0
-    return max((row.epoch for row in rows), default=0)
-
-
 class RunLoggers:
     """The run's loggers, opened before its first epoch, each saying in one log line where the run goes."""
 
@@ -134,22 +126,32 @@ class RunLoggers:
             return
         out_dir = Path(out_dir)
         self.run = trackers.RunInfo.of(out_dir, run_id, rundir.run_config(cfg), overrides)
-        recorded = trackers.recorded(out_dir).logged_through
-        self.logged_through = max(recorded, last_epoch(out_dir))
-        if self.logged_through != recorded:
-            trackers.record(out_dir, logged_through=self.logged_through)
+        self.logged_through = trackers.recorded(out_dir).logged_through
         for name in chosen(cfg):
             self.loggers[name] = open_logger(name, cfg.logger[name], self.run, self.logged_through)
             log.info("run %s: %s", run_id, self.loggers[name].where)
+        # The epochs metrics.jsonl holds past that mark: an earlier process wrote them and was killed before its
+        # trackers had them. Sent now from the run's files; the epochs this process redoes are not sent again.
+        try:
+            missed = [(row, gammas) for row, gammas in trackers.history(out_dir) if row["epoch"] > self.logged_through]
+        except schema.Unreadable:
+            missed = []  # what the trainer then writes is sent
+        for row, gammas in missed:
+            self._send(row, gammas)
 
     def log_epoch(self, row: dict, snapshot: dict) -> None:
         """row: the epoch's metrics.jsonl entry (already written); snapshot: its BN gamma/beta on the host."""
         if not self.loggers or row["epoch"] <= self.logged_through:
             return
-        gammas = trackers.layer_gammas({key: value.float().numpy() for key, value in snapshot.items()})
+        self._send(row, trackers.layer_gammas({key: value.float().numpy() for key, value in snapshot.items()}))
+
+    def _send(self, row: dict, gammas: dict) -> None:
+        """An epoch to every logger, then trackers.json's mark moved past it."""
         scalars = trackers.epoch_scalars(row, gammas, self.run.threshold)
         for logger in self.loggers.values():
             logger.log_epoch(row["epoch"], scalars, gammas)
+        self.logged_through = row["epoch"]
+        trackers.record(self.run.run_dir, logged_through=self.logged_through)
 
     def finish(self, results: dict) -> None:
         """The run ended (completed or diverged): its final values, and its tracker runs end."""

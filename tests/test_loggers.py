@@ -14,7 +14,7 @@ from conftest import CONF, SMOKE, cli
 from tracker_readers import (EPOCH_TAGS, FINAL_TAGS, LAYERS, hparams_session_groups, identity_params, installed,
                              layer_sparsity, mlflow_history, mlflow_runs, needs_mlflow, needs_wandb,
                              offline, params_of, parent_and_children, read_metrics, read_results,  # noqa: F401
-                             tensorboard_events, wandb_runs)
+                             tensorboard_events, tensorboard_shown, wandb_runs)
 from rundir_format import identity_payload, trackers
 from sparsesweep import pack, rundir
 from sparsesweep.errors import ConfigError
@@ -71,12 +71,21 @@ def test_a_resumed_run_logs_each_epoch_once(tmp_path, make_config):
         (tmp_path / name).unlink(missing_ok=True)
     (tmp_path / rundir.METRICS).write_text((tmp_path / rundir.METRICS).read_text().splitlines()[0] + "\n")
     pack.train(cfg, tmp_path)
-    assert len(list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))) == 3
-    events = tensorboard_events(tmp_path / "tensorboard")
-    assert [e.step for e in events.Scalars("test/error_pct")] == [1, 2, 3]
-    assert [e.step for e in events.Tensors("gamma/C1")] == [1, 2, 3]
+    # As if killed after its last checkpoint but before its trackers had epochs 2 and 3 (trackers.json's mark: 1):
+    # the resume trains nothing and sends them from metrics.jsonl and bn_history.npz.
+    (tmp_path / rundir.RESULTS).unlink()
+    trackers.record(tmp_path, logged_through=1)
+    pack.train(cfg, tmp_path)
+    assert len(list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))) == 4
+    events, metrics = tensorboard_events(tmp_path / "tensorboard"), read_metrics(tmp_path)
+    assert [(e.step, e.value) for e in events.Scalars("test/error_pct")] == pytest.approx(
+        [(row["epoch"], row["test_error"]) for row in metrics])
+    assert [e.step for e in tensorboard_shown(tmp_path / "tensorboard").Tensors("gamma/C1")] == [1, 2, 3]
+    assert [e.value for e in events.Scalars("sparsity_gamma_pct/C1")] == pytest.approx(layer_sparsity(tmp_path, "C1"))
     rows = list(csv.DictReader((tmp_path / "metrics.csv").open()))
-    assert [int(row["epoch"]) for row in rows] == [1, 2, 3]
+    assert [(int(row["epoch"]), float(row["test/error_pct"])) for row in rows] == pytest.approx(
+        [(row["epoch"], row["test_error"]) for row in metrics])
+    assert trackers.recorded(tmp_path).logged_through == 3
 
 
 def test_a_logger_that_fails_as_the_run_ends_says_so_in_one_line_and_the_run_stays_completed(tmp_path, make_config,

@@ -3,12 +3,12 @@ each time with an identity-neutral key changed: it continues the same MLflow and
 KILLED between launches and FINISHED at the end. A resumed MLflow run is found by the id its directory records.
 (TensorBoard's and the CSV's resumes: tests/test_loggers.py, in one process.)"""
 import os
-import re
 import signal
 
 import pytest
 
 from conftest import SMOKE, cli, wait_for
+from rundir_format import trackers
 from sparsesweep import loggers, pack, rundir
 from test_rundir import start  # in the background, with SIGINT as a terminal gives it
 from tracker_readers import (EPOCH_TAGS, mlflow_client, mlflow_history, mlflow_runs, needs_mlflow, needs_wandb,
@@ -19,10 +19,9 @@ pytestmark = pytest.mark.usefixtures("offline")
 
 # ---- stopped and resumed, with real processes and signals ------------------------------------------------------------
 
-def epoch_ends(run_dir, since: int) -> list[int]:
-    """The epochs whose end the run's log records after byte `since` (what one launch has trained)."""
-    log = run_dir / "sparsesweep.log"
-    return [int(n) for n in re.findall(rb"epoch (\d+)/\d+  lr", log.read_bytes()[since:])] if log.exists() else []
+def sent_through(run_dir) -> int:
+    """The last epoch the run's trackers hold (trackers.json's mark, moved once every tracker has an epoch)."""
+    return trackers.recorded(run_dir).logged_through
 
 
 @pytest.mark.slow
@@ -41,7 +40,7 @@ def test_a_run_stopped_by_sigterm_sigkill_and_sigint_continues_its_tracker_runs_
         assert len(found) <= 1
         return found[0] if found else None
 
-    # Each launch changes a key the identity leaves out and, once it has trained to epoch `until`, is frozen
+    # Each launch changes a key the identity leaves out and, once its trackers hold epoch `until`, is frozen
     # (SIGSTOP: however fast this machine, it stops before its last epoch), sent its signal and let go. No
     # checkpoint is due within a launch (every 10 min): the launch after the SIGKILL redoes the epochs since the
     # SIGTERM's checkpoint, which the trackers already hold.
@@ -49,9 +48,8 @@ def test_a_run_stopped_by_sigterm_sigkill_and_sigint_continues_its_tracker_runs_
                 ("progress_interval_s=7", signal.SIGINT, 6)]
     logged = []  # the epochs metrics.jsonl held as each launch stopped
     for setting, signum, until in launches:
-        log_size = (run_dir / "sparsesweep.log").stat().st_size if run_dir.exists() else 0
         trainer = start(*args, setting, cwd=tmp_path)
-        wait_for(lambda: max(epoch_ends(run_dir, log_size), default=0) >= until, timeout=120)
+        wait_for(lambda: sent_through(run_dir) >= until, timeout=120)
         os.kill(trainer.pid, signal.SIGSTOP)
         assert mlflow_run().info.status == "RUNNING"
         os.kill(trainer.pid, signum)

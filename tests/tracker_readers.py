@@ -72,6 +72,14 @@ def tensorboard_events(logdir):
     return EventAccumulator(str(logdir), size_guidance={"scalars": 0, "histograms": 0, "tensors": 0}).Reload()
 
 
+def tensorboard_shown(logdir):
+    """What the TensorBoard server shows for logdir (its plugin accumulator: every value a tensor; a restart's
+    session START purges what was logged at and after its step, histograms included)."""
+    from tensorboard.backend.event_processing.plugin_event_accumulator import EventAccumulator
+
+    return EventAccumulator(str(logdir), size_guidance={"tensors": 0}).Reload()
+
+
 def hparams_session_groups(logdir):
     """What TensorBoard's HParams dashboard shows for logdir: its backend's ListSessionGroups answer."""
     from tensorboard import context
