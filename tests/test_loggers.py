@@ -256,9 +256,9 @@ def test_a_directory_of_another_config_is_refused_before_any_tracker_call(logged
         monkeypatch.setattr(tracker, "__init__", touched)
     loggers = ["logger=[mlflow,wandb,tensorboard,csv]", "logger.wandb.mode=offline",
                f"logger.mlflow.tracking_uri={store}"]
-    with pytest.raises(ConfigError) as refused:
+    with pytest.raises(rundir.RunDirConflict) as refused:
         pack.train(make_config(SMOKE + ["seed=5", *loggers]), runs[0])
-    assert "seed: 0 -> 5" in str(refused.value) and "\n" not in str(refused.value)
+    assert "seed: 0 -> 5" in str(refused.value) and "\n" not in str(refused.value)  # the CLI's one line: test_rundir
     assert sorted(runs[0].rglob("*")) == files
     # The run itself again, now with a logger: finished, so not trained again; the line says how to send it.
     with caplog.at_level(logging.INFO, logger="sparsesweep"):
