@@ -9,6 +9,8 @@ PIP = $(PYTHON) -m pip install --quiet --disable-pip-version-check
 # PyTorch pinned, CPU build: from PyTorch's CPU wheel index when it answers (within 10 s, no retries), else from
 # the default index, where the same versions are a multi-GB CUDA build on x86-64 Linux (it runs on a CPU too).
 TORCH = torch==2.13.0 torchvision==0.28.0
+# The extras installed with it; CI adds `trackers` (W&B and MLflow), so that their tests run.
+EXTRAS ?= test
 CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 # It ends by importing torch and torchvision together, as a user's script would: a pair that does not (a CPU torch
 # beside the default index's CUDA torchvision) is named, with the command that installs a matching one (exit 1).
@@ -18,7 +20,7 @@ install-cpu: install-packages
 install-packages:
 	$(PIP) --index-url $(CPU_INDEX) --timeout 10 --retries 0 $(TORCH) \
 	  || { echo "PyTorch's CPU wheel index did not answer: installing $(TORCH) from the default index"; $(PIP) $(TORCH); }
-	$(PIP) -e '.[test]'
+	$(PIP) -e '.[$(EXTRAS)]'
 
 quickstart: install-cpu
 	$(PYTHON) -m sparsesweep +experiment=quickstart

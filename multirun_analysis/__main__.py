@@ -23,12 +23,18 @@
   python -m multirun_analysis report SWEEP_DIR... --out FILE.html
                                                             one self-contained page: status, results,
                                                             claims, tables, figures, every run
+  python -m multirun_analysis export SWEEP_DIR... --to mlflow|wandb|tensorboard
+                                  [--tracking-uri URI] [--experiment NAME] [--project NAME] [--entity NAME]
+                                  [--mode online|offline|disabled]
+                                                            the finished runs into a tracker, as the
+                                                            loggers send them; a run it holds is skipped
 
 What cannot be read is said on stderr, one line per reason, and the rest is still shown; the exit code is 0,
 or 2 (one line) for a directory that is not there or an output that cannot be written.
 """
 import argparse
 import dataclasses
+import importlib.util
 import os
 import sys
 from collections import Counter
@@ -36,11 +42,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from multirun_analysis import claims, convergence, provenance, render, tables, terminal
+from multirun_analysis import claims, convergence, export, provenance, render, tables, terminal
 from multirun_analysis.load import collect, load_runs
+from rundir_format import trackers
 from multirun_analysis.status import sweep_status
 
-COMMANDS = ("status", "runs", "plots", "report", "claims", *tables.TABLES)
+COMMANDS = ("status", "runs", "plots", "report", "claims", "export", *tables.TABLES)
 # The summary's columns: run column -> (header, decimals); sparsity: % of features inactive by |γ| < 1e-3 and by
 # max activation < 1e-12 (at the other thresholds, 1e-2 and 1e-4: in `runs --out`).
 SUMMARY_COLUMNS = {"test_error": ("test err %", 2), "sparsity_by_gamma_pct": ("γ<1e-3 %", 1),
@@ -240,6 +247,19 @@ def html_report(paths, out: Path) -> int:
     return 0
 
 
+def send(paths, destination: export.Destination) -> int:
+    package = export.TARGETS[destination.target]
+    if importlib.util.find_spec(package) is None:
+        raise OutputError(f"error: export --to {destination.target} needs the {package} package: pip install {package}")
+    skipped = Counter()
+    rows = export.export(paths, destination, skipped)
+    counts = Counter(outcome for _, outcome, _ in rows)
+    terminal.show(terminal.table(["run", "outcome", "where"], rows, wraps_first=2),
+                  ", ".join(f"{n} {outcome}" for outcome, n in counts.items()) or "nothing sent")
+    report_skipped(skipped)
+    return 0
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     command = argv[0] if argv[:1] and argv[0] in COMMANDS else "summary"
@@ -260,6 +280,17 @@ def main(argv=None) -> int:
     if command in tables.TABLES or command in ("runs", "plots", "report"):
         parser.add_argument("--out", type=Path, required=command in ("runs", "plots", "report"),
                             help="file (runs, report) or directory (tables: every format; plots)")
+    if command == "export":
+        parser.add_argument("--to", required=True, choices=export.TARGETS, dest="target")
+        parser.add_argument("--tracking-uri",
+                            default=os.environ.get("MLFLOW_TRACKING_URI", trackers.MLFLOW_TRACKING_URI),
+                            help="mlflow: a store's URI or a local directory (default: $MLFLOW_TRACKING_URI, else "
+                                 f"{trackers.MLFLOW_TRACKING_URI})")
+        parser.add_argument("--experiment", default=trackers.MLFLOW_EXPERIMENT, help="mlflow: the experiment's name")
+        parser.add_argument("--project", default=trackers.WANDB_PROJECT, help="wandb: the project")
+        parser.add_argument("--entity", default=None, help="wandb: your user or team (default: yours)")
+        parser.add_argument("--mode", default=None, choices=("online", "offline", "disabled"),
+                            help="wandb (default: $WANDB_MODE, else online)")
     args = parser.parse_args(argv[1:] if command != "summary" else argv)
     if command == "claims" and bool(args.paths) == args.paper:
         parser.error("pass sweep directories or --paper (one of the two)")
@@ -279,6 +310,9 @@ def main(argv=None) -> int:
             return check_claims(args.paths, args.format, args.paper)
         if command == "report":
             return html_report(args.paths, args.out)
+        if command == "export":
+            return send(args.paths, export.Destination(args.target, args.tracking_uri, args.experiment, args.project,
+                                                args.entity, args.mode))
         if command in tables.TABLES:
             return table(command, args.paths, args.format, args.out, args.show_paper, parse_where(args.where),
                          args.by)

@@ -16,6 +16,8 @@ A run directory (see docs/results.md for every field):
   checkpoint.pt, checkpoint.prev.pt   the latest checkpoint and the one before it
   prune.json       after pruning
   sparsesweep.log  the run's log
+  trackers.json    with a logger: the last epoch the trackers hold, the MLflow run mirroring the run (in a sweep
+                   directory: the sweep's MLflow parent run); rundir_format.trackers
 A sweep directory holds its runs' directories (one level down), multirun.yaml, sweep_plan.json and, from the
 SLURM launcher, submissions.json: {"arrays": [{"job_id", "tasks": [[a task's runs' overrides, ...], ...]}],
 "not_submitted": [[overrides], ...]}.
@@ -24,6 +26,7 @@ What each file holds, as pydantic models, and how a reader reads one: rundir_for
 from __future__ import annotations
 
 import contextlib
+import copy
 import fcntl
 import json
 import math
@@ -38,6 +41,7 @@ PRUNE_SCHEMA = 1  # prune.json
 RESULTS, METRICS, BN_HISTORY, FEATURES = "results.json", "metrics.jsonl", "bn_history.npz", "features.npz"
 CHECKPOINT, PREVIOUS_CHECKPOINT = "checkpoint.pt", "checkpoint.prev.pt"
 PRUNE, IDENTITY, LOCK, PROGRESS, LOG = "prune.json", "identity.json", ".lock", "progress.json", "sparsesweep.log"
+TRACKERS = "trackers.json"
 HYDRA_OVERRIDES = Path(".hydra", "overrides.yaml")
 SWEEP_PLAN, MULTIRUN = "sweep_plan.json", "multirun.yaml"  # in a sweep directory: {"runs": [[override, ...], ...]}
 SUBMISSIONS = "submissions.json"  # in a sweep directory: what the SLURM launcher submitted, and what it could not
@@ -56,6 +60,18 @@ RUN_IRRELEVANT = ("device", "threads", "progress_interval_s", "checkpoint_interv
                   "performance.data_on_device", "performance.channels_last", "performance.compile",
                   "performance.cuda_graph",
                   "logger")
+
+
+def identity_payload(config: dict) -> dict:
+    """A resolved config without the run-irrelevant keys (a copy): what a run's identity hashes."""
+    plain = copy.deepcopy(config)
+    for dotted in RUN_IRRELEVANT:
+        *parents, leaf = dotted.split(".")
+        node = plain
+        for key in parents:
+            node = node.get(key, {})
+        node.pop(leaf, None)
+    return plain
 
 
 def duration(seconds: float | None) -> str:

@@ -16,7 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter, ValidationError
 
 from rundir_format import (COMPLETED, DIVERGED, FAILED, HYDRA_OVERRIDES, IDENTITY, METRICS, MULTIRUN, PROGRESS,
-                           PRUNE, PRUNE_SCHEMA, RESULTS, RESULTS_SCHEMA, SUBMISSIONS, SWEEP_PLAN)
+                           PRUNE, PRUNE_SCHEMA, RESULTS, RESULTS_SCHEMA, SUBMISSIONS, SWEEP_PLAN, TRACKERS)
 
 RunId = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{16}$")]  # run_identity: sha256[:16]
 Percent = Annotated[float, Field(ge=0, le=100)]
@@ -176,6 +176,13 @@ class Progress(FileModel):
     updated: float  # Unix time
 
 
+class Trackers(FileModel):
+    """trackers.json (rundir_format.trackers), written by a run's loggers: in a run directory, the last epoch
+    the trackers hold and the MLflow run of each store; in a sweep directory, the sweep's MLflow parent run."""
+    logged_through: Count = 0
+    mlflow: dict[str, str] = {}  # "TRACKING_URI#EXPERIMENT" -> MLflow run id
+
+
 class BeforeAfter(FileModel):
     before: float
     after: float
@@ -272,7 +279,7 @@ class Unreadable(ValueError):
 
 JSON_FILES = {RESULTS: TypeAdapter(Results), IDENTITY: TypeAdapter(Identity), PRUNE: TypeAdapter(Prune),
               PROGRESS: TypeAdapter(Progress), SWEEP_PLAN: TypeAdapter(SweepPlan),
-              SUBMISSIONS: TypeAdapter(Submissions)}
+              SUBMISSIONS: TypeAdapter(Submissions), TRACKERS: TypeAdapter(Trackers)}
 YAML_FILES = {MULTIRUN: TypeAdapter(Multirun), HYDRA_OVERRIDES.name: TypeAdapter(list[str])}
 METRICS_ROW = TypeAdapter(MetricsRow)
 SHOWN_INPUT = 40  # characters of a wrong value quoted in a problem

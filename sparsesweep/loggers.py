@@ -1,192 +1,35 @@
 """Per-run loggers, the `logger` config group: `logger=tensorboard`, `logger=[tensorboard,wandb]`, ...
 
-They mirror what a run already has on the host at each epoch's end (the metrics row of metrics.jsonl and
-the BN snapshot of bn_history.npz) and its final results: no extra device sync, nothing fed back into
-training, and `logger` is not part of a run's identity (rundir.RUN_IRRELEVANT). Each logger is a mapping
-under `logger` (conf/logger/NAME.yaml), so several at once merge into one node.
+They mirror what a run already has on the host at each epoch's end (the metrics row of metrics.jsonl and the BN
+snapshot of bn_history.npz) and its final results, through rundir_format.trackers, which
+`python -m multirun_analysis export` uses too: no extra device sync, nothing fed back into training, and `logger`
+is not part of a run's identity (rundir_format.RUN_IRRELEVANT). Each logger is a mapping under `logger`
+(conf/logger/NAME.yaml), so several at once merge into one node.
 
-- tensorboard: event files in RUN_DIR/tensorboard/ (a sweep directory is one TensorBoard logdir, a run per
-  run directory); scalars, gamma histograms per layer, the resolved config as text
-- wandb: one W&B run per run directory (resumed runs continue it); `logger.wandb.mode=offline` needs no network
-- mlflow: one MLflow run per run directory in a tracking store, by default the local file store ./mlruns
-- csv: RUN_DIR/metrics.csv, one row per epoch with the same columns as the other loggers' scalars
+A resumed run continues its tracker runs and logs each epoch once: trackers.json records the last epoch the
+trackers hold, moved as each epoch is sent. A resumed run sends first the epochs its metrics.jsonl holds past that
+mark (written by a process killed before it had sent them), from the run's files, and does not send again the
+epochs it redoes from an earlier checkpoint. A stop signal marks the tracker runs stopped
+(MLflow KILLED; W&B preempting, exit code 128 + the signal); a process killed outright (SIGKILL, the OOM killer)
+has its MLflow runs marked KILLED by a watcher process that outlives it. A logger that fails while the run trains
+fails the run, as any of its host work does (in a pack or a sweep the others go on); one that fails as the run
+ends is said in one line and leaves the run as it ended: its own files are its record.
 """
 from __future__ import annotations
 
-import csv
-import hashlib
 import importlib.util
-import io
-import os
-import time
+import json
+import logging
+import shlex
+import subprocess
+import sys
 from pathlib import Path
 
-from omegaconf import OmegaConf
-
+from rundir_format import schema, trackers
 from sparsesweep import rundir
 from sparsesweep.errors import ConfigError
 
-# The metrics row's keys under the names every logger uses.
-EPOCH_SCALARS = {"train/loss": "train_loss", "train/error_pct": "train_error", "test/loss": "test_loss",
-                 "test/error_pct": "test_error", "test/top5_error_pct": "test_top5_error", "lr": "lr",
-                 "sparsity_gamma_pct/total": "sparsity_gamma_pct"}
-
-
-def final_scalars(results: dict) -> dict[str, float]:
-    """What only the end of a completed run measures: the sparsity by activation, the zeroing check."""
-    sparsity = results.get("sparsity") or {}
-    values = {"final/test_error_pct": results.get("test_error"),
-              "final/zeroed_test_error_pct": results.get("zeroed_test_error"),
-              **{f"final/sparsity_{criterion}_pct": sparsity[criterion]["total_pct"]
-                 for criterion in ("by_gamma", "by_activation") if criterion in sparsity}}
-    return {tag: value for tag, value in values.items() if value is not None}
-
-
-def layer_gammas(snapshot: dict) -> dict:
-    """{layer: gamma (CPU tensor)} from a bn_snapshot ({"C1_gamma": ..., "C1_beta": ...})."""
-    return {key.removesuffix("_gamma"): value for key, value in snapshot.items() if key.endswith("_gamma")}
-
-
-def epoch_scalars(row: dict, gammas: dict, threshold: float) -> dict[str, float]:
-    """The epoch's scalars: the metrics row, and the sparsity by gamma of every layer (from the snapshot the
-    trainer already copied to the host)."""
-    scalars = {tag: row[key] for tag, key in EPOCH_SCALARS.items() if row.get(key) is not None}
-    for layer, gamma in gammas.items():
-        scalars[f"sparsity_gamma_pct/{layer}"] = 100.0 * (gamma.abs() < threshold).double().mean().item()
-    return scalars
-
-
-class TensorBoard:
-    package = "tensorboard"
-
-    def __init__(self, cfg, out_dir: Path, first_epoch: int):
-        from torch.utils.tensorboard import SummaryWriter
-
-        # purge_step: a resumed run's events from the epoch it redoes on are hidden, so each epoch shows once.
-        self.writer = SummaryWriter(str(out_dir / cfg.logger.tensorboard.subdir), purge_step=first_epoch)
-        if first_epoch == 1:
-            config = OmegaConf.to_yaml(rundir.run_config(cfg))
-            self.writer.add_text("config", "".join(f"    {line}\n" for line in config.splitlines()), 0)
-
-    def log_epoch(self, epoch: int, scalars: dict, gammas: dict) -> None:
-        for tag, value in scalars.items():
-            self.writer.add_scalar(tag, value, epoch)
-        for layer, gamma in gammas.items():
-            self.writer.add_histogram(f"gamma/{layer}", gamma, epoch)
-        self.writer.flush()  # on disk now: a run killed later keeps every finished epoch
-
-    def close(self, results: dict) -> None:
-        for tag, value in final_scalars(results).items():
-            self.writer.add_scalar(tag, value, results["epochs"])
-        self.writer.close()
-
-
-def logger_run_id(cfg, out_dir: Path) -> str:
-    """One tracker run per run directory and identity: a resumed run continues it, a run moved aside and
-    trained anew in the same directory gets its own."""
-    return hashlib.sha256(f"{rundir.run_identity(cfg)} {out_dir.resolve()}".encode()).hexdigest()[:16]
-
-
-class WandB:
-    package = "wandb"
-
-    def __init__(self, cfg, out_dir: Path, first_epoch: int):
-        import wandb
-
-        self.wandb = wandb
-        settings = cfg.logger.wandb
-        # reinit="create_new": the runs of a pack share a process, each with its own W&B run (by default a
-        # second wandb.init returns the first run, and the second run would log into it).
-        self.run = wandb.init(project=settings.project, entity=settings.entity, mode=settings.mode,
-                              dir=str(out_dir), name=out_dir.name, group=out_dir.parent.name,
-                              id=logger_run_id(cfg, out_dir), resume="allow", config=rundir.run_config(cfg),
-                              reinit="create_new")
-
-    def log_epoch(self, epoch: int, scalars: dict, gammas: dict) -> None:
-        histograms = {f"gamma/{layer}": self.wandb.Histogram(gamma.numpy()) for layer, gamma in gammas.items()}
-        self.run.log({**scalars, **histograms}, step=epoch)
-
-    def close(self, results: dict) -> None:
-        self.run.summary.update({"status": results["status"], **final_scalars(results)})
-        self.run.finish(exit_code=0 if results["status"] == "completed" else 1)
-
-
-def flat_params(config: dict, prefix: str = "") -> dict[str, str]:
-    """A nested config as MLflow params: {"optimizer.lr": "0.001", ...}."""
-    params = {}
-    for key, value in config.items():
-        if isinstance(value, dict):
-            params.update(flat_params(value, f"{prefix}{key}."))
-        else:
-            params[f"{prefix}{key}"] = str(value)
-    return params
-
-
-class MLflow:
-    package = "mlflow"
-    RUN_DIR_TAG = "sparsesweep.run_dir"
-    PARAMS_PER_CALL = 100  # MLflow's limit per log_batch
-
-    def __init__(self, cfg, out_dir: Path, first_epoch: int):
-        from mlflow.entities import Param
-        from mlflow.tracking import MlflowClient
-
-        settings = cfg.logger.mlflow
-        uri = str(settings.tracking_uri)
-        if "://" not in uri:
-            uri = Path(uri).resolve().as_uri()
-        if uri.startswith("file:"):
-            # MLflow >= 3.7 refuses its file store unless asked: it is the one store that takes the parallel
-            # runs of a sweep without a server (a run per directory; SQLite would lock between processes).
-            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
-        self.client = MlflowClient(tracking_uri=uri)
-        experiment = self.client.get_experiment_by_name(settings.experiment)
-        experiment_id = experiment.experiment_id if experiment else self.client.create_experiment(settings.experiment)
-        run_dir = str(out_dir.resolve())
-        earlier = self.client.search_runs([experiment_id], f"tags.`{self.RUN_DIR_TAG}` = '{run_dir}'", max_results=1)
-        self.run_id = earlier[0].info.run_id if earlier else self.client.create_run(
-            experiment_id, run_name=out_dir.name, tags={self.RUN_DIR_TAG: run_dir}).info.run_id
-        params = [Param(key, value) for key, value in flat_params(rundir.run_config(cfg)).items()]
-        for start in range(0, len(params), self.PARAMS_PER_CALL):
-            self.client.log_batch(self.run_id, params=params[start:start + self.PARAMS_PER_CALL])
-
-    def log_metrics(self, scalars: dict, step: int) -> None:
-        from mlflow.entities import Metric
-
-        now_ms = int(time.time() * 1000)
-        self.client.log_batch(self.run_id, metrics=[Metric(tag, value, now_ms, step) for tag, value in scalars.items()])
-
-    def log_epoch(self, epoch: int, scalars: dict, gammas: dict) -> None:
-        self.log_metrics(scalars, epoch)
-
-    def close(self, results: dict) -> None:
-        self.log_metrics(final_scalars(results), results["epochs"])
-        self.client.set_terminated(self.run_id, "FINISHED" if results["status"] == "completed" else "FAILED")
-
-
-class Csv:
-    package = None
-
-    def __init__(self, cfg, out_dir: Path, first_epoch: int):
-        self.path = out_dir / cfg.logger.csv.file
-        # A resumed run keeps the rows of the epochs before the one it redoes on.
-        earlier = list(csv.DictReader(io.StringIO(self.path.read_text()))) if self.path.exists() else []
-        self.rows = [row for row in earlier if int(row["epoch"]) < first_epoch]
-
-    def log_epoch(self, epoch: int, scalars: dict, gammas: dict) -> None:
-        self.rows.append({"epoch": epoch, **scalars})
-        columns = list(dict.fromkeys(key for row in self.rows for key in row))
-        text = io.StringIO()
-        writer = csv.DictWriter(text, columns)
-        writer.writeheader()
-        writer.writerows(self.rows)
-        rundir.write_atomic(self.path, text.getvalue().encode())
-
-    def close(self, results: dict) -> None:
-        pass  # every row is written as its epoch ends
-
-
-LOGGERS = {"tensorboard": TensorBoard, "wandb": WandB, "mlflow": MLflow, "csv": Csv}
+PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow", "csv": None}
 
 
 def chosen(cfg) -> list[str]:
@@ -197,26 +40,148 @@ def check_installed(cfg) -> None:
     """A logger whose package is missing stops the run before anything starts (in a sweep, before anything is
     launched), with the line that fixes it. (Which loggers exist is checked by sparsesweep.validate.)"""
     for name in chosen(cfg):
-        package = LOGGERS[name].package
+        package = PACKAGES[name]
         if package and importlib.util.find_spec(package) is None:
             raise ConfigError(f"logger={name} needs the {package} package: pip install {package}")
 
 
-class RunLoggers:
-    """The run's loggers, opened before its first epoch (first_epoch: the epoch it starts or resumes at)."""
+# The watcher: its stdin is a pipe from this process; at its end (EOF: this process ended, however) it marks
+# the MLflow runs still open KILLED. It imports mlflow only then, so a process that closed its runs costs it nothing.
+WATCH = """
+import json, sys
+still_open = {}
+for line in sys.stdin:
+    uri, run_id, is_open = json.loads(line)
+    if is_open:
+        still_open[run_id] = uri
+    else:
+        still_open.pop(run_id, None)
+if still_open:
+    from mlflow.tracking import MlflowClient
+    for run_id, uri in still_open.items():
+        try:
+            MlflowClient(tracking_uri=uri).set_terminated(run_id, "KILLED")
+        except Exception:
+            pass
+"""
+_watcher: subprocess.Popen | None = None
 
-    def __init__(self, cfg, out_dir: Path, first_epoch: int):
-        self.threshold = cfg.measure.gamma_threshold
-        self.loggers = [LOGGERS[name](cfg, Path(out_dir), first_epoch) for name in chosen(cfg)]
+
+def watch(uri: str, run_id: str, is_open: bool) -> None:
+    """Tells the watcher (started on first use, one per process) that an MLflow run is open or closed. Best
+    effort: a watcher that cannot be started or told leaves a killed run RUNNING, and the run goes on."""
+    global _watcher
+    try:
+        if _watcher is None or _watcher.poll() is not None:
+            # Its own session: the Ctrl-C of a terminal stops this process, not the watcher.
+            _watcher = subprocess.Popen([sys.executable, "-c", WATCH], stdin=subprocess.PIPE, text=True,
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        _watcher.stdin.write(json.dumps([uri, run_id, is_open]) + "\n")
+        _watcher.stdin.flush()
+    except OSError as error:
+        logging.getLogger("sparsesweep").warning("the MLflow watcher is not running (%s): a run killed outright "
+                                                 "stays RUNNING in MLflow", error)
+
+
+_stores: dict[tuple[str, str], trackers.MLflowStore] = {}
+
+
+def mlflow_store(settings) -> trackers.MLflowStore:
+    """The experiment of a tracking store, found once per process (the runs of a pack share it)."""
+    key = (trackers.mlflow_uri(settings.tracking_uri), settings.experiment)
+    if key not in _stores:
+        _stores[key] = trackers.MLflowStore(*key)
+    return _stores[key]
+
+
+def open_mlflow(settings, run: trackers.RunInfo) -> trackers.MLflow:
+    """The run's MLflow run: the one its directory records for this store (a lookup by id, whatever the size
+    of the experiment), else a new one, nested in its sweep's parent run."""
+    store = mlflow_store(settings)
+    known = trackers.recorded(run.run_dir).mlflow.get(store.label)
+    parent = store.sweep_parent(run.sweep, record_in_sweep=True) if run.sweep else None
+    mirror = trackers.MLflow(run, store, known if known and store.exists(known) else None, parent)
+    if mirror.run_id != known:
+        trackers.record(run.run_dir, mlflow={**trackers.recorded(run.run_dir).mlflow, store.label: mirror.run_id})
+    watch(store.uri, mirror.run_id, True)
+    return mirror
+
+
+def open_logger(name: str, settings, run: trackers.RunInfo, logged_through: int):
+    if name == "tensorboard":
+        return trackers.TensorBoard(run, run.run_dir / settings.subdir, logged_through)
+    if name == "wandb":
+        return trackers.WandB(run, settings.project, settings.entity, settings.mode)
+    if name == "mlflow":
+        return open_mlflow(settings, run)
+    return trackers.Csv(run.run_dir / settings.file, logged_through)
+
+
+class RunLoggers:
+    """The run's loggers, opened before its first epoch, each saying in one log line where the run goes."""
+
+    def __init__(self, cfg, out_dir: Path, run_id: str, overrides, log: logging.Logger):
+        self.log, self.loggers, self.logged_through = log, {}, 0
+        if not chosen(cfg):
+            return
+        out_dir = Path(out_dir)
+        self.run = trackers.RunInfo.of(out_dir, run_id, rundir.run_config(cfg), overrides)
+        self.logged_through = trackers.recorded(out_dir).logged_through
+        for name in chosen(cfg):
+            self.loggers[name] = open_logger(name, cfg.logger[name], self.run, self.logged_through)
+            log.info("run %s: %s", run_id, self.loggers[name].where)
+        # The epochs metrics.jsonl holds past that mark: an earlier process wrote them and was killed before its
+        # trackers had them. Sent now from the run's files; the epochs this process redoes are not sent again.
+        try:
+            missed = [(row, gammas) for row, gammas in trackers.history(out_dir) if row["epoch"] > self.logged_through]
+        except schema.Unreadable:
+            missed = []  # what the trainer then writes is sent
+        for row, gammas in missed:
+            self._send(row, gammas)
 
     def log_epoch(self, row: dict, snapshot: dict) -> None:
-        """row: the epoch's metrics.jsonl entry; snapshot: its BN gamma/beta on the host (bn_snapshot)."""
-        if self.loggers:
-            gammas = layer_gammas(snapshot)
-            scalars = epoch_scalars(row, gammas, self.threshold)
-            for logger in self.loggers:
-                logger.log_epoch(row["epoch"], scalars, gammas)
+        """row: the epoch's metrics.jsonl entry (already written); snapshot: its BN gamma/beta on the host."""
+        if not self.loggers or row["epoch"] <= self.logged_through:
+            return
+        self._send(row, trackers.layer_gammas({key: value.float().numpy() for key, value in snapshot.items()}))
 
-    def close(self, results: dict) -> None:
-        for logger in self.loggers:
-            logger.close(results)
+    def _send(self, row: dict, gammas: dict) -> None:
+        """An epoch to every logger, then trackers.json's mark moved past it."""
+        scalars = trackers.epoch_scalars(row, gammas, self.run.threshold)
+        for logger in self.loggers.values():
+            logger.log_epoch(row["epoch"], scalars, gammas)
+        self.logged_through = row["epoch"]
+        trackers.record(self.run.run_dir, logged_through=self.logged_through)
+
+    def finish(self, results: dict) -> None:
+        """The run ended (completed or diverged): its final values, and its tracker runs end."""
+        self._end("finish", results)
+
+    def stop(self, signum: int | None) -> None:
+        """The run stops before its end with its state saved: by a stop signal, or (None) to train on in a process
+        of its own. A resume continues its tracker runs."""
+        self._end("stop", signum)
+
+    def fail(self) -> None:
+        self._end("fail")
+
+    def _end(self, method: str, *args) -> None:
+        """Each logger's end; one that raises is said in one line (the run's own files are complete)."""
+        loggers, self.loggers = self.loggers, {}
+        for name, logger in loggers.items():
+            try:
+                getattr(logger, method)(*args)
+            except Exception as error:  # noqa: BLE001 (any tracker's error: the run has ended as it has)
+                self.log.error("logger=%s failed to end run %s (%s: %s); the run's directory holds all of it", name,
+                               self.run.run_id, type(error).__name__, error)
+                continue
+            if name == "mlflow":
+                watch(logger.store.uri, logger.run_id, False)
+
+
+def export_hint(cfg, out_dir: Path) -> str:
+    """For a finished run asked again with a tracker logger: how to send it (it is not trained again)."""
+    sent = [name for name in chosen(cfg) if name in ("tensorboard", "wandb", "mlflow")]
+    directory = shlex.quote(str(out_dir))
+    return "".join(f" (to send it to {name}: python -m multirun_analysis export {directory} --to {name})"
+                   for name in sent)

@@ -23,7 +23,7 @@ from typing import Callable
 import torch
 from omegaconf import OmegaConf
 
-from sparsesweep import assemble, graphs, interrupts, validate
+from sparsesweep import assemble, graphs, interrupts, loggers, validate
 from sparsesweep.errors import ConfigError
 from sparsesweep.rundir import open_directory
 from sparsesweep.run import DIVERGED, TRAINED, TRAINING, Run
@@ -91,8 +91,8 @@ def train_runs(specs: list[RunSpec], apart_unless_captured: bool = False
                 run_id, finished = open_directory(spec.cfg, Path(spec.out_dir), spec.overrides, spec.on_open,
                                                   resources)
                 if finished:
-                    spec.log.info("run %s is already %s in %s: nothing to do", finished["run_id"], finished["status"],
-                                  spec.out_dir)
+                    spec.log.info("run %s is already %s in %s: nothing to do%s", finished["run_id"], finished["status"],
+                                  spec.out_dir, loggers.export_hint(spec.cfg, spec.out_dir))
                     outcomes[number] = (finished, None)
                     resources.close()
                     continue
@@ -186,6 +186,7 @@ def train_pack(runs: list[Run], stops: interrupts.StopSignals,
                 for run in [run for run in active if run.status == TRAINING]:
                     run.log.warning("%s at epoch %d, step %d: checkpoint saved", interrupts.signal_name(stops.pending),
                                     run.progress.epoch + 1, run.progress.step)
+                    host_work(run, lambda run=run: run.loggers.stop(stops.pending))
         left = [run for run in active if run.status != TRAINING]
         for run in (run for run in left if run.error is not None and not isinstance(run.error, TrainApart)):
             if len(runs) > 1:
@@ -210,6 +211,7 @@ def leave_apart(runs: list[Run], refusal: str) -> None:
         if run.status == TRAINING:
             run.log.info("run %s leaves its pack at step %d (checkpoint saved) to train in a process of its own",
                          run.run_id, run.progress.step)
+            run.loggers.stop(None)  # its process continues its tracker runs
             run.fail(TrainApart(refusal))
 
 

@@ -63,7 +63,6 @@ class Run:
         self.error, self.results = None, None
         set_lr(self.optimizer, self.plan, cfg.schedule, self.progress.step)
         self.decay = DecoupledDecay(self.optimizer, device)
-        self.loggers = loggers.RunLoggers(cfg, self.out_dir, first_epoch=self.progress.epoch + 1)
         self.log.info("run %s: %s on %s (%d train / %d test, %d classes), %s + %s %.3g, batch %d, %d steps in %d "
                       "epochs, %d parameters, %s", self.run_id, cfg.model.name, data.name, len(data.train),
                       len(data.test), data.num_classes, cfg.optimizer.name, cfg.regularizer.name,
@@ -71,6 +70,7 @@ class Run:
                       sum(p.numel() for p in self.model.parameters()), device)
         if "CUDA_VISIBLE_DEVICES" in os.environ:  # set per job by the local launcher
             self.log.info("CUDA_VISIBLE_DEVICES=%s", os.environ["CUDA_VISIBLE_DEVICES"])
+        self.loggers = loggers.RunLoggers(cfg, self.out_dir, run_id, self.overrides, log)
         self.model.train()
         self.clock = (time.monotonic(), self.progress.step)  # this process's start: its speed, so the time left
         self.estimated = False
@@ -249,11 +249,11 @@ class Run:
                "time_s": progress.elapsed}
         progress.metrics.append(row)
         progress.bn_history.append(self._snapshot(progress.step))
-        self.loggers.log_epoch(row, progress.bn_history[-1])
         self.log.info("epoch %d/%d  lr %.3g  train loss %.4f err %.2f%%  test loss %.4f err %.2f%%  "
                       "sparsity by gamma %.1f%%  (%.0f s)", progress.epoch, self.plan.epochs, self.tally.lr,
                       train_loss, train_error, test_loss, test_error, row["sparsity_gamma_pct"], progress.elapsed)
         rundir.write_history(self.out_dir, progress.metrics, progress.bn_history)
+        self.loggers.log_epoch(row, progress.bn_history[-1])  # after metrics.jsonl, which then holds every epoch logged
         if progress.step < self.plan.total_steps:
             self._start_epoch(None)
         else:
@@ -272,6 +272,7 @@ class Run:
     def fail(self, error: BaseException) -> None:
         """The run cannot go on (its step or host work raised): it leaves its pack; sparsesweep.jobs reports it."""
         self.status, self.error = FAILED, error
+        self.loggers.fail()
         self.resources.close()
 
     def finish(self) -> dict:
@@ -301,11 +302,7 @@ class Run:
         results["provenance"] = provenance.describe(self.device)  # the process that finished the run
         rundir.write_atomic(self.out_dir / rundir.RESULTS, rundir.json_bytes(results))
         self.status, self.results = status, results
-        try:
-            self.loggers.close(results)
-        except Exception as error:  # noqa: BLE001 (the run is complete and saved; only its mirror is short)
-            self.log.error("a logger failed to close (%s: %s): the run itself is complete (results.json)",
-                           type(error).__name__, error)
+        self.loggers.finish(results)
         if status == COMPLETED and cfg.prune.after_training:
             from sparsesweep.prune import prune_after_training  # torch-pruning: imported only when a run prunes
 

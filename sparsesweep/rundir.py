@@ -4,7 +4,6 @@ The format itself (file names, statuses, atomic writes) is rundir_format's, shar
 from __future__ import annotations
 
 import contextlib
-import copy
 import fcntl
 import hashlib
 import io
@@ -18,8 +17,8 @@ from pathlib import Path
 
 from rundir_format import (BN_HISTORY, CHECKPOINT, FEATURES, FINISHED, IDENTITY, LOCK, METRICS,  # noqa: F401
                            PREVIOUS_CHECKPOINT, PROGRESS, PRUNE, PRUNE_SCHEMA, RESULTS, RESULTS_SCHEMA,
-                           RUN_IRRELEVANT, SWEEP_PLAN, describe_holder, finite_or_none, json_bytes, jsonl_bytes,
-                           lock_holder, remove_temporaries, write_atomic, write_temporary)
+                           RUN_IRRELEVANT, SWEEP_PLAN, describe_holder, finite_or_none, identity_payload, json_bytes,
+                           jsonl_bytes, lock_holder, remove_temporaries, write_atomic, write_temporary)
 from sparsesweep import provenance, schema
 from sparsesweep.errors import ConfigError
 
@@ -41,18 +40,6 @@ def run_identity(cfg) -> str:
 
 def identity_hash(config: dict) -> str:
     return hashlib.sha256(json.dumps(identity_payload(config), sort_keys=True).encode()).hexdigest()[:16]
-
-
-def identity_payload(config: dict) -> dict:
-    """A resolved config without the run-irrelevant keys (a copy)."""
-    plain = copy.deepcopy(config)
-    for dotted in RUN_IRRELEVANT:
-        *parents, leaf = dotted.split(".")
-        node = plain
-        for key in parents:
-            node = node.get(key, {})
-        node.pop(leaf, None)
-    return plain
 
 
 def directory_identity(run_dir: Path, config: dict) -> str:

@@ -3,12 +3,14 @@ fixtures: a sweep as a dry run (nothing trains), a single run through the checks
 (all but its data, which this machine may lack), the analysis commands on a small sweep of real run
 directories, make targets with `make -n`. A command no rule below knows fails the test: a new command in the
 docs gets its run here."""
+import contextlib
 import os
 import re
 import shlex
 import subprocess
 import sys
 from pathlib import Path
+from unittest import mock
 
 import pytest
 from omegaconf import OmegaConf
@@ -90,7 +92,8 @@ def workspace(tmp_path_factory):
 
 
 def positional(args: list[str], value_options=("--out", "--format", "--where", "--model", "--threshold",
-                                               "--device", "--data-root", "--steps", "--coefficients")):
+                                               "--device", "--data-root", "--steps", "--coefficients", "--to",
+                                               "--tracking-uri", "--experiment", "--project", "--entity", "--mode")):
     """Indices of the arguments that are not options or option values."""
     taken, skip = [], False
     for index, arg in enumerate(args):
@@ -155,8 +158,13 @@ def analysis(args: list[str], env, workspace, tmp_path) -> tuple[int, str, int]:
     if "--out" in args:
         out = args.index("--out") + 1
         args[out] = str(tmp_path / Path(args[out]).name)
+    offline = {}
+    if args[0] == "export" and "--to" in args:  # the tracker's store (mlruns) in tmp_path, no network
+        pytest.importorskip(args[args.index("--to") + 1])
+        offline = {"WANDB_MODE": "offline", "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
     try:
-        code = main(args)
+        with contextlib.chdir(tmp_path), mock.patch.dict(os.environ, offline):
+            code = main(args)
     except SystemExit as stop:  # --help
         code = stop.code
     return code, "", 0
@@ -201,6 +209,8 @@ def script(args, env, workspace, tmp_path) -> tuple[int, str, int]:
         args = [*args, "--steps", "200", "--out", str(tmp_path / "synthetic")]
     elif module.endswith("collector.py"):
         args = [*args, "--runs", "50"]
+    elif module.endswith("trackers.py"):
+        args = [*args, "--repeats", "1", "--epochs", "2", "--loggers", "csv"]
     elif module.endswith("plan.py"):
         args = [*args, "--runs", "10"]
     elif module.endswith("cost_model.py"):
@@ -241,7 +251,7 @@ RULES = [
 ]
 # Long, or run in the fast tier by tests of their own (the report's and the figures' tests).
 SLOW = ("+experiment=table", "+experiment=claims", "+experiment=architectures", "+experiment=difficulty",
-        "multirun_analysis report", "multirun_analysis plots")
+        "multirun_analysis report", "multirun_analysis plots", "multirun_analysis export", "benchmarks/trackers.py")
 
 
 def cases():
