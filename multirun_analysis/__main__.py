@@ -9,7 +9,7 @@
                                                             TABLE: table1 ... table7, difficulty; --where
                                                             replaces the table's run filter, e.g.
                                                             --where coefficient=2e-3 batch_size=20
-  python -m multirun_analysis claims SWEEP_DIR... [--format terminal|markdown|csv]
+  python -m multirun_analysis claims SWEEP_DIR... [--format terminal|markdown|csv] [--out FILE]
                                                             each of the paper's claims the runs speak to:
                                                             holds / contradicted / inconclusive / no runs
   python -m multirun_analysis runs SWEEP_DIR... --out FILE  every run, every metric (.csv or .parquet)
@@ -19,10 +19,13 @@
                                                             claims, tables, figures, every run
 
 What cannot be read is said on stderr, one line per reason, and the rest is still shown; the exit code is 0,
-or 2 (one line) for a directory that is not there or an output that cannot be written.
+or 2 (one line) for a directory that is not there or an output that cannot be written. Every --out file is
+written whole or not at all (a temp file beside it, renamed over it): a failed write leaves the old one.
+Text from run files is shown with its control characters escaped (rundir_format.text.printable).
 """
 import argparse
 import dataclasses
+import io
 import os
 import sys
 from collections import Counter
@@ -33,6 +36,8 @@ import pandas as pd
 from multirun_analysis import claims, render, tables, terminal
 from multirun_analysis.load import load_runs
 from multirun_analysis.status import sweep_status
+from rundir_format import write_atomic
+from rundir_format.text import printable
 
 COMMANDS = ("status", "runs", "plots", "report", "claims", *tables.TABLES)
 # The summary's columns: run column -> (header, decimals); sparsity: % of features inactive by |γ| < 1e-3 and by
@@ -47,9 +52,14 @@ class OutputError(Exception):
     """An output that cannot be written: one line, exit 2."""
 
 
+def say(line: str) -> None:
+    """One line on stderr, its control characters shown escaped."""
+    print(printable(line), file=sys.stderr)
+
+
 def report_skipped(skipped: Counter) -> None:
     for reason, count in skipped.items():
-        print(f"skipped {count} run(s): {reason}", file=sys.stderr)
+        say(f"skipped {count} run(s): {reason}")
 
 
 def common_overrides(runs: list[str]) -> list[str]:
@@ -76,7 +86,7 @@ def summary(paths) -> int:
     skipped = Counter()
     frame = load_runs(paths, skipped)
     if frame.empty:
-        print(f"no runs with a results.json under {' '.join(map(str, paths))}", file=sys.stderr)
+        say(f"no runs with a results.json under {' '.join(map(str, paths))}")
     else:
         shared = common_overrides(list(frame.overrides))
         rows = [[without(run.overrides, shared), terminal.styled(run.status),
@@ -93,9 +103,9 @@ def status(paths) -> int:
         problems = []
         table = sweep_status(sweep_dir, problems)
         for problem in problems:
-            print(problem, file=sys.stderr)
+            say(problem)
         if table.empty:
-            print(f"no runs found under {sweep_dir}")
+            print(printable(f"no runs found under {sweep_dir}"))
             continue
         # One line per run (unwrapped) between the header and the counts, for grep and scripts: the overrides
         # all runs share stay in each line.
@@ -118,11 +128,13 @@ def parse_where(pairs) -> dict:
     return where
 
 
-def write(path: Path, text: str) -> None:
+def write(path: Path, content: str | bytes) -> None:
+    """An output file, whole or not at all (the old one is left as it was when the write fails)."""
     try:
-        path.write_text(text, encoding="utf-8")
+        write_atomic(path, content.encode() if isinstance(content, str) else content)
     except OSError as error:
-        raise OutputError(f"error: cannot write {path}: {error.strerror}: pass another --out") from error
+        raise OutputError(f"error: cannot write {path}: {error.strerror or type(error).__name__}: pass another "
+                          f"--out") from error
 
 
 def table(name: str, paths, fmt: str, out: Path | None, show_paper: bool, where: dict) -> int:
@@ -139,7 +151,7 @@ def table(name: str, paths, fmt: str, out: Path | None, show_paper: bool, where:
                 from error
         for each, extension in EXTENSIONS.items():
             write(out / f"{name}.{extension}", render.render(spec, built, each, show_paper))
-        print(f"wrote {name}.{{{','.join(EXTENSIONS.values())}}} to {out}")
+        print(printable(f"wrote {name}.{{{','.join(EXTENSIONS.values())}}} to {out}"))
     if fmt == "terminal":
         terminal.show(*render.terminal_tables(spec, built, show_paper), render.legend(spec, show_paper, "*"))
     else:
@@ -148,10 +160,14 @@ def table(name: str, paths, fmt: str, out: Path | None, show_paper: bool, where:
     return 0
 
 
-def check_claims(paths, fmt: str) -> int:
+def check_claims(paths, fmt: str, out: Path | None = None) -> int:
     skipped = Counter()
     verdicts = claims.check(load_runs(paths, skipped, completed_only=True))
-    if fmt == "terminal":
+    if out:
+        write(out, terminal.text(claims.terminal_view(verdicts)) if fmt == "terminal" else
+              claims.format_verdicts(verdicts, fmt))
+        print(printable(f"wrote {out}"))
+    elif fmt == "terminal":
         terminal.show(*claims.terminal_view(verdicts))
     else:
         print(claims.format_verdicts(verdicts, fmt), end="")
@@ -163,14 +179,16 @@ def runs(paths, out: Path) -> int:
     skipped = Counter()
     frame = load_runs(paths, skipped)
     if out.suffix == ".parquet":
+        buffer = io.BytesIO()
         try:
-            frame.to_parquet(out)
+            frame.to_parquet(buffer)
         except ImportError as error:
             raise OutputError("error: writing .parquet needs pyarrow (pip install pyarrow); or use --out runs.csv") \
                 from error
+        write(out, buffer.getvalue())
     else:
         write(out, render.csv_text(frame, index=False))
-    print(f"wrote {len(frame)} runs to {out}")
+    print(printable(f"wrote {len(frame)} runs to {out}"))
     report_skipped(skipped)
     return 0
 
@@ -194,7 +212,7 @@ def html_report(paths, out: Path) -> int:
 
     skipped = Counter()
     write(out, report.build_report(paths, out, skipped))
-    print(f"wrote {out}")
+    print(printable(f"wrote {out}"))
     report_skipped(skipped)
     return 0
 
@@ -212,14 +230,14 @@ def main(argv=None) -> int:
                             help="change the table's run filter (run columns, e.g. coefficient=2e-3)")
     if command == "claims":
         parser.add_argument("--format", choices=claims.FORMATS, default="terminal")
-    if command in tables.TABLES or command in ("runs", "plots", "report"):
+    if command in tables.TABLES or command in ("runs", "plots", "report", "claims"):
         parser.add_argument("--out", type=Path, required=command in ("runs", "plots", "report"),
-                            help="file (runs, report) or directory (tables: every format; plots)")
+                            help="file (runs, report; claims: in its --format) or directory (tables: every format; "
+                                 "plots)")
     args = parser.parse_args(argv[1:] if command != "summary" else argv)
     missing = [p for p in args.paths if not p.is_dir()]
     if missing:
-        print(f"error: {missing[0]} is not a directory: pass a sweep directory such as multirun/SWEEP",
-              file=sys.stderr)
+        say(f"error: {missing[0]} is not a directory: pass a sweep directory such as multirun/SWEEP")
         return 2
     try:
         if command == "status":
@@ -229,14 +247,14 @@ def main(argv=None) -> int:
         if command == "plots":
             return figures(args.paths, args.out)
         if command == "claims":
-            return check_claims(args.paths, args.format)
+            return check_claims(args.paths, args.format, args.out)
         if command == "report":
             return html_report(args.paths, args.out)
         if command in tables.TABLES:
             return table(command, args.paths, args.format, args.out, args.show_paper, parse_where(args.where))
         return summary(args.paths)
     except OutputError as error:
-        print(error, file=sys.stderr)
+        say(str(error))
         return 2
 
 

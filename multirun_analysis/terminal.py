@@ -1,7 +1,9 @@
 """Output for people (rich): tables without an index column that fit the terminal's width (COLUMNS when it is
 set), cells wrapped rather than cut, colour only on a terminal. Output to a pipe or a file without COLUMNS is
 not wrapped: one line per row, for grep. Every cell and line is taken as plain text, never as rich markup: run
-files may hold any characters."""
+files may hold any characters, and every control character of a str cell or line (an escape sequence, a newline)
+is shown escaped (rundir_format.text.printable). What a command composes over several lines is passed as rich
+Text, which is shown as it is."""
 from __future__ import annotations
 
 import io
@@ -11,6 +13,8 @@ import sys
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
+
+from rundir_format.text import printable
 
 UNWRAPPED = 1_000_000  # the width of output that is not wrapped
 MIN_WRAPPED = 30       # the least a column that wraps first keeps
@@ -42,7 +46,8 @@ def styled(word: str) -> Text:
 
 
 def cell(value) -> Text:
-    return value if isinstance(value, Text) else Text("" if value is None else str(value))
+    """A cell or line: rich Text as it is (composed here), anything else as printable text."""
+    return value if isinstance(value, Text) else Text("" if value is None else printable(value))
 
 
 def table(headers: list[str], rows: list[list], numbers_from: int | None = None, wraps_first: int | None = None,
@@ -51,7 +56,7 @@ def table(headers: list[str], rows: list[list], numbers_from: int | None = None,
     Where the width (of `file`, stdout) is short, column `wraps_first` gives up its width before the others,
     then the widest columns wrap first (at spaces; a word longer than its column folds)."""
     grid = Table(box=None, pad_edge=False, header_style="bold")  # no rule: a line per row, the header first
-    natural = [max(len(line) for text in [cell(header), *(cell(row[position]) for row in rows)]
+    natural = [max(len(line) for text in [Text(header), *(cell(row[position]) for row in rows)]
                    for line in text.plain.splitlines() or [""]) for position, header in enumerate(headers)]
     for position, header in enumerate(headers):
         numeric = numbers_from is not None and position >= numbers_from

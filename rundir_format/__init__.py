@@ -17,7 +17,10 @@ A run directory (see docs/results.md for every field):
   prune.json       after pruning
   sparsesweep.log  the run's log
 A sweep directory holds its runs' directories (one level down), multirun.yaml and sweep_plan.json.
-What each file holds, as pydantic models, and how a reader reads one: rundir_format.schema.
+What each file holds, as pydantic models, and how a reader reads one: rundir_format.schema. How every file of a
+run is opened (regular files only, never waiting, within a size cap): rundir_format.reading; which directories
+are runs and which links are followed: rundir_format.walk; text from run files made safe to show:
+rundir_format.text.
 """
 from __future__ import annotations
 
@@ -60,13 +63,15 @@ RUN_IRRELEVANT = ("device", "threads", "progress_interval_s", "checkpoint_interv
 def lock_holder(run_dir: Path) -> str | None:
     """'pid P on HOST' of the live process training run_dir, None when none is. The trainer holds an exclusive
     flock for its whole life and the kernel drops it when the process dies, however it dies, so a lock file
-    left behind is free."""
+    left behind is free. A .lock that is not a regular file (a FIFO: never waited on) is reading.Unreadable."""
+    from rundir_format import reading
+
     try:
-        with open(Path(run_dir) / LOCK, "rb") as file:
+        with reading.opened(Path(run_dir) / LOCK, "lock") as file:
             try:
                 fcntl.flock(file, fcntl.LOCK_SH | fcntl.LOCK_NB)  # closing the file releases it at once
             except BlockingIOError:
-                return describe_holder(file.read().decode(errors="replace"))
+                return describe_holder(file.read(reading.LIMITS["lock"]).decode(errors="replace"))
             return None
     except (FileNotFoundError, NotADirectoryError):  # never locked
         return None
