@@ -201,7 +201,12 @@ def figures(paths, out: Path) -> int:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise OutputError(f"error: cannot make the directory {out}: {error.strerror}: pass another --out") from error
-    for line in plots.draw(load_runs(paths, skipped, completed_only=True), out, skipped):
+    try:
+        lines = plots.draw(load_runs(paths, skipped, completed_only=True), out, skipped)
+    except OSError as error:  # each figure's files are written whole or not at all
+        raise OutputError(f"error: cannot write into {out}: {error.strerror or type(error).__name__}: pass another "
+                          f"--out") from error
+    for line in lines:
         print(line)
     report_skipped(skipped)
     return 0

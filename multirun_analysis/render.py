@@ -58,13 +58,14 @@ def csv_cell(value):
 
 
 def csv_text(frame: pd.DataFrame, index: bool) -> str:
-    """frame.to_csv, each text cell, index value and header through csv_cell."""
+    """frame.to_csv, each text cell, index value and header through csv_cell; lines end in CRLF (RFC 4180), so
+    that a cell holding a carriage return or a newline is quoted, its text kept exactly."""
     safe = frame.map(csv_cell) if len(frame.columns) else frame.copy()
     safe.columns = [csv_cell(str(column)) for column in frame.columns]
     if index:
         safe.index = safe.index.map(lambda key: tuple(map(csv_cell, key)) if isinstance(key, tuple) else csv_cell(key))
         safe.index.names = frame.index.names
-    return safe.to_csv(index=index)
+    return safe.to_csv(index=index, lineterminator="\r\n")
 
 
 def mathtext_text(text) -> str:

@@ -109,8 +109,14 @@ def write_temporary(path: Path, data: bytes) -> str:
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    """A reader sees the old file or the new one, never a part (a full disk leaves the old one)."""
-    os.replace(write_temporary(path, data), path)
+    """A reader sees the old file or the new one, never a part (a full disk leaves the old one, and no temp
+    file)."""
+    temporary = write_temporary(path, data)
+    try:
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
 
 
 def remove_temporaries(directory: Path) -> list[Path]:
