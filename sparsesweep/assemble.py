@@ -5,11 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from rundir_format import schema
-from sparsesweep import CONF_DIR, rundir
+from sparsesweep import rundir
 from sparsesweep.batches import place
 from sparsesweep.datasets import Dataset, load_dataset
 from sparsesweep.errors import ConfigError
@@ -59,12 +58,11 @@ def model_for(cfg, data: Dataset, device: torch.device) -> torch.nn.Module:
 def load_run(run_dir: Path, device: str | None = None, data_root: str | None = None, *, trusted=(),
              trust_code: bool = False):
     """A finished run's (config, data, model with its final weights in eval mode), from its results.json
-    and checkpoint.pt (which must be that run's). device: None uses the run's own setting. A run directory is
-    data, whoever made it: a custom model is built only when its _target_ is among `trusted` (what the user
-    named) or trust_code (models.custom.check_trusted); its data is read from data_root, else from where this
-    machine's runs of that dataset option keep it (the recorded dataset.root only with trust_code: a path a
-    file names could lead the dataset's loader to files it unpickles), and never downloaded. Any file that
-    is malformed, or a config that cannot be built, is a ConfigError."""
+    and checkpoint.pt (which must be that run's). device: None uses the run's own setting; data_root replaces
+    dataset.root (the run's may be relative to where it was launched). A run directory is data, whoever made
+    it: a custom model is built only when its _target_ is among `trusted` (what the user named) or trust_code
+    (models.custom.check_trusted), and nothing is downloaded (dataset.download is ignored). Any file that is
+    malformed, or a config that cannot be built, is a ConfigError."""
     run_dir = Path(run_dir)
     try:
         results = schema.read(run_dir / rundir.RESULTS)
@@ -79,11 +77,9 @@ def load_run(run_dir: Path, device: str | None = None, data_root: str | None = N
     path = run_dir / rundir.CHECKPOINT
     try:
         cfg = rundir.recorded_config(results.config)
-        recorded_root = cfg.dataset.get("root")
-        if recorded_root is not None:  # datasets read from disk (the synthetic ones are drawn)
-            cfg.dataset.root = data_root if data_root is not None else recorded_root if trust_code else \
-                default_data_root(cfg.dataset.name, recorded_root)
-        if "download" in cfg.dataset:
+        if data_root is not None:
+            cfg.dataset.root = data_root
+        if "download" in cfg.dataset:  # a run's files never make this machine fetch anything
             cfg.dataset.download = False
         device = pick_device(device or cfg.device)
         if not path.exists():
@@ -93,13 +89,7 @@ def load_run(run_dir: Path, device: str | None = None, data_root: str | None = N
         except rundir.CorruptCheckpoint as error:
             raise ConfigError(f"{path.name} is unreadable ({error}): the final weights are lost; train the run "
                               f"again") from None
-        try:
-            data = data_for(cfg, device)
-        except ConfigError as error:
-            if data_root is not None or cfg.dataset.get("root") == recorded_root:
-                raise
-            raise ConfigError(f"{error} (the run recorded dataset.root={recorded_root}: a run's files never choose "
-                              f"where data is read from: give it as --data-root {recorded_root})") from None
+        data = data_for(cfg, device)
         model = model_for(cfg, data, device)
         model.load_state_dict(state["model"])
     except (OmegaConfBaseException, KeyError, TypeError, AttributeError, RuntimeError, ValueError) as error:
@@ -109,13 +99,3 @@ def load_run(run_dir: Path, device: str | None = None, data_root: str | None = N
         raise ConfigError(f"{run_dir / rundir.RESULTS}: its config and {path.name} do not build a model "
                           f"({type(error).__name__}: {first}): train the run again") from None
     return cfg, data, model.eval()
-
-
-def default_data_root(dataset: str, recorded: str) -> str:
-    """Where a new run of the dataset option `dataset` would read its data on this machine (its conf/dataset
-    file's root, resolved here); `recorded` for an option that is not there."""
-    options = {path.stem: path for path in (CONF_DIR / "dataset").glob("*.yaml")}
-    if dataset not in options:
-        return recorded
-    node = OmegaConf.load(options[dataset])
-    return str(node.root) if "root" in node else recorded

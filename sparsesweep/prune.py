@@ -2,8 +2,8 @@
 
 `python -m sparsesweep.prune DIR...` prunes every completed run under the given run or sweep directories
 and writes `prune.json` (with --save-model also `pruned_model.pt`) into each run directory. A run directory is
-data, whoever made it: a custom model is built only when named with --model CLASS (or --trust-code), and its
-data read from --data-root or this machine's default place (assemble.load_run). Exit status: 0 when every run
+data, whoever made it: a custom model is built only when named with --model CLASS (or --trust-code), and no
+dataset is downloaded (assemble.load_run). Exit status: 0 when every run
 was pruned; 2 when a run was refused (bad input, one line each naming the fix: a file that is malformed, no
 regular file or too large, a checkpoint of another run, a custom model not named); 1 when one failed otherwise.
 Every run is tried; a directory or link the walk does not enter is said in one line.
@@ -366,13 +366,11 @@ def main(argv=None) -> int:
     parser.add_argument("--batch-size", type=int, default=LATENCY_BATCH_SIZE, help="latency batch size")
     parser.add_argument("--repeats", type=int, default=LATENCY_REPEATS, help="timed batches per latency median")
     parser.add_argument("--save-model", action="store_true", help=f"also write the pruned module as {PRUNED_MODEL}")
-    parser.add_argument("--data-root", help="the dataset's location (default: where this machine's runs of the "
-                                            "dataset keep it; the runs' recorded dataset.root with --trust-code)")
+    parser.add_argument("--data-root", help="the dataset's location, when not at the runs' recorded dataset.root")
     parser.add_argument("--model", action="append", default=[], metavar="PACKAGE.MODULE.CLASS",
                         help="a custom model's class, as its runs name it: build the runs whose model._target_ "
                              "it is (a run's files alone never make sparsesweep import code)")
-    parser.add_argument("--trust-code", action="store_true",
-                        help="build whatever custom model the runs name, and read data where they say")
+    parser.add_argument("--trust-code", action="store_true", help="build whatever custom model the runs name")
     args = parser.parse_args(argv)
     if not args.threshold > 0:
         parser.error(f"--threshold {args.threshold}: must be > 0, e.g. 1e-3")
