@@ -4,13 +4,18 @@
 PYTHON ?= python3
 PIP = $(PYTHON) -m pip install --quiet --disable-pip-version-check
 
-.PHONY: install-cpu quickstart check test
+.PHONY: install-cpu install-packages quickstart check test
 
 # PyTorch pinned, CPU build: from PyTorch's CPU wheel index when it answers (within 10 s, no retries), else from
 # the default index, where the same versions are a multi-GB CUDA build on x86-64 Linux (it runs on a CPU too).
 TORCH = torch==2.13.0 torchvision==0.28.0
 CPU_INDEX ?= https://download.pytorch.org/whl/cpu
-install-cpu:
+# It ends by importing torch and torchvision together, as a user's script would: a pair that does not (a CPU torch
+# beside the default index's CUDA torchvision) is named, with the command that installs a matching one (exit 1).
+install-cpu: install-packages
+	$(PYTHON) -m sparsesweep._torchvision
+
+install-packages:
 	$(PIP) --index-url $(CPU_INDEX) --timeout 10 --retries 0 $(TORCH) \
 	  || { echo "PyTorch's CPU wheel index did not answer: installing $(TORCH) from the default index"; $(PIP) $(TORCH); }
 	$(PIP) -e '.[test]'
@@ -26,5 +31,6 @@ test:
 	$(PYTHON) -m pytest -q -n $(TEST_WORKERS) --dist loadscope
 
 check:
-	@start=$$(date +%s); $(PYTHON) -m pytest -q -n $(TEST_WORKERS) --dist loadscope -m "not slow"; status=$$?; \
+	@start=$$(date +%s); $(PYTHON) -m pytest -q -n $(TEST_WORKERS) --dist loadscope -m "not slow" --durations=10; \
+	status=$$?; \
 	echo "make check: $$(( $$(date +%s) - start )) s"; exit $$status

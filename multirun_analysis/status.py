@@ -8,7 +8,9 @@ directory outside the sweep, or a loop). Runs are matched by identity (run_id) a
 (sweep_plan.json) by their overrides: two directories claiming one run (the same run_id, or the same planned
 overrides) keep the state of the copy that got furthest, and the other is a duplicate (the same results) or a
 conflict (anything else: a stray failed stub beside a completed run). A planned run with no directory is
-missing, or blocked when something else (a file, a FIFO, a link to no directory) is where its directory belongs.
+blocked when something else (a file, a FIFO, a link to no directory) is where its directory belongs, else
+submitted (in a SLURM array that has yet to start it), not submitted (a submit limit left it for the same
+command to submit) or missing (not started).
 """
 from __future__ import annotations
 
@@ -19,12 +21,12 @@ from pathlib import Path
 import pandas as pd
 
 from multirun_analysis.load import RunRecord, collect, measured, rank
-from rundir_format import HYDRA_OVERRIDES, LOG, PROGRESS, SWEEP_PLAN, lock_holder, reading, schema, walk
+from rundir_format import HYDRA_OVERRIDES, LOG, PROGRESS, SUBMISSIONS, SWEEP_PLAN, lock_holder, reading, schema, walk
 
 LOG_TAIL_BYTES = 4096  # the last line of sparsesweep.log is all we show, whatever the log's length
 # Every state, in the order the report lists them.
 STATES = ("completed", "running", "failed", "diverged", "interrupted", "unreadable", "blocked", "skipped",
-          "conflict", "duplicate", "missing")
+          "conflict", "duplicate", "submitted", "not submitted", "missing")
 COLUMNS = ["run", "state", "detail", "dir"]
 
 
@@ -86,10 +88,11 @@ def planned_runs(sweep_dir: Path, problems: list[str]) -> list[tuple[tuple[str, 
     return [(tuple(sorted(run)), name) for run, name in zip(plan.runs, dirs)]
 
 
-def not_yet_run(sweep_dir: Path, overrides: tuple[str, ...], name: str | None, problems: list[str]) -> dict:
-    """The row of a planned run no directory holds: missing, or blocked (with a line in `problems`) when
-    something that is not a directory is where its directory belongs."""
-    row = {"run": " ".join(overrides), "state": "missing", "detail": "", "dir": ""}
+def not_yet_run(sweep_dir: Path, overrides: tuple[str, ...], name: str | None, unstarted: dict,
+                problems: list[str]) -> dict:
+    """The row of a planned run no directory holds: blocked (with a line in `problems`) when something that is
+    not a directory is where its directory belongs, else its state in `unstarted` (submissions), else missing."""
+    row = {"run": " ".join(overrides), **unstarted.get(overrides, {"state": "missing", "detail": ""}), "dir": ""}
     if name and walk.is_safe_name(name):
         try:
             mode = os.lstat(sweep_dir / name).st_mode
@@ -101,6 +104,23 @@ def not_yet_run(sweep_dir: Path, overrides: tuple[str, ...], name: str | None, p
                        detail=f"{what} is where its run directory belongs: move it away, then launch the sweep again")
             problems.append(f"{sweep_dir / name}: {row['detail']}")
     return row
+
+
+def submissions(sweep_dir: Path, problems: list[str]) -> dict[tuple[str, ...], dict]:
+    """What the SLURM launcher recorded of the runs it submitted (submitted: in an array, the array's job id and
+    task) and of the runs a submit limit left (not submitted), by overrides sorted; {} without a record."""
+    try:
+        record = schema.read(sweep_dir / SUBMISSIONS)
+    except schema.Unreadable as error:
+        problems.append(f"{error}: which runs were submitted to SLURM is not known")
+        return {}
+    if record is None:
+        return {}
+    states = {tuple(sorted(run)): {"state": "submitted", "detail": f"SLURM array {array.job_id}, task {number}"}
+              for array in record.arrays for number, task in enumerate(array.tasks) for run in task}
+    states.update({tuple(sorted(run)): {"state": "not submitted", "detail": "the same command submits it"}
+                   for run in record.not_submitted})
+    return states
 
 
 def claimants(records: list[RunRecord], overrides: dict) -> list[list[RunRecord]]:
@@ -164,10 +184,11 @@ def sweep_status(sweep_dir: Path, problems: list[str] | None = None,
         problems += record.file_problems
 
     ordered, placed = [], set()
+    unstarted = submissions(sweep_dir, problems)
     for planned, name in dict.fromkeys(planned_runs(sweep_dir, problems)):
         matching = [record for record in records if overrides[id(record)] == planned and id(record) not in placed]
         placed.update(map(id, matching))
         ordered += [rows[id(record)] for record in sorted(matching, key=rank)] or [
-            not_yet_run(sweep_dir, planned, name, problems)]
+            not_yet_run(sweep_dir, planned, name, unstarted, problems)]
     ordered += [rows[id(record)] for record in records if id(record) not in placed]
     return pd.DataFrame(ordered, columns=COLUMNS)

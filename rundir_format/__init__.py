@@ -16,7 +16,9 @@ A run directory (see docs/results.md for every field):
   checkpoint.pt, checkpoint.prev.pt   the latest checkpoint and the one before it
   prune.json       after pruning
   sparsesweep.log  the run's log
-A sweep directory holds its runs' directories (one level down), multirun.yaml and sweep_plan.json.
+A sweep directory holds its runs' directories (one level down), multirun.yaml, sweep_plan.json and, from the
+SLURM launcher, submissions.json: {"arrays": [{"job_id", "tasks": [[a task's runs' overrides, ...], ...]}],
+"not_submitted": [[overrides], ...]}.
 What each file holds, as pydantic models, and how a reader reads one: rundir_format.schema. How every file of a
 run is opened (regular files only, never waiting, within a size cap): rundir_format.reading; which directories
 are runs and which links are followed: rundir_format.walk; text from run files made safe to show:
@@ -41,6 +43,7 @@ CHECKPOINT, PREVIOUS_CHECKPOINT = "checkpoint.pt", "checkpoint.prev.pt"
 PRUNE, IDENTITY, LOCK, PROGRESS, LOG = "prune.json", "identity.json", ".lock", "progress.json", "sparsesweep.log"
 HYDRA_OVERRIDES = Path(".hydra", "overrides.yaml")
 SWEEP_PLAN, MULTIRUN = "sweep_plan.json", "multirun.yaml"  # in a sweep directory: {"runs": [[override, ...], ...]}
+SUBMISSIONS = "submissions.json"  # in a sweep directory: what the SLURM launcher submitted, and what it could not
 SUPERSEDED = ".superseded"  # runs moved aside by the sweeper (hydra.sweeper.on_conflict=move_aside)
 TEMPORARY_SUFFIX = ".tmp"   # write_atomic's temp files: `.<name>.<random>.tmp` beside the file
 
@@ -56,6 +59,17 @@ RUN_IRRELEVANT = ("device", "threads", "progress_interval_s", "checkpoint_interv
                   "performance.data_on_device", "performance.channels_last", "performance.compile",
                   "performance.cuda_graph",
                   "logger")
+
+
+def duration(seconds: float | None) -> str:
+    """A time left or taken, as progress lines and the live view show it: 45s, 3m 05s, 2h 10m, 6d 01h."""
+    if seconds is None:
+        return "?"
+    seconds = int(round(seconds))
+    for unit, size, smaller, smaller_size in (("d", 86400, "h", 3600), ("h", 3600, "m", 60), ("m", 60, "s", 1)):
+        if seconds >= size:
+            return f"{seconds // size}{unit} {(seconds % size) // smaller_size:02d}{smaller}"
+    return f"{seconds}s"
 
 
 # ---- the lock -----------------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ import stat
 from pathlib import Path
 
 from rundir_format import (BN_HISTORY, CHECKPOINT, FEATURES, HYDRA_OVERRIDES, IDENTITY, LOCK, LOG, METRICS, MULTIRUN,
-                           PREVIOUS_CHECKPOINT, PROGRESS, PRUNE, RESULTS, SWEEP_PLAN)
+                           PREVIOUS_CHECKPOINT, PROGRESS, PRUNE, RESULTS, SUBMISSIONS, SWEEP_PLAN)
 
 MiB, GiB = 1 << 20, 1 << 30
 # The most a file of each kind may hold. Far above what the trainer writes (a results.json is kilobytes, a
@@ -30,7 +30,7 @@ MiB, GiB = 1 << 20, 1 << 30
 # what would exhaust a machine's memory when read whole; npz: the arrays it unpacks to.
 LIMITS = {"json": 64 * MiB, "yaml": 64 * MiB, "jsonl": 256 * MiB, "csv": 256 * MiB, "log": 64 * MiB,
           "lock": 4096, "npz": 1 * GiB, "checkpoint": 32 * GiB}
-KINDS = {RESULTS: "json", IDENTITY: "json", PROGRESS: "json", PRUNE: "json", SWEEP_PLAN: "json",
+KINDS = {RESULTS: "json", IDENTITY: "json", PROGRESS: "json", PRUNE: "json", SWEEP_PLAN: "json", SUBMISSIONS: "json",
          MULTIRUN: "yaml", HYDRA_OVERRIDES.name: "yaml", METRICS: "jsonl", LOG: "log", LOCK: "lock",
          BN_HISTORY: "npz", FEATURES: "npz", CHECKPOINT: "checkpoint", PREVIOUS_CHECKPOINT: "checkpoint"}
 FILE_TYPES = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),

@@ -17,7 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter, ValidationError
 
 from rundir_format import (COMPLETED, DIVERGED, FAILED, HYDRA_OVERRIDES, IDENTITY, METRICS, MULTIRUN, PROGRESS,
-                           PRUNE, PRUNE_SCHEMA, RESULTS, RESULTS_SCHEMA, SWEEP_PLAN)
+                           PRUNE, PRUNE_SCHEMA, RESULTS, RESULTS_SCHEMA, SUBMISSIONS, SWEEP_PLAN)
 from rundir_format.reading import Unreadable, read_bytes  # noqa: F401  (Unreadable: what `read` raises)
 
 RunId = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{16}$")]  # run_identity: sha256[:16]
@@ -210,6 +210,18 @@ class SweepPlan(FileModel):
     dirs: list[str | None] | None = None
 
 
+class SlurmArray(FileModel):
+    """One job array the SLURM launcher submitted: its id, and the runs (by overrides) of each of its tasks."""
+    job_id: str
+    tasks: list[list[list[str]]]
+
+
+class Submissions(FileModel):
+    """submissions.json: the SLURM launcher's arrays, and the runs a submit limit left for a later launch."""
+    arrays: list[SlurmArray] = []
+    not_submitted: list[list[str]] = []
+
+
 class HydraPart(BaseModel):
     """The parts of Hydra's config that are read; the rest is Hydra's."""
     model_config = ConfigDict(strict=True, extra="ignore")
@@ -237,7 +249,8 @@ class Multirun(HydraPart):
 # ---- reading --------------------------------------------------------------------------------------------------
 
 JSON_FILES = {RESULTS: TypeAdapter(Results), IDENTITY: TypeAdapter(Identity), PRUNE: TypeAdapter(Prune),
-              PROGRESS: TypeAdapter(Progress), SWEEP_PLAN: TypeAdapter(SweepPlan)}
+              PROGRESS: TypeAdapter(Progress), SWEEP_PLAN: TypeAdapter(SweepPlan),
+              SUBMISSIONS: TypeAdapter(Submissions)}
 YAML_FILES = {MULTIRUN: TypeAdapter(Multirun), HYDRA_OVERRIDES.name: TypeAdapter(list[str])}
 METRICS_ROW = TypeAdapter(MetricsRow)
 SHOWN_INPUT = 40  # characters of a wrong value quoted in a problem

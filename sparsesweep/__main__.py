@@ -5,8 +5,8 @@ Before Hydra runs (it makes a run's directory and log file first of all), the co
 Hydra will compose it: the config composes, every value passes sparsesweep.validate, the output directory
 can be made. Any problem is one line naming the fix, exit code 2, and nothing written. In a sweep each job
 is checked by the grid sweeper as it plans the runs (an invalid one is recorded as failed, not launched).
-Nothing here imports torch until a run trains (or --cfg job looks for its data): --help and a bad value cost
-no torch import.
+Nothing here imports torch until a run looks for its data (just before it trains, or for --cfg job): --help
+and a bad value cost no torch import.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import hydra
 
-from sparsesweep import hydra_compat, schema, validate  # noqa: F401  (schema: registers the config's schema)
+from sparsesweep import hydra_compat, refusals, schema, validate  # noqa: F401  (schema: registers the config's schema)
 from sparsesweep.errors import LOG_FORMAT, ConfigError
 
 CONFIG_PATH, CONFIG_NAME = "conf", "config"
@@ -69,7 +69,8 @@ def missing_data(args) -> list[str]:
 def refusal(args) -> str | None:
     """The line that refuses the command line `args` (Hydra's parsed arguments) for a run or a sweep, or None;
     reads the config files and writes nothing. For --cfg only the config's composition is checked (it prints
-    what it composes); help, --info and the like are Hydra's own."""
+    what it composes); help, --info and the like are Hydra's own. A single run's data must be on disk (or
+    dataset.download=true): a run refused for it leaves no directory behind."""
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
@@ -93,29 +94,38 @@ def refusal(args) -> str | None:
         groups = set(composer.config_loader.list_groups(""))
         for override in parsed:
             group, value = override.key_or_group, override.value()
-            if group in groups and not (isinstance(value, str) or sweep is override or
+            # a swept group's values are checked one by one, as the sweeper plans each job
+            if group in groups and not (isinstance(value, str) or override.is_sweep_override() or
                                         isinstance(value, list) and all(isinstance(v, str) for v in value)):
                 options = composer.config_loader.get_group_options(group)
-                return validate.not_an_option(override.input_line, group, options)
+                return refusals.not_an_option(override.input_line, group, options)
         # A config may make itself a sweep (hydra.mode: MULTIRUN, as +experiment=quickstart does).
         multirun = args.multirun or (sweep is not None and
                                      composer.get_mode(config_name, overrides) == RunMode.MULTIRUN)
         if sweep is not None and not multirun and not args.cfg:
             key, _, values = sweep.input_line.partition("=")
             return (f"{sweep.input_line}: a sweep needs -m (python -m sparsesweep -m ... {sweep.input_line}); "
-                    f"one value that holds a comma is quoted: {key}='{values}'")
+                    f"one value that holds a comma is quoted for Hydra, inside the shell's quotes: "
+                    f"\"{key}='{values}'\"")
         cfg = composer.compose_config(config_name, overrides, run_mode=RunMode.MULTIRUN if multirun else RunMode.RUN)
         if args.cfg:
             return None
         if multirun or cfg.hydra.mode == RunMode.MULTIRUN:  # each job is checked as the sweep is planned
             return unwritable("hydra.sweep.dir", cfg.hydra.sweep.dir)
         validate.check_config(cfg)
-        return unwritable("hydra.run.dir", cfg.hydra.run.dir)
+        return unwritable("hydra.run.dir", cfg.hydra.run.dir) or _missing_data(cfg)
     except (HydraException, OmegaConfBaseException, ConfigError, ValueError, OSError) as error:
         # what refuses a config: Hydra's and OmegaConf's errors, check_config's, and Hydra's plain ValueErrors
         return validate.explain(error, overrides)
     finally:
         GlobalHydra.instance().clear()
+
+
+def _missing_data(cfg) -> str | None:
+    from sparsesweep.datasets import missing_data as missing  # torch: only for a run about to train
+
+    lines = missing(cfg)
+    return f"missing data: {lines[0]}" if lines else None
 
 
 def _hydra(args):

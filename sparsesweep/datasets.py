@@ -242,6 +242,18 @@ def reads_image_folders(dataset_cfg) -> bool:
 
 # ---- what is missing on disk, and what fetches it -----------------------------------------------------------
 
+# Training images per dataset, as published (a run's plan before its data is read: the sweeper's cost line).
+TRAIN_SIZES = {"cifar10": 50_000, "cifar100": 50_000, "fashion_mnist": 60_000, "tinyimagenet": 100_000,
+               "imagenet": 1_281_167}
+
+
+def train_size(cfg) -> int | None:
+    """The number of training images the `dataset` node `cfg` gives, without reading them (None: unknown)."""
+    size = cfg.train_size if "train_size" in cfg else TRAIN_SIZES.get(cfg.name)
+    limit = cfg.get("train_limit")
+    return min(size, limit) if size and limit else size
+
+
 def missing_data(cfg) -> list[str]:
     """One line per dataset of the run config `cfg` that is not on disk, naming the command or URL that
     fetches it; [] when it is there, is generated, or dataset.download=true will fetch it. Reads no data: the

@@ -1,5 +1,6 @@
 """Every use of Hydra's private API, in one place (tests/test_hydra_compat.py fails loudly when a Hydra
 release moves one of them). Nothing else in sparsesweep, hydra_plugins or the tests imports `hydra._internal`."""
+from hydra._internal.config_loader_impl import ConfigLoaderImpl
 from hydra._internal.config_loader_impl import get_overrides_dirname  # noqa: F401  (a run's directory name)
 # The command line's checks before Hydra runs (sparsesweep.__main__): Hydra's argument parser, the config
 # search path it builds from @hydra.main's config_path, and the Hydra object that composes with that path.
@@ -16,3 +17,9 @@ def __getattr__(name: str):
 
         return BasicSweeper
     raise AttributeError(name)
+
+
+def apply_overrides(overrides, config) -> None:
+    """Applies parsed value overrides (not config-group choices) to a composed config, as Hydra does after
+    composing its defaults list (the grid sweeper composes what its jobs share once: _compose.py)."""
+    ConfigLoaderImpl._apply_overrides_to_config(overrides, config)

@@ -148,7 +148,7 @@ def _state_dict(loaded) -> dict:
 def _model_config(name: str) -> dict:
     """The model config --model NAME means: a conf/model option, a torchvision name, or a class path."""
     from sparsesweep.models import zoo
-    from sparsesweep.validate import CONF
+    from sparsesweep import CONF_DIR as CONF
 
     option = CONF / "model" / f"{name}.yaml"
     if option.exists() and name not in ("torchvision", "custom"):

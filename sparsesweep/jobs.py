@@ -61,7 +61,12 @@ def train_jobs(jobs: list[Job], in_sweep: bool, own_logs: bool = False,
             for number, ended in zip(leaving, apart.train_in_processes([jobs[n] for n in leaving])):
                 said[number] = ended.said if ended.spoke else apart_ending(jobs[number], specs[number].log, ended)
     except Interrupted as stop:
-        log.warning("%s: its state is saved; the same command again resumes it", stop)
+        stopped = [job.out_dir.name for job in jobs if not rundir.is_finished(job.out_dir)]
+        if stopped:
+            log.warning("%s: %s saved at its current step; the same command again resumes %s", stop,
+                        ", ".join(stopped), "it" if len(stopped) == 1 else "them")
+        else:
+            log.warning("%s: its runs had finished", stop)
         sys.exit(128 + stop.signum)
     # In a sweep every failure was said as it happened; outside one, did_not_train exits or raises.
     return [said.get(number) if number in said or error is None else did_not_train(job, spec.log, error, in_sweep)
@@ -139,7 +144,7 @@ def record_failure(job: Job, run_log: logging.Logger, message: str) -> str:
     run_log.error("run failed: %s", message)
     line = message.strip().splitlines()[-1]
     try:
-        run_id = rundir.directory_identity(job.out_dir, job.cfg)
+        run_id = rundir.directory_identity(job.out_dir, rundir.run_config(job.cfg))
     except OmegaConfBaseException:  # a value that does not even resolve
         run_id = None
     try:

@@ -15,6 +15,7 @@ import contextlib
 import logging
 import math
 import os
+import shlex
 import time
 from pathlib import Path
 
@@ -22,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-from rundir_format import COMPLETED, DIVERGED, FAILED
+from rundir_format import COMPLETED, DIVERGED, FAILED, duration
 from sparsesweep import assemble, loggers, rundir
 from sparsesweep.batches import shuffle_seed, training_feed
 from sparsesweep.datasets import Dataset
@@ -32,6 +33,7 @@ from sparsesweep.optim import DecoupledDecay, build_optimizer, coefficient, plan
 from sparsesweep.progress import EpochTally, Progress
 
 TRAINING, TRAINED = "training", "trained"  # then COMPLETED, DIVERGED or FAILED (rundir_format)
+CPU_WARNING_S = 3600  # a run the CPU needs longer for is said as a warning, with what to do instead
 
 
 class Run:
@@ -63,6 +65,8 @@ class Run:
         if "CUDA_VISIBLE_DEVICES" in os.environ:  # set per job by the local launcher
             self.log.info("CUDA_VISIBLE_DEVICES=%s", os.environ["CUDA_VISIBLE_DEVICES"])
         self.model.train()
+        self.clock = (time.monotonic(), self.progress.step)  # this process's start: its speed, so the time left
+        self.estimated = False
         if self.status == TRAINING:
             self._start_epoch(self.progress.within_epoch)
 
@@ -165,9 +169,32 @@ class Run:
             self._diverged(loss)
             return
         rate = done / max(time.monotonic() - self.tally.started, 1e-9)
-        self.log.info("epoch %d/%d  step %d/%d  loss %.4f  %.1f steps/s", self.progress.epoch + 1, self.plan.epochs,
-                      done, self.epoch_end - self.progress.epoch * self.plan.steps_per_epoch, loss / done, rate)
+        left_s = self.time_left_s()
+        self.log.info("epoch %d/%d  step %d/%d  loss %.4f  %.1f steps/s  %s left", self.progress.epoch + 1,
+                      self.plan.epochs, done, self.epoch_end - self.progress.epoch * self.plan.steps_per_epoch,
+                      loss / done, rate, duration(left_s))
         self._write_progress(rate)
+        if not self.estimated and left_s is not None:
+            self.estimated = True
+            self._say_the_cost(left_s)
+
+    def time_left_s(self) -> float | None:
+        """Until the last step, at the speed this process has trained at (its evaluations included)."""
+        started, first_step = self.clock
+        done = self.progress.step - first_step
+        return (self.plan.total_steps - self.progress.step) * (time.monotonic() - started) / done if done else None
+
+    def _say_the_cost(self, left_s: float) -> None:
+        """Once, from the first progress interval: the time the run will take here; on a CPU, more than an
+        hour is said as a warning that names the quick form of the command and the GPU (the run goes on)."""
+        steps = self.plan.total_steps - self.progress.step
+        self.log.info("%s steps left: about %s on %s (until %s)", f"{steps:,}", duration(left_s), self.device,
+                      time.strftime("%a %H:%M", time.localtime(time.time() + left_s)))
+        if self.device.type == "cpu" and left_s > CPU_WARNING_S:
+            quick = [o for o in self.overrides if not o.lstrip("+").startswith("experiment=")] + ["+experiment=smoke"]
+            self.log.warning("this run needs about %s on the CPU, and goes on: to try the command in a minute, "
+                             "python -m sparsesweep %s; to train it, a GPU (device=cuda, or a cluster: "
+                             "hydra/launcher=slurm)", duration(left_s), shlex.join(quick))
 
     def _write_progress(self, steps_per_s: float | None) -> None:
         rundir.write_progress(self.out_dir, {

@@ -23,6 +23,7 @@ from rundir_format import (BN_HISTORY, CHECKPOINT, FEATURES, FINISHED, IDENTITY,
                            RUN_IRRELEVANT, SWEEP_PLAN, describe_holder, finite_or_none, json_bytes, jsonl_bytes,
                            lock_holder, remove_temporaries, write_atomic, write_temporary)
 from rundir_format import MULTIRUN, SUPERSEDED, reading, walk
+from sparsesweep import schema
 from sparsesweep.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -32,7 +33,7 @@ LOCK_ATTEMPTS = 5
 
 def run_config(cfg) -> dict:
     """The resolved config without Hydra's own settings."""
-    return OmegaConf.to_container(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), resolve=True)
+    return schema.resolved(cfg)
 
 
 def run_identity(cfg) -> str:
@@ -57,13 +58,14 @@ def identity_payload(config: dict) -> dict:
     return plain
 
 
-def directory_identity(run_dir: Path, cfg) -> str:
-    """This run's identity in run_dir: run_identity(cfg), or the identity the directory records for a config
-    equal to this one by value. A run recorded before config values were typed by the schema (then
-    `regularizer.l2=0` was the integer 0, now it is 0.0, and the hash differs) keeps its directory so."""
-    run_id, recorded = run_identity(cfg), recorded_run(run_dir)
+def directory_identity(run_dir: Path, config: dict) -> str:
+    """The identity in run_dir of the run whose resolved config (run_config) is `config`: its identity_hash, or
+    the identity the directory records for a config equal to this one by value. A run recorded before config
+    values were typed by the schema (then `regularizer.l2=0` was the integer 0, now it is 0.0, and the hash
+    differs) keeps its directory so."""
+    run_id, recorded = identity_hash(config), recorded_run(run_dir)
     if recorded.get("run_id") not in (None, run_id) and isinstance(recorded.get("config"), dict) \
-            and identity_payload(recorded["config"]) == identity_payload(run_config(cfg)):
+            and identity_payload(recorded["config"]) == identity_payload(config):
         return recorded["run_id"]
     return run_id
 
@@ -112,6 +114,11 @@ def recorded_run(run_dir: Path) -> dict:
                                              if k in ("run_id", "overrides", "config")}
 
 
+def is_finished(run_dir: Path) -> bool:
+    """Whether the directory holds a run's final results (completed or diverged): never retrained."""
+    return read_json(run_dir / RESULTS).get("status") in FINISHED
+
+
 def has_checkpoint(run_dir: Path) -> bool:
     return (run_dir / CHECKPOINT).exists() or (run_dir / PREVIOUS_CHECKPOINT).exists()
 
@@ -119,7 +126,7 @@ def has_checkpoint(run_dir: Path) -> bool:
 def holds_run_state(run_dir: Path) -> bool:
     """Whether the directory holds something of a run that must not be lost: finished results or a
     checkpoint (a failed stub or a run that never reached its first checkpoint holds nothing)."""
-    return read_json(run_dir / RESULTS).get("status") in FINISHED or has_checkpoint(run_dir)
+    return is_finished(run_dir) or has_checkpoint(run_dir)
 
 
 def foreign_run(run_dir: Path, run_id: str) -> dict:
@@ -134,7 +141,7 @@ def foreign_run(run_dir: Path, run_id: str) -> dict:
 def may_record_failure(run_dir: Path, run_id: str | None) -> bool:
     """Whether a failed stub may be written as run_dir's results.json: never over finished results, and
     never into a directory holding another run's state (run_id None: a run whose config did not compose)."""
-    if read_json(run_dir / RESULTS).get("status") in FINISHED:
+    if is_finished(run_dir):
         return False
     recorded = recorded_run(run_dir).get("run_id")
     return not (holds_run_state(run_dir) and (run_id is None or recorded not in (None, run_id)))
@@ -284,7 +291,7 @@ def open_directory(cfg, out_dir: Path, overrides, on_open,
     then) called."""
     out_dir.mkdir(parents=True, exist_ok=True)
     resources.enter_context(locked(out_dir))
-    run_id = directory_identity(out_dir, cfg)
+    run_id = directory_identity(out_dir, run_config(cfg))
     foreign = foreign_run(out_dir, run_id)
     if foreign:
         raise RunDirConflict(out_dir, foreign, cfg, run_id)

@@ -23,11 +23,13 @@ Nothing here imports torch: composing a config costs no torch import.
 """
 from __future__ import annotations
 
+import dataclasses
+import functools
 from dataclasses import dataclass
 from typing import Any, ClassVar, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf
 
 # ---- the top level (conf/config.yaml) ------------------------------------------------------------------------
 
@@ -320,3 +322,56 @@ def register() -> None:
 
 
 register()
+
+
+# ---- values typed by OmegaConf ----------------------------------------------------------------------------------
+
+
+def resolved(cfg) -> dict:
+    """A composed config as plain data, interpolations resolved, without Hydra's own node. Key by key: a copy of
+    the config without `hydra` would cost more than the rest of a run's planning."""
+    return {key: OmegaConf.to_container(cfg[key], resolve=True) if OmegaConf.is_config(cfg[key]) else cfg[key]
+            for key in cfg if key != "hydra"}
+
+
+def typed(cls: type, values: dict, prefix: str) -> dict:
+    """values merged onto the schema cls, as OmegaConf converts them. OmegaConf refuses (raises) a value its
+    key's type cannot take, and names the key by its whole path: the schema is merged under the node's prefix
+    ("optimizer."). For a node that did not compose as its schema (validate), and extra arguments."""
+    node, nested, path = _template(cls), values, prefix.strip(".").split(".") if prefix else []
+    for part in reversed(path):
+        node, nested = {part: node}, {part: nested}
+    merged = OmegaConf.merge(node, nested)
+    node = OmegaConf.select(merged, ".".join(path)) if path else merged
+    return {key: OmegaConf.to_container(node[key]) if OmegaConf.is_config(node[key]) else node[key] for key in values}
+
+
+@functools.cache
+def _template(cls: type) -> DictConfig:
+    node = OmegaConf.structured(cls)
+    OmegaConf.set_struct(node, True)
+    return node
+
+
+def of_arguments(defaults: dict, int_is_number: bool) -> type:
+    """A schema for keyword arguments a class's signature gives (an optimizer's, a custom network's): each typed
+    by its default (int_is_number: an int default takes any number, as torch annotates its optimizers'
+    0-defaults as floats)."""
+    return _arguments(tuple((key, _type_of(value, int_is_number)) for key, value in defaults.items()))
+
+
+@functools.cache
+def _arguments(typed_keys: tuple) -> type:
+    return dataclasses.make_dataclass("Arguments", [(key, annotation, MISSING) for key, annotation in typed_keys])
+
+
+def _type_of(default, int_is_number: bool):
+    """The type a default implies: null takes anything."""
+    if default is None:
+        return Optional[Any]
+    if isinstance(default, (list, tuple)):
+        elements = {_type_of(d, int_is_number) for d in default if d is not None}
+        element = elements.pop() if len(elements) == 1 else Any
+        return List[Optional[element] if None in default else element]
+    is_int = isinstance(default, int) and not isinstance(default, bool)
+    return float if isinstance(default, float) or int_is_number and is_int else type(default)

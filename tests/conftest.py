@@ -36,6 +36,30 @@ def cli(module, *args, cwd, timeout=300):
     return done.returncode, done.stdout + done.stderr
 
 
+def run_main(arguments: list[str]) -> tuple[int, str]:
+    """`python -m sparsesweep ARGUMENTS` in this process: (exit code, stdout then stderr)."""
+    import contextlib
+    import io
+    import sys
+
+    from hydra.core.global_hydra import GlobalHydra
+
+    from sparsesweep import __main__ as entry
+
+    out, err = io.StringIO(), io.StringIO()
+    saved, sys.argv = sys.argv, ["sparsesweep", *arguments]
+    code = 0
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            entry.main()
+    except SystemExit as stop:
+        code = stop.code
+    finally:
+        sys.argv = saved
+        GlobalHydra.instance().clear()
+    return code, out.getvalue() + err.getvalue()
+
+
 # What may differ between equal trainings: timings, and how many steps a CUDA graph replayed.
 TIMINGS = {"time_s", "wall_time_s", "measure_time_s", "device_time_s", "elapsed", "share_s", "graph_steps"}
 

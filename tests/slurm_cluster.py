@@ -83,6 +83,8 @@ ReturnToService=2
 MinJobAge=5
 JobRequeue=1
 KillWait=5
+# As clusters often do, fewer tasks per job array than a sweep may have (the launcher splits a sweep's arrays).
+MaxArraySize=4
 NodeName={node} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={mem_total_mb * 9 // 10} State=UNKNOWN
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 """

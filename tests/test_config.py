@@ -8,7 +8,7 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
 from conftest import CONF, ROOT, cli, read_results
-from sparsesweep import schema, validate
+from sparsesweep import refusals, schema, validate
 from sparsesweep.errors import ConfigError
 
 GROUPS = ["model", "dataset", "optimizer", "regularizer", "schedule", "experiment"]
@@ -66,7 +66,7 @@ def test_every_option_composes_onto_its_registered_schema(make_config, group, op
     node = make_config([override])[group]
     node = node[option] if group in schema.COMBINABLE_GROUPS else node
     assert OmegaConf.get_type(node) is schema.SCHEMAS[group][option]
-    assert set(node) == set(validate._fields(schema.SCHEMAS[group][option]))  # the schema adds no key
+    assert set(node) == set(refusals.fields(schema.SCHEMAS[group][option]))  # the schema adds no key
 
 
 def test_the_schema_types_every_value_as_it_composes(make_config):
@@ -150,9 +150,9 @@ def test_the_configuration_page_names_every_group_option_and_top_level_key():
         assert f"### `{group}`" in page, group
         for path in (CONF / group).glob("*.yaml"):
             assert f"`{path.stem}`" in page, f"{group}={path.stem}"
-    for key, annotation in validate._fields(schema.Config).items():
-        nested = validate._optional(annotation)[0]
-        keys = [f"{key}.{sub}" for sub in validate._fields(nested)] if hasattr(nested, "__dataclass_fields__") \
+    for key, annotation in refusals.fields(schema.Config).items():
+        nested = refusals.optional(annotation)[0]
+        keys = [f"{key}.{sub}" for sub in refusals.fields(nested)] if hasattr(nested, "__dataclass_fields__") \
             else [key]
         for dotted in keys:
             assert f"`{dotted}`" in page, dotted

@@ -3,8 +3,7 @@ it is used; no other module imports hydra._internal."""
 import re
 
 from conftest import ROOT
-from sparsesweep import hydra_compat
-from sparsesweep import CONF_DIR
+from sparsesweep import CONF_DIR, hydra_compat
 
 
 def test_the_overrides_dirname_is_hydras_default_naming():

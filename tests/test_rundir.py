@@ -127,13 +127,13 @@ def test_a_failure_is_never_recorded_over_results_to_keep(make_config, tmp_path)
 LONG = ["schedule.base_epochs=40"]  # ~20 s at one thread: long enough to act on while it trains
 
 
-def start(*args, cwd, **kwargs):
-    """`python -m sparsesweep ARGS` in the background, with SIGINT as a terminal gives it (a shell's
-    background job, such as a CI step, would otherwise pass SIGINT on ignored)."""
+def start(*args, cwd, sigint=signal.SIG_DFL, **kwargs):
+    """`python -m sparsesweep ARGS` in the background, with SIGINT as a terminal gives it, or (sigint=SIG_IGN)
+    as a shell script's background job (`... &`) gives it: ignored."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.Popen([sys.executable, "-m", "sparsesweep", *args], cwd=cwd, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL), **kwargs)
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, sigint), **kwargs)
 
 
 
@@ -262,7 +262,7 @@ def test_a_run_recorded_before_values_were_typed_keeps_its_directory(make_config
         recorded["run_id"] = rundir.identity_hash(recorded["config"])
         (tmp_path / "run" / name).write_text(json.dumps(recorded))
     old_id = recorded["run_id"]
-    assert old_id != rundir.run_identity(cfg) and rundir.directory_identity(tmp_path / "run", cfg) == old_id
+    assert old_id != rundir.run_identity(cfg) and rundir.directory_identity(tmp_path / "run", rundir.run_config(cfg)) == old_id
     assert pack.train(cfg, tmp_path / "run")["run_id"] == old_id  # the same run, finished: nothing to do
     other = make_config(SMOKE + ["regularizer.l2=1e-3"])  # a config that differs in value is another run
     with pytest.raises(rundir.RunDirConflict, match=r"regularizer.l2: 0 -> 0.001"):
@@ -364,3 +364,73 @@ def test_jobs_stop_when_their_launcher_dies_or_is_interrupted_and_a_relaunch_res
         runs = read_results(sweep)
         assert len(runs) == 2 and all(r["status"] == "completed" and r["iterations"] == 41 * 20
                                       for r in runs.values())
+
+
+def descendants(pid: int) -> list[int]:
+    return [d for child in children(pid) for d in (child, *descendants(child))]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("pack_size", [1, 2], ids=["alone", "packed"])
+def test_a_background_sweep_that_ignored_sigint_stops_on_kill_int_and_the_same_command_resumes_it(tmp_path,
+                                                                                                  pack_size):
+    """A sweep started with `&` from a script inherits SIGINT ignored; `kill -INT` still stops it: exit 130, the
+    running run checkpointed, no process left, the run that had completed not called stopped. (How fast: a few
+    seconds on an idle machine, the time to save one checkpoint; the bound here only catches a hang.)"""
+    sweep = tmp_path / "sweep"
+    args = ["-m", *SMOKE, "schedule.base_epochs=1,1000", f"hydra.sweep.dir={sweep}", "hydra.launcher.cpu_parallel=2",
+            f"hydra.launcher.pack_size={pack_size}"]
+    launcher = start(*args, cwd=tmp_path, sigint=signal.SIG_IGN)
+    short, long = (sweep / f"+experiment=smoke,schedule.base_epochs={epochs}" for epochs in (1, 1000))
+    wait_for(lambda: (short / "results.json").exists() and (long / "progress.json").exists())
+    processes = descendants(launcher.pid)
+    os.kill(launcher.pid, signal.SIGINT)
+    output = launcher.communicate(timeout=60)[0]
+    assert launcher.returncode == 130, output
+    wait_for(lambda: not any(alive(pid) for pid in processes), timeout=10)
+    assert json.loads((short / "results.json").read_text())["status"] == "completed"
+    assert (long / "checkpoint.pt").exists() and not (long / "results.json").exists()
+    assert rundir.lock_holder(long) is None
+    assert "Sweep stopped: 1 run stopped where it was" in output, output
+    stopped_lines = [line for line in output.splitlines() if "resumes" in line and "base_epochs=1 " in line]
+    assert not stopped_lines, output
+    code, output = cli("sparsesweep", *args, "hydra.sweeper.dry_run=true", cwd=tmp_path)
+    assert code == 0 and "2 runs: 1 skipped (completed), 1 resumed" in output, output
+
+
+
+# Runs trained apart (sparsesweep.apart: a pack whose graph probe failed), in a process that inherited SIGINT
+# ignored, as the job of a background sweep does.
+APART = """
+import signal, sys
+from pathlib import Path
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+from omegaconf import OmegaConf
+from conftest import compose_config
+from sparsesweep import apart, interrupts, jobs
+base, members = Path(sys.argv[1]), []
+for number in range(2):
+    cfg = compose_config(["+experiment=smoke", "schedule.base_epochs=1000", f"seed={number}"])
+    hydra = OmegaConf.create({"runtime": {"output_dir": str(base / f"run{number}")}, "overrides": {"task": []}})
+    members.append(jobs.Job(cfg, hydra, number))
+try:
+    apart.train_in_processes(members)
+except interrupts.Interrupted as stop:
+    sys.exit(128 + stop.signum)
+"""
+
+
+@pytest.mark.slow
+def test_runs_trained_apart_stop_on_kill_int_each_at_a_checkpoint(tmp_path):
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}"}
+    parent = subprocess.Popen([sys.executable, "-c", APART, str(tmp_path)], env=env, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    wait_for(lambda: all((tmp_path / f"run{n}" / "progress.json").exists() for n in range(2)))
+    processes = descendants(parent.pid)
+    os.kill(parent.pid, signal.SIGINT)
+    output = parent.communicate(timeout=60)[0]
+    assert parent.returncode == 130, output
+    wait_for(lambda: not any(alive(pid) for pid in processes), timeout=10)
+    for n in range(2):
+        assert (tmp_path / f"run{n}" / "checkpoint.pt").exists() and not (tmp_path / f"run{n}" / "results.json").exists()
+        assert "SIGTERM at epoch" in (tmp_path / f"run{n}" / "sparsesweep.log").read_text()

@@ -186,3 +186,118 @@ def test_a_timed_out_slurm_run_is_requeued_and_advances_at_every_attempt(slurm_c
                 process.wait()
         if job_id:
             slurm_cluster.command("scancel", job_id, check=False)
+
+
+# ---- within the cluster's limits ------------------------------------------------------------------------------
+
+# sbatch as a cluster with a per-user submit limit answers it once the limit is reached: the real sbatch for the
+# first $ACCEPT calls (counted in $COUNT), then SLURM's own refusal.
+SBATCH_WITH_A_LIMIT = """#!/bin/bash
+calls=$(( $(cat "$COUNT" 2>/dev/null || echo 0) + 1 ))
+echo "$calls" > "$COUNT"
+if [ "$calls" -gt "$ACCEPT" ]; then
+  echo "sbatch: error: QOSMaxSubmitJobPerUserLimit" >&2
+  echo "sbatch: error: Batch job submission failed: Job violates accounting/QOS policy (job submit limit, user's size and/or time limits)" >&2
+  exit 1
+fi
+exec REAL_SBATCH "$@"
+"""
+
+
+def sbatch_with_a_limit(folder: Path, accept: int, env: dict) -> dict:
+    """env with a stand-in sbatch first on PATH that accepts `accept` submissions, then refuses every one."""
+    shutil_which = __import__("shutil").which
+    folder.mkdir(parents=True, exist_ok=True)
+    script = folder / "sbatch"
+    script.write_text(SBATCH_WITH_A_LIMIT.replace("REAL_SBATCH", shutil_which("sbatch", path=env.get("PATH"))))
+    script.chmod(0o755)
+    return {**env, "PATH": f"{folder}{os.pathsep}{env['PATH']}", "COUNT": str(folder / "count"),
+            "ACCEPT": str(accept)}
+
+
+def wait_until_completed(sweep: Path, runs: int, timeout_s: float = 300) -> None:
+    deadline = time.monotonic() + timeout_s
+    while len([r for r in read_results(sweep).values() if r["status"] == "completed"]) < runs:
+        assert time.monotonic() < deadline, f"fewer than {runs} runs completed in {timeout_s} s"
+        time.sleep(1)
+
+
+SIX_RUNS = ["optimizer=adam,sgd,adamax", "regularizer.l2=1e-4,1e-5", *SMOKE, *ON_THE_NODE,
+            "hydra.launcher.pack_size=1"]
+
+
+@pytest.mark.slow
+def test_a_sweep_larger_than_the_clusters_array_limit_is_split_and_completes(slurm_cluster, tmp_path):  # noqa: F811
+    max_array_size = int(re.search(r"^MaxArraySize\s*=\s*(\d+)", slurm_cluster.command("scontrol", "show", "config"),
+                                   re.MULTILINE)[1])
+    sweep = tmp_path / "sweep"
+    done = subprocess.run([sys.executable, "-m", "sparsesweep", "-m", *SIX_RUNS, f"hydra.sweep.dir={sweep}"],
+                          cwd=tmp_path, env=sweep_env(slurm_cluster), capture_output=True, text=True, timeout=600)
+    output = done.stdout + done.stderr
+    assert done.returncode == 0 and "Traceback" not in output, output
+    arrays = re.findall(r"Submitted SLURM array \d+: (\d+) tasks for", output)
+    assert [int(n) for n in arrays] == [min(max_array_size, 6 - k) for k in range(0, 6, max_array_size)], output
+    assert "All 6 jobs ended: completed 6" in output, output
+    assert len(read_results(sweep)) == 6
+
+
+@pytest.mark.slow
+def test_a_submit_limit_leaves_a_consistent_sweep_that_the_same_command_finishes(slurm_cluster, tmp_path):  # noqa: F811
+    sweep, command = tmp_path / "sweep", [sys.executable, "-m", "sparsesweep", "-m", *SIX_RUNS,
+                                          f"hydra.sweep.dir={tmp_path / 'sweep'}", "hydra.launcher.wait=false",
+                                          "hydra.launcher.max_array_size=2"]
+    limited = sbatch_with_a_limit(tmp_path / "bin", accept=1, env=sweep_env(slurm_cluster))
+    done = subprocess.run(command, cwd=tmp_path, env=limited, capture_output=True, text=True, timeout=300)
+    output = done.stdout + done.stderr
+    assert done.returncode == 0 and "Traceback" not in output, output
+    assert re.search(r"4 runs not submitted: the cluster's submit limit \(sbatch: error: Batch job submission "
+                     r"failed: Job violates accounting/QOS policy .*\); the same command submits them", output), output
+    code, status = cli("multirun_analysis", "status", str(sweep), cwd=tmp_path)
+    states = [line.split()[0] for line in status.splitlines()[1:-1]]
+    assert states.count("not") == 4, status  # "not submitted"
+    wait_until_completed(sweep, 2)
+
+    again = subprocess.run(command, cwd=tmp_path, env=sweep_env(slurm_cluster), capture_output=True, text=True,
+                           timeout=300)
+    output = again.stdout + again.stderr
+    assert again.returncode == 0 and "6 runs: 2 skipped (completed), 0 resumed, 4 new" in output, output
+    assert len(re.findall(r"Submitted SLURM array \d+: 2 tasks for 2 runs", output)) == 2, output
+    wait_until_completed(sweep, 6)
+    code, status = cli("multirun_analysis", "status", str(sweep), cwd=tmp_path)
+    assert code == 0 and status.splitlines()[-1] == "6 completed", status
+
+
+@pytest.mark.slow
+def test_with_wait_the_launcher_submits_what_a_submit_limit_held_back_as_tasks_end(slurm_cluster, tmp_path):  # noqa: F811
+    # The stand-in refuses the second submission only: a limit that lifts as the first array's tasks end.
+    env = sbatch_with_a_limit(tmp_path / "bin", accept=1, env=sweep_env(slurm_cluster))
+    script = tmp_path / "bin" / "sbatch"
+    script.write_text(script.read_text().replace('if [ "$calls" -gt "$ACCEPT" ]', 'if [ "$calls" -eq 2 ]'))
+    sweep = tmp_path / "sweep"
+    done = subprocess.run([sys.executable, "-m", "sparsesweep", "-m", *SIX_RUNS, f"hydra.sweep.dir={sweep}",
+                           "hydra.launcher.max_array_size=3"], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=600)
+    output = done.stdout + done.stderr
+    assert done.returncode == 0 and "All 6 jobs ended: completed 6" in output, output
+    assert len(re.findall(r"Submitted SLURM array", output)) >= 2, output
+
+
+def test_any_other_sbatch_refusal_is_slurms_own_line_and_exit_2(tmp_path):
+    """No cluster needed: sbatch refuses before anything runs."""
+    folder = tmp_path / "bin"
+    folder.mkdir()
+    (folder / "sbatch").write_text("#!/bin/sh\necho 'sbatch: error: invalid partition specified: gpux' >&2\nexit 1\n")
+    (folder / "sbatch").chmod(0o755)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PATH": f"{folder}{os.pathsep}{os.environ['PATH']}"}
+    sweep = tmp_path / "sweep"
+    done = subprocess.run([sys.executable, "-m", "sparsesweep", "-m", "optimizer=adam,sgd", *SMOKE, *ON_THE_NODE,
+                           "hydra.launcher.partition=gpux", "hydra.launcher.max_array_size=10",
+                           f"hydra.sweep.dir={sweep}"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=300)
+    output = done.stdout + done.stderr
+    assert done.returncode == 2 and "Traceback" not in output, output
+    (line,) = [line for line in output.splitlines() if "sbatch: error" in line]
+    assert line.endswith("] sbatch: error: invalid partition specified: gpux: 2 runs not submitted (the same command "
+                         "submits them once this is fixed)"), output
+    code, status = cli("multirun_analysis", "status", str(sweep), cwd=tmp_path)
+    assert status.splitlines()[-1] == "2 not submitted", status

@@ -207,7 +207,7 @@ def test_a_sweep_with_a_typo_in_one_job_runs_the_others_and_says_why(tmp_path):
     code, output = cli("sparsesweep", *args, cwd=tmp_path)
     assert code == 1, output
     assert "1 new, 0 failed before (rerun), 1 invalid (not launched)" in output, output
-    assert "optimizer=adma: not an option in conf/optimizer/: did you mean optimizer=adam?" in output
+    assert "optimizer=adma: not an option of optimizer: did you mean optimizer=adam?" in output
     assert output.strip().splitlines()[-1].endswith(
         f"1 of 2 runs failed or could not start (#1 +experiment=smoke,optimizer=adma): each one's error is in its "
         f"directory's results.json and sparsesweep.log; all of them: python -m multirun_analysis status {sweep}")

@@ -17,7 +17,7 @@ from statistics import mean
 
 from hydra.core.utils import JobReturn, JobStatus
 
-from rundir_format import PROGRESS, RESULTS, schema
+from rundir_format import PROGRESS, RESULTS, duration, schema
 from rundir_format.text import printable
 
 log = logging.getLogger(__name__)
@@ -49,6 +49,10 @@ def outcome(job_return: JobReturn) -> tuple[str, str]:
                             f"{sparsity.by_gamma.total_pct:.1f}%, by activation {sparsity.by_activation.total_pct:.1f}%")
 
 
+def plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" + ("" if count == 1 else "s")
+
+
 def eta_s(progress: schema.Progress) -> float | None:
     return (progress.total_steps - progress.step) / progress.steps_per_s if progress.steps_per_s else None
 
@@ -60,16 +64,6 @@ def read_progress(run_dir: Path | None) -> schema.Progress | None:
         return schema.read(run_dir / PROGRESS)
     except schema.Unreadable:  # being written? it is written atomically: a run writing what no schema knows
         return None
-
-
-def duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "?"
-    seconds = int(round(seconds))
-    for unit, size, smaller, smaller_size in (("d", 86400, "h", 3600), ("h", 3600, "m", 60), ("m", 60, "s", 1)):
-        if seconds >= size:
-            return f"{seconds // size}{unit} {(seconds % size) // smaller_size:02d}{smaller}"
-    return f"{seconds}s"
 
 
 @dataclass
@@ -92,6 +86,7 @@ class SweepView:
     _read_at: float = field(default=float("-inf"), repr=False)
     _status_at: float = field(default_factory=time.monotonic, repr=False)
     _streams: list = field(default_factory=list, repr=False)
+    _estimated: bool = field(default=False, repr=False)  # the launch's time estimate was logged
 
     def __post_init__(self):
         from rich.console import Console
@@ -141,6 +136,11 @@ class SweepView:
                 run.progress = latest or run.progress
                 if run.state == QUEUED and run.progress and run.progress.updated >= self.since:
                     run.state = RUNNING
+        eta = self.eta_s()
+        if eta is not None and not self._estimated:  # once, from the first speeds measured on this hardware
+            self._estimated = True
+            log.info("Estimate from the first runs' speed: %s until the last of these %d runs ends (about %s)",
+                     duration(eta), len(self.runs), time.strftime("%a %H:%M", time.localtime(time.time() + eta)))
         self.refresh()
 
     # ---- what is shown ----------------------------------------------------------------------------------------

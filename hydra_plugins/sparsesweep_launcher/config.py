@@ -43,6 +43,9 @@ class SlurmConf(SlurmQueueConf):
     array_parallelism: int = 64
     # false: submit the array and return; follow it with `python -m multirun_analysis status SWEEP_DIR`.
     wait: bool = True
+    # Tasks per job array at most; null: the cluster's MaxArraySize (scontrol show config). A larger sweep is
+    # submitted as several arrays.
+    max_array_size: Optional[int] = None
 
 
 ConfigStore.instance().store(group="hydra/launcher", name="local", node=LocalPoolConf(), provider="sparsesweep")

@@ -24,10 +24,13 @@ the sweep live (_live.py: one display on a terminal, plain lines elsewhere).
 
 import contextlib
 import copy
+import io
 import logging
 import math
 import os
+import re
 import signal
+import subprocess
 import sys
 import time
 from collections import Counter
@@ -45,9 +48,10 @@ from hydra_plugins.hydra_submitit_launcher.submitit_launcher import BaseSubmitit
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from omegaconf.errors import OmegaConfBaseException
 
-from hydra_plugins.sparsesweep_launcher._live import RunView, SweepView, outcome
+from hydra_plugins.sparsesweep_launcher._live import RunView, SweepView, outcome, plural
 from hydra_plugins.sparsesweep_sweeper import _names as names
-from sparsesweep import interrupts
+from rundir_format import SUBMISSIONS, schema
+from sparsesweep import interrupts, rundir
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +135,7 @@ class _QueueingLauncher(BaseSubmititLauncher):
         super().setup(**kwargs)
         size = self.params["pack_size"]
         if size != "auto" and not (type(size) is int and size >= 1):
-            from sparsesweep.validate import show
+            from sparsesweep.refusals import show
 
             # A quoted number ('3') is a string to Hydra: show the quotes, or the message would refuse 3.
             shown = f"'{size}'" if isinstance(size, str) and size.strip().lstrip("-").isdigit() else show(size)
@@ -283,7 +287,7 @@ class LocalPoolLauncher(_QueueingLauncher):
         running: dict[int, tuple[list, object]] = {}  # slot -> (pack, job)
         returns: dict[int, JobReturn] = {}
         try:
-            with stop_on(signal.SIGTERM), self.view(queue) as view:
+            with stop_on(signal.SIGTERM, signal.SIGINT), self.view(queue) as view:
                 while queue or running:
                     for slot in [s for s in range(len(slots)) if s not in running][:len(queue)]:
                         pack = queue.pop(0)
@@ -296,22 +300,30 @@ class LocalPoolLauncher(_QueueingLauncher):
                             self.ended(view, pack, job, returns)
                     view.poll()
         except KeyboardInterrupt:
-            self.stop([job for _, job in running.values()], runs=sum(len(pack) for pack, _ in running.values()),
-                      queued=sum(len(pack) for pack in queue), sweep_dir=sweep_dir)
+            self.stop(list(running.values()), queued=sum(len(pack) for pack in queue), sweep_dir=sweep_dir)
         return self.report(returns)
 
     @staticmethod
-    def stop(jobs, runs: int, queued: int, sweep_dir: Path) -> None:
-        """Ctrl-C or SIGTERM to the launcher: every running job saves its state at its current step and
-        stops (SIGTERM, which submitit's local controller passes on); then the launcher exits."""
-        log.warning("Interrupted: stopping %d running runs (each saves a checkpoint at its current step) ...", runs)
+    def stop(running: list[tuple[list[PlannedJob], object]], queued: int, sweep_dir: Path) -> None:
+        """Ctrl-C, SIGINT or SIGTERM to the launcher (whatever it inherited: a script's background job starts
+        with SIGINT ignored): every running job saves its state at its current step and stops (SIGTERM, which
+        submitit's local controller passes on); then the launcher exits 130. Runs of a running pack that had
+        already finished are not counted as stopped."""
+        unfinished = [planned for pack, _ in running for planned in pack
+                      if not (planned.run_dir and rundir.is_finished(planned.run_dir))]
+        log.warning("Interrupted: stopping %d running runs (each saves a checkpoint at its current step) ...",
+                    len(unfinished))
+        jobs = [job for _, job in running]
         for job in jobs:
             job._process.send_signal(signal.SIGTERM)  # the job's controller process
         deadline = time.monotonic() + STOP_TIMEOUT_S
         while any(not job.done() for job in jobs) and time.monotonic() < deadline:
             time.sleep(POLL_S)
-        log.warning("Sweep stopped: %d runs stopped where they were, %d not started. To resume, run the same "
-                    "command again with hydra.sweep.dir=%s", runs, queued, sweep_dir)
+        stopped = [planned for planned in unfinished
+                   if not (planned.run_dir and rundir.is_finished(planned.run_dir))]
+        log.warning("Sweep stopped: %s stopped where %s, %d not started. To resume, run the same command again "
+                    "with hydra.sweep.dir=%s", plural(len(stopped), "run"), "it was" if len(stopped) == 1 else
+                    "they were", queued, sweep_dir)
         sys.exit(130)
 
     def submit(self, executor, gpu: int | None, body, argument):
@@ -340,18 +352,26 @@ class LocalPoolLauncher(_QueueingLauncher):
 
 
 @contextlib.contextmanager
-def stop_on(signum: int):
-    """Within the block, `signum` interrupts like Ctrl-C (KeyboardInterrupt)."""
-    previous = signal.signal(signum, signal.default_int_handler)
+def stop_on(*signums: int):
+    """Within the block, each of `signums` interrupts like Ctrl-C (KeyboardInterrupt), whatever this process
+    inherited for it (a shell script's background job starts with SIGINT ignored)."""
+    previous = {signum: signal.signal(signum, signal.default_int_handler) for signum in signums}
     try:
         yield
     finally:
-        signal.signal(signum, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
 
 
 class SlurmArrayLauncher(_QueueingLauncher):
+    """Submits the packs as job arrays of at most the cluster's MaxArraySize tasks. A submit limit (per user,
+    QOS or association) takes what fits: smaller arrays, then, with wait=true, the rest as the sweep's tasks end;
+    with wait=false the rest is recorded as not submitted, for the same command to submit later. Every array
+    is recorded in the sweep's submissions.json as it is accepted, so nothing is recorded as submitted that
+    was not."""
     _EXECUTOR = "slurm"
-    _OWN_KEYS = {"submitit_folder", "max_num_timeout", "wait", "pack_size"}
+    _OWN_KEYS = {"submitit_folder", "max_num_timeout", "wait", "pack_size", "max_array_size"}
 
     def executor(self):
         """A submitit SLURM executor from this launcher's parameters (as the stock launcher builds it)."""
@@ -362,28 +382,138 @@ class SlurmArrayLauncher(_QueueingLauncher):
                                       if k not in self._OWN_KEYS})
         return executor
 
+    def max_array_size(self) -> int:
+        """hydra.launcher.max_array_size, else the cluster's MaxArraySize (`scontrol show config`), else SLURM's
+        default."""
+        return self.params["max_array_size"] or cluster_max_array_size()
+
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         sweep_dir = self.prepare_sweep_dir()
         packs = self.packs(job_overrides, initial_job_idx, self.params["array_parallelism"],
                            gpus=bool(self.params["gpus_per_node"]))
-        submitted_at = time.time()
-        if all(len(pack) == 1 for pack in packs):
-            jobs = self.executor().map_array(self, [pack[0] for pack in packs])
-        else:  # one function for the whole array: PackCall, packs of one included
-            jobs = self.executor().map_array(PackCall(self), packs)
-        log.info("Submitted SLURM array %s: %d tasks for %d runs, output in %s; follow it with: "
-                 "python -m multirun_analysis status %s", jobs[0].job_id.split("_")[0], len(jobs), len(job_overrides),
-                 sweep_dir, sweep_dir)
-        if not self.params["wait"]:
-            return []
-        returns: dict[int, JobReturn] = {}
-        waiting = list(zip(packs, jobs))
-        with self.view(packs, since=submitted_at) as view:  # running: its progress.json written since
-            while waiting:
-                for pack, job in [(pack, job) for pack, job in waiting if job.done()]:
+        # One function for the whole array: PackCall, packs of one included, unless every pack is one run.
+        body, items = (self, lambda chunk: [pack[0] for pack in chunk]) if all(len(p) == 1 for p in packs) else \
+            (PackCall(self), list)
+        record = Submissions(sweep_dir, [job.overrides for pack in packs for job in pack])
+        executor, size, wait = self.executor(), self.max_array_size(), self.params["wait"]
+        pending, waiting, returns = list(packs), [], {}
+        retry_at, submitted_at = 0.0, time.time()
+        # wait=false: nothing to show; else running: its progress.json written since the submission
+        with self.view(packs, since=submitted_at) if wait else contextlib.nullcontext() as view:
+            while pending or (wait and waiting):
+                if pending and time.monotonic() >= retry_at:
+                    chunk = pending[:size]
+                    refusal = submit_array(executor, body, items(chunk))
+                    if isinstance(refusal, str):
+                        if is_size_refusal(refusal) and len(chunk) > 1:
+                            size = max(1, len(chunk) // 2)  # what fits: a smaller array at once
+                            continue
+                        if not is_submit_limit(refusal):
+                            record.not_submitted(pending)
+                            log.error("%s: %d runs not submitted (the same command submits them once this is "
+                                      "fixed)", refusal, sum(len(pack) for pack in pending))
+                            sys.exit(2)
+                        if not wait:
+                            break
+                        retry_at = time.monotonic() + SUBMIT_RETRY_S  # or sooner, as a task of the sweep ends
+                    else:
+                        record.submitted(refusal[0].job_id.split("_")[0], chunk)
+                        log.info("Submitted SLURM array %s: %d tasks for %d runs, output in %s; follow it with: "
+                                 "python -m multirun_analysis status %s", refusal[0].job_id.split("_")[0],
+                                 len(chunk), sum(len(pack) for pack in chunk), sweep_dir, sweep_dir)
+                        pending, waiting = pending[len(chunk):], waiting + list(zip(chunk, refusal))
+                        continue
+                for pack, job in [(pack, job) for pack, job in waiting if wait and job.done()]:
                     waiting.remove((pack, job))
                     self.ended(view, pack, job, returns)
-                view.poll()
-                if waiting:
-                    time.sleep(SLURM_POLL_S)
-        return self.report(returns)
+                    retry_at = 0.0  # a slot may have freed
+                if view is not None:
+                    view.poll()
+                time.sleep(SLURM_POLL_S if waiting else POLL_S)
+        if pending:
+            record.not_submitted(pending)
+            log.warning("%d runs not submitted: the cluster's submit limit (%s); the same command submits them, "
+                        "once some of the sweep's tasks have ended", sum(len(pack) for pack in pending), refusal)
+        return self.report(returns) if wait else []
+
+
+SUBMIT_RETRY_S = 60  # wait=true after a submit limit: tries again as a task ends, or after this long
+DEFAULT_MAX_ARRAY_SIZE = 1001  # SLURM's own default MaxArraySize
+# sbatch's refusals for a limit on how many jobs one may submit (slurm/src/common/slurm_errno.c's texts).
+SUBMIT_LIMITS = ("SubmitJob", "job submit limit", "MaxSubmit", "QOSMaxJobsPerUser", "AssocMaxJobs")
+
+
+def cluster_max_array_size() -> int:
+    try:
+        shown = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        shown = ""
+    found = re.search(r"^MaxArraySize\s*=\s*(\d+)", shown, re.MULTILINE)
+    return int(found[1]) if found else DEFAULT_MAX_ARRAY_SIZE
+
+
+def submit_array(executor, body, items) -> list | str:
+    """The array's submitit jobs, or SLURM's own line saying why sbatch refused it."""
+    with contextlib.redirect_stderr(io.StringIO()):  # submitit prints sbatch's stderr: it is in the line
+        try:
+            return executor.map_array(body, items)
+        except submitit.core.utils.FailedJobError as error:
+            lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+            return next((line for line in reversed(lines) if "error" in line.lower()), lines[-1] if lines else
+                        "sbatch failed without a message")
+
+
+def is_submit_limit(refusal: str) -> bool:
+    return any(words in refusal for words in SUBMIT_LIMITS)
+
+
+def is_size_refusal(refusal: str) -> bool:
+    """A refusal a smaller array may pass: a submit limit, or an array larger than the cluster takes."""
+    return is_submit_limit(refusal) or "Invalid job array specification" in refusal
+
+
+class Submissions:
+    """The sweep's submissions.json: arrays recorded as sbatch accepts them, and what a submit limit left. A
+    launch replaces what earlier launches recorded of the runs it submits (emptied tasks keep the numbering),
+    and keeps the rest."""
+
+    def __init__(self, sweep_dir: Path, runs: list[list[str]]):
+        self.path = sweep_dir / SUBMISSIONS
+        try:
+            earlier = schema.read(self.path) or schema.Submissions()
+        except schema.Unreadable:
+            earlier = schema.Submissions()
+        now = {tuple(run) for run in runs}
+        self.arrays = [{"job_id": array.job_id, "tasks": [[run for run in task if tuple(run) not in now]
+                                                          for task in array.tasks]} for array in earlier.arrays]
+        self.unsubmitted = [run for run in earlier.not_submitted if tuple(run) not in now]
+
+    def submitted(self, job_id: str, packs: list[list[PlannedJob]]) -> None:
+        self.arrays.append({"job_id": job_id, "tasks": [[job.overrides for job in pack] for pack in packs]})
+        self._write()
+
+    def not_submitted(self, packs: list[list[PlannedJob]]) -> None:
+        self.unsubmitted += [job.overrides for pack in packs for job in pack]
+        self._write()
+
+    def _write(self) -> None:
+        content = schema.Submissions(arrays=self.arrays, not_submitted=self.unsubmitted)  # checked as it is read
+        rundir.write_atomic(self.path, rundir.json_bytes(content.model_dump()))
+
+
+def queued_in_slurm(sweep_dir: Path) -> set[tuple[str, ...]]:
+    """The runs (their overrides) of the sweep's recorded arrays whose task SLURM still has, pending or running
+    (squeue); empty without a record or without squeue."""
+    try:
+        record = schema.read(sweep_dir / SUBMISSIONS)
+    except schema.Unreadable:
+        return set()
+    if record is None or not record.arrays:
+        return set()
+    try:
+        listed = subprocess.run(["squeue", "-h", "-r", "-o", "%i"], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return set()
+    tasks = set(listed.stdout.split()) if listed.returncode == 0 else set()
+    return {tuple(run) for array in record.arrays for number, task in enumerate(array.tasks)
+            if f"{array.job_id}_{number}" in tasks for run in task}

@@ -34,6 +34,7 @@ import itertools
 import json
 import logging
 import os
+import shlex
 import sys
 import time
 from collections import Counter
@@ -49,10 +50,12 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from omegaconf.errors import OmegaConfBaseException
 
 import rundir_format
+from hydra_plugins.sparsesweep_launcher._live import outcome, plural
+from hydra_plugins.sparsesweep_launcher.launchers import queued_in_slurm
+from hydra_plugins.sparsesweep_sweeper import _names as names
+from hydra_plugins.sparsesweep_sweeper._compose import JobComposer
 from rundir_format import reading
 from rundir_format.text import printable
-from hydra_plugins.sparsesweep_launcher._live import outcome
-from hydra_plugins.sparsesweep_sweeper import _names as names
 from sparsesweep import rundir
 from sparsesweep.errors import ConfigError
 from sparsesweep.hydra_compat import BasicSweeper
@@ -99,6 +102,7 @@ def expand_rows(grid) -> List[List[str]]:
 KINDS = {"skipped": "skipped (completed)", "resumed": "resumed", "new": "new", "failed": "failed before (rerun)",
          "invalid": "invalid (not launched)", "nodata": "without data (not launched)",
          "duplicate": "duplicates (not launched)", "running": "running elsewhere (not launched)",
+         "queued": "queued in SLURM (not launched again)",
          "conflict": "conflicts"}
 TO_TRAIN = ("resumed", "new", "failed")
 NOT_LAUNCHED_ERRORS = ("invalid", "nodata")  # recorded as failed: the sweep exits 1
@@ -114,7 +118,7 @@ class PlannedRun:
     job_dir: Optional[Path] = None
     run_id: Optional[str] = None
     config: Optional[dict] = None   # resolved, without hydra
-    composed: Optional[DictConfig] = None  # the whole composed config, which our launchers hand to the job
+    task: Optional[DictConfig] = None  # the composed config without `hydra` (the launcher gets the whole one)
     foreign: Optional[dict] = None  # for a conflict: the identity the directory records
 
 
@@ -146,7 +150,12 @@ class GridSweeper(BasicSweeper):
     def plan(self, arguments: List[str]) -> List[List[str]]:
         """Every run's override list."""
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
-        common = self.split_arguments(parser.parse_overrides(self._parse_config() + list(arguments)), None)[0]
+        overrides = parser.parse_overrides(self._parse_config() + list(arguments))
+        for override in overrides:
+            if override.is_sweep_override() and not override.is_discrete_sweep():
+                raise HydraException(f"{override.input_line}: a grid sweeps lists of values, not an interval: give "
+                                     f"the values, e.g. {override.get_key_element()}=0.001,0.01,0.1")
+        common = self.split_arguments(overrides, None)[0]
         runs = []
         for base in common:
             base_keys = {o.split("=", 1)[0].lstrip("+~") for o in base}
@@ -162,13 +171,11 @@ class GridSweeper(BasicSweeper):
         """Compose and check the run's config, then read its directory: what the sweep does with it."""
         planned = PlannedRun(number, overrides)
         try:
-            config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
-            names.pin_sweep_dir(config, self.config.hydra.sweep.dir)
-            planned.job_dir = Path(config.hydra.sweep.dir) / str(config.hydra.sweep.subdir)
-            check_config(config)
-            planned.run_id, planned.config = rundir.directory_identity(planned.job_dir, config), \
-                rundir.run_config(config)
-            planned.composed = config
+            planned.job_dir = self.job_dir(overrides)
+            config = self.composer.task(overrides)
+            planned.config = rundir.run_config(config)
+            check_config(config, planned.config)
+            planned.run_id, planned.task = rundir.directory_identity(planned.job_dir, planned.config), config
         except (HydraException, OmegaConfBaseException, ConfigError, ValueError) as error:  # ValueError: Hydra's own
             planned.kind, planned.reason = "invalid", explain(error, overrides)
             planned.job_dir = planned.job_dir or self.job_dir_without_config(overrides)
@@ -177,6 +184,9 @@ class GridSweeper(BasicSweeper):
         sweep_dir = Path(self.config.hydra.sweep.dir)
         if not names.is_direct_child(job_dir, sweep_dir) or rundir.run_dir_refusal(job_dir, sweep_dir):
             return planned  # not read: check_directories stops the sweep
+        if tuple(overrides) in self.queued:
+            planned.kind, planned.reason = "queued", "its task of an array this sweep submitted is in SLURM's queue"
+            return planned
         try:
             holder = rundir.lock_holder(job_dir)
         except reading.Unreadable as error:  # a .lock that is no regular file: the trainer would refuse it
@@ -195,6 +205,21 @@ class GridSweeper(BasicSweeper):
         elif rundir.has_checkpoint(job_dir):
             planned.kind = "resumed"
         return planned
+
+    def composed(self, overrides: List[str]) -> DictConfig:
+        """The job's whole config, as the launcher hands it to the job: in the sweep's directory."""
+        config = self.composer.compose(overrides)
+        names.pin_sweep_dir(config, self.config.hydra.sweep.dir)
+        return config
+
+    def job_dir(self, overrides: List[str]) -> Path:
+        """Where the run trains: named by its overrides (the default hydra.sweep.subdir), else as its config's
+        hydra.sweep.subdir says."""
+        by_name = self.job_dir_without_config(overrides)
+        if by_name is not None:
+            return by_name
+        config = self.composed(overrides)
+        return Path(config.hydra.sweep.dir) / str(config.hydra.sweep.subdir)
 
     def job_dir_without_config(self, overrides: List[str]) -> Optional[Path]:
         """Where a run whose config does not compose would have gone: known when runs are named by their
@@ -217,10 +242,10 @@ class GridSweeper(BasicSweeper):
 
         lines: Dict[str, List[str]] = {}  # by dataset config: checked once however many runs use it
         for run in planned:
-            if run.kind in TO_TRAIN and run.composed is not None:
+            if run.kind in TO_TRAIN and run.task is not None:
                 key = json.dumps(run.config.get("dataset"), sort_keys=True, default=str)
                 if key not in lines:
-                    lines[key] = missing_data(run.composed)
+                    lines[key] = missing_data(run.task)
                 if lines[key]:
                     run.kind, run.reason = "nodata", lines[key][0]
         return list(dict.fromkeys(line for found in lines.values() for line in found))
@@ -234,8 +259,10 @@ class GridSweeper(BasicSweeper):
         except HydraException as error:  # a grid row that does not parse, a key set in two places
             stop_with("%s", explain(error, arguments))
         sweep_dir = Path(self.config.hydra.sweep.dir)
-        if len(runs) > 20:
+        if len(runs) > 1000:
             log.info("Composing and checking the configs of %d runs ...", len(runs))
+        self.composer = JobComposer(self.hydra_context.config_loader, self.config)
+        self.queued = queued_in_slurm(sweep_dir)  # a relaunch must not submit them twice
         planned = [self.inspect(number, run) for number, run in enumerate(runs)]
         check_directories(planned, sweep_dir)
         first_of = {}
@@ -250,10 +277,15 @@ class GridSweeper(BasicSweeper):
                            ("skipped", "resumed", "new", "failed")))
         for line in missing:
             log.error("Missing data: %s", line)
+        steps = planned_steps([run for run in planned if run.kind in (*TO_TRAIN, "nodata")])
+        if steps:
+            log.info("%s to train: %s steps in all (%s per run); the time it takes shows once the first runs report "
+                     "their speed", plural(len(steps), "run"), f"{sum(steps):,}", f"{min(steps):,}" if
+                     min(steps) == max(steps) else f"{min(steps):,} to {max(steps):,}")
         if self.dry_run:
             for run in planned:
                 reason = "its data is missing: above" if run.kind == "nodata" else run.reason
-                print(printable(f"#{run.number:<4} {run.kind:9} {' '.join(run.overrides)}" +
+                print(printable(f"#{run.number:<4} {run.kind:9} {shlex.join(run.overrides)}" +
                                 (f"  ({reason})" if reason else "")))
             print(f"{len(runs)} runs")
             return []
@@ -273,7 +305,7 @@ class GridSweeper(BasicSweeper):
             log.warning("#%d: moved %s (run %s) to %s", run.number, run.job_dir, run.foreign["run_id"], aside)
             run.kind = "new"
         for run in planned:
-            if run.kind in ("invalid", "duplicate", "running"):
+            if run.kind in ("invalid", "duplicate", "running", "queued"):
                 log.warning("#%d %s: %s  (%s)", run.number, KINDS[run.kind], printable(run.reason),
                             printable(" ".join(run.overrides)))
             if run.kind in NOT_LAUNCHED_ERRORS:
@@ -289,7 +321,8 @@ class GridSweeper(BasicSweeper):
         self.overrides = list(self.split_overrides_to_chunks(todo, self.max_batch_size))
         if hasattr(self.launcher, "planned_configs"):  # ours: every batch's jobs train the configs checked here
             self.launcher.planned_configs.update(
-                (tuple(run.overrides), run.composed) for run in planned if run.composed is not None)
+                (tuple(run.overrides), self.composed(run.overrides)) for run in planned
+                if run.kind in TO_TRAIN and run.task is not None)
         returns: List[Sequence[JobReturn]] = []
         initial_job_idx = 0
         while not self.is_done():
@@ -326,6 +359,28 @@ class GridSweeper(BasicSweeper):
 
 
 DEFAULT_SUBDIR = "${sparsesweep.run_dirname:${hydra.job.override_dirname}}"
+
+
+def planned_steps(runs: List[PlannedRun]) -> List[int]:
+    """The steps each run has left to train, from its config and the published size of its dataset (a run with
+    a checkpoint: less the steps its progress.json says are done); runs whose dataset size is unknown are left
+    out."""
+    from sparsesweep.datasets import train_size
+    from sparsesweep.optim import plan_schedule
+
+    steps = []
+    for run in runs:
+        cfg = run.task
+        size = train_size(cfg.dataset) if cfg is not None else None
+        try:
+            total = plan_schedule(cfg.schedule, size, cfg.batch_size).total_steps if size else None
+        except ConfigError:  # a batch larger than the data: the run says so when it starts
+            total = None
+        if total is not None:
+            done = rundir.read_json(run.job_dir / rundir_format.PROGRESS).get("step", 0) if run.kind == "resumed" else 0
+            steps.append(max(total - done, 0))
+    return steps
+
 
 
 def check_directories(planned: List[PlannedRun], sweep_dir: Path) -> None:
