@@ -1,14 +1,17 @@
 """Read sparsesweep run directories and report on them. Several sweep directories merge.
+(`sparsesweep-analysis` is the same command as `python -m multirun_analysis`.)
 
-  python -m multirun_analysis SWEEP_DIR...                  one row per run: overrides, errors, sparsity
+  python -m multirun_analysis SWEEP_DIR...                  one row per run: overrides, errors, sparsity;
+                                                            what made the runs (version, device, host)
   python -m multirun_analysis status SWEEP_DIR...           completed / running / failed / diverged /
                                                             interrupted / unreadable / conflict / missing,
-                                                            one line per run
+                                                            one line per run; what made the runs
   python -m multirun_analysis TABLE SWEEP_DIR... [--format terminal|markdown|latex|csv] [--out DIR] [--no-paper]
-                                                  [--where KEY=VALUE ...]
+                                                  [--where KEY=VALUE ...] [--by version|device]
                                                             TABLE: table1 ... table7, difficulty; --where
                                                             replaces the table's run filter, e.g.
-                                                            --where coefficient=2e-3 batch_size=20
+                                                            --where coefficient=2e-3 batch_size=20; --by
+                                                            gives one part per version or device
   python -m multirun_analysis claims SWEEP_DIR... [--format terminal|markdown|csv] [--out FILE]
                                                             each of the paper's claims the runs speak to:
                                                             holds / contradicted / inconclusive / no runs
@@ -33,8 +36,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from multirun_analysis import claims, render, tables, terminal
-from multirun_analysis.load import load_runs
+from multirun_analysis import claims, provenance, render, tables, terminal
+from multirun_analysis.load import collect, load_runs
 from multirun_analysis.status import sweep_status
 from rundir_format import write_atomic
 from rundir_format.text import printable
@@ -60,6 +63,12 @@ def say(line: str) -> None:
 def report_skipped(skipped: Counter) -> None:
     for reason, count in skipped.items():
         say(f"skipped {count} run(s): {reason}")
+
+
+def report_mixed(runs: pd.DataFrame) -> None:
+    """On stderr, the line saying the runs mix versions or devices (multirun_analysis.provenance), if they do."""
+    for line in provenance.made_by(runs[["version", "device", "host"]].to_dict("records"))[1:]:
+        say(line)
 
 
 def common_overrides(runs: list[str]) -> list[str]:
@@ -89,11 +98,15 @@ def summary(paths) -> int:
         say(f"no runs with a results.json under {' '.join(map(str, paths))}")
     else:
         shared = common_overrides(list(frame.overrides))
-        rows = [[without(run.overrides, shared), terminal.styled(run.status),
+        made_by = frame[["version", "device", "host"]].to_dict("records")
+        mixed = [key for key in provenance.SPLITS  # what differs between the runs gets a column
+                 if frame.loc[frame[key] != provenance.UNRECORDED, key].nunique() > 1]
+        rows = [[without(run.overrides, shared), terminal.styled(run.status), *(getattr(run, key) for key in mixed),
                  *(number(getattr(run, column), decimals) for column, (_, decimals) in SUMMARY_COLUMNS.items())]
                 for run in frame.itertuples()]
-        headers = ["run", "status", *(header for header, _ in SUMMARY_COLUMNS.values())]
-        terminal.show(*shared_line(shared), terminal.table(headers, rows, numbers_from=2))
+        headers = ["run", "status", *mixed, *(header for header, _ in SUMMARY_COLUMNS.values())]
+        terminal.show(*shared_line(shared), terminal.table(headers, rows, numbers_from=2 + len(mixed)),
+                      *provenance.made_by(made_by))
     report_skipped(skipped)
     return 0
 
@@ -101,7 +114,8 @@ def summary(paths) -> int:
 def status(paths) -> int:
     for sweep_dir in paths:
         problems = []
-        table = sweep_status(sweep_dir, problems)
+        records = collect([sweep_dir])
+        table = sweep_status(sweep_dir, problems, records)
         for problem in problems:
             say(problem)
         if table.empty:
@@ -111,9 +125,12 @@ def status(paths) -> int:
         # all runs share stay in each line.
         rows = [[terminal.styled(run.state), run.run, run.detail] for run in table.itertuples()]
         counts = table.state.value_counts()
+        made_by = [provenance.columns(record.provenance) for record in records if not record.problem]
         terminal.show(*([str(sweep_dir)] if len(paths) > 1 else []),
                       terminal.table(["state", "run", "detail"], rows, wraps_first=2),
                       ", ".join(f"{n} {state}" for state, n in counts.items()))  # the most frequent first
+        for line in provenance.made_by(made_by):  # on stderr: stdout stays header, runs, counts (for scripts)
+            say(line)
     return 0
 
 
@@ -137,12 +154,17 @@ def write(path: Path, content: str | bytes) -> None:
                           f"--out") from error
 
 
-def table(name: str, paths, fmt: str, out: Path | None, show_paper: bool, where: dict) -> int:
+def table(name: str, paths, fmt: str, out: Path | None, show_paper: bool, where: dict, by: str | None = None) -> int:
     skipped = Counter()
     spec = tables.TABLES[name]
     if where:
         spec = dataclasses.replace(spec, where={**spec.where, **where})
-    built = tables.build(spec, load_runs(paths, skipped, completed_only=True))
+    runs = load_runs(paths, skipped, completed_only=True)
+    if by:
+        spec, built = tables.build_split(spec, runs, by)
+    else:
+        built = tables.build(spec, runs)
+        report_mixed(runs)
     if out:
         try:
             out.mkdir(parents=True, exist_ok=True)
@@ -162,7 +184,9 @@ def table(name: str, paths, fmt: str, out: Path | None, show_paper: bool, where:
 
 def check_claims(paths, fmt: str, out: Path | None = None) -> int:
     skipped = Counter()
-    verdicts = claims.check(load_runs(paths, skipped, completed_only=True))
+    runs = load_runs(paths, skipped, completed_only=True)
+    verdicts = claims.check(runs)
+    report_mixed(runs)
     if out:
         write(out, terminal.text(claims.terminal_view(verdicts)) if fmt == "terminal" else
               claims.format_verdicts(verdicts, fmt))
@@ -233,6 +257,8 @@ def main(argv=None) -> int:
         parser.add_argument("--no-paper", dest="show_paper", action="store_false", help="hide the paper's values")
         parser.add_argument("--where", nargs="+", default=[], metavar="KEY=VALUE",
                             help="change the table's run filter (run columns, e.g. coefficient=2e-3)")
+        parser.add_argument("--by", choices=provenance.SPLITS,
+                            help="one part per version (sparsesweep, commit, torch) or device that made the runs")
     if command == "claims":
         parser.add_argument("--format", choices=claims.FORMATS, default="terminal")
     if command in tables.TABLES or command in ("runs", "plots", "report", "claims"):
@@ -256,7 +282,8 @@ def main(argv=None) -> int:
         if command == "report":
             return html_report(args.paths, args.out)
         if command in tables.TABLES:
-            return table(command, args.paths, args.format, args.out, args.show_paper, parse_where(args.where))
+            return table(command, args.paths, args.format, args.out, args.show_paper, parse_where(args.where),
+                         args.by)
         return summary(args.paths)
     except OutputError as error:
         say(str(error))

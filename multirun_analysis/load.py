@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from multirun_analysis import provenance
 from rundir_format import COMPLETED, DIVERGED, FAILED, IDENTITY, PRUNE, RESULTS, schema, walk
 
 CRITERIA = ("by_activation", "by_gamma", "by_activation_alt", "by_gamma_alt")
@@ -32,10 +33,12 @@ CRITERIA = ("by_activation", "by_gamma", "by_activation_alt", "by_gamma_alt")
 COLUMNS = ("run_dir", "status", "run_id", "overrides", "model", "dataset", "optimizer", "regularizer",
            "coefficient", "batch_size", "seed", "test_error", "test_top5_error", "test_loss", "train_loss",
            "train_error", "zeroed_test_error", "iterations", "wall_time_s", "device_time_s",
-           *(f"sparsity_{key}_pct" for key in CRITERIA), "negative_slope", "background")
+           *(f"sparsity_{key}_pct" for key in CRITERIA), "negative_slope", "background",
+           "version", "device", *provenance.COLUMNS.values())
 # Which copy of a run counts when several directories hold it: the one that got furthest.
 RANK = {COMPLETED: 0, DIVERGED: 1, None: 2, FAILED: 3}  # None: no results.json yet
 TIMINGS = {"wall_time_s", "measure_time_s", "device_time_s"}  # may differ between two trainings of one run
+PROVENANCE = "provenance"  # what made a copy of a run: never what tells two copies apart
 NOT_FINISHED = "no results.json yet (running or interrupted: see `status`)"
 DUPLICATE = "duplicate of a run found in another directory"
 
@@ -77,6 +80,14 @@ class RunRecord:
         for source in (self.results, self.identity):
             if source is not None:
                 return tuple(sorted(source.overrides))
+        return None
+
+    @property
+    def provenance(self) -> schema.Provenance | None:
+        """What made the run: results.json's (the process that finished it), else identity.json's (started it)."""
+        for source in (self.results, self.identity):
+            if source is not None and source.provenance is not None:
+                return source.provenance
         return None
 
     @property
@@ -138,7 +149,7 @@ def collect(paths) -> list[RunRecord]:
 
 def measured(results) -> dict:
     """What two copies of one run must agree on: the results without timings and without how it was asked for."""
-    return results.model_dump(by_alias=True, exclude=TIMINGS | {"overrides", "config"})
+    return results.model_dump(by_alias=True, exclude=TIMINGS | {"overrides", "config", PROVENANCE})
 
 
 def rank(record: RunRecord) -> tuple:
@@ -178,10 +189,12 @@ def distinct_runs(records: list[RunRecord], notes: Counter) -> list[RunRecord]:
 
 def flatten(results) -> dict:
     """One row: the summary keys of a results.json, the sparsity totals as `sparsity_<criterion>_pct`, the
-    per-layer sparsity by gamma as `sparsity_gamma_<layer>_pct`, and a few config keys tables group by."""
+    per-layer sparsity by gamma as `sparsity_gamma_<layer>_pct`, a few config keys tables group by, and what
+    made the run (multirun_analysis.provenance.columns: `version`, `device`, `host`, ...)."""
     row = {key: value for key, value in results.model_dump(
-        by_alias=True, exclude={"config", "sparsity", "selectivity"}).items()
+        by_alias=True, exclude={"config", "sparsity", "selectivity", PROVENANCE}).items()
         if not isinstance(value, (dict, list))}
+    row.update(provenance.columns(results.provenance))
     row["overrides"] = " ".join(results.overrides)
     sparsity = getattr(results, "sparsity", None)
     if sparsity is not None:

@@ -21,7 +21,7 @@ import pandas as pd
 from jinja2 import Environment, PackageLoader
 from markupsafe import Markup
 
-from multirun_analysis import claims, plots, render, tables
+from multirun_analysis import claims, plots, provenance, render, tables
 from multirun_analysis.load import RunRecord, collect, distinct_runs, frame
 from multirun_analysis.status import STATES, sweep_status
 from rundir_format import COMPLETED, DIVERGED, FAILED, LOG, MULTIRUN, RESULTS, reading, schema
@@ -39,6 +39,8 @@ PRUNE_COLUMNS = {"pruned_features": ("features removed", "{:.0f}"), "pruned_feat
                  "test_error": ("test err % before", "{:.2f}"), "pruned_test_error": ("after", "{:.2f}"),
                  "params_kept_pct": ("params kept %", "{:.1f}"), "flops_kept_pct": ("FLOPs kept %", "{:.1f}"),
                  "cpu_speedup": ("CPU speed-up", "{:.2f}"), "cuda_speedup": ("GPU speed-up", "{:.2f}")}
+# What made each run (multirun_analysis.provenance), as text columns of the run table after the numbers.
+MADE_BY_COLUMNS = ("version", "device", "host")
 # The trainer's start line ends with the device it trains on: "... 75522 parameters, cuda:0".
 DEVICE_LINE = re.compile(r" parameters, (\S+)$", re.MULTILINE)
 LOG_READ_BYTES = 16 << 20
@@ -101,7 +103,8 @@ def sweep_runs(sweep_dir: Path, records: list[RunRecord], runs: pd.DataFrame, pa
             "sweep": str(sweep_dir), "run": status.run, "state": status.state,
             "reason": reason(status.state, status.detail, run), "dir": run_dir, "record": record,
             "link": quote(os.path.relpath(run_dir, page_dir), safe="/+=,") + "/" if run_dir else None,
-            "metrics": {column: getattr(run, column, None) for column in RUN_COLUMNS} if run is not None else {}})
+            "metrics": {column: getattr(run, column, None) for column in RUN_COLUMNS} if run is not None else {},
+            "made_by": provenance.columns(record.provenance) if record is not None and not record.problem else None})
     return entries
 
 
@@ -141,6 +144,7 @@ def sweep_header(sweep_dir: Path, entries: list[dict], notes: list[str]) -> dict
             "last_launch": _when(max((p.stat().st_mtime for p in launches if p.exists()), default=None)),
             "last_result": _when(max((p.stat().st_mtime for p in results if p.exists()), default=None)),
             "devices": devices.most_common(),
+            "made_by": provenance.made_by([entry["made_by"] for entry in entries if entry["made_by"]]),
             "run_time": [f"{kind} {seconds / 3600:.2f} h ({seconds:.0f} s)" for kind, seconds in run_time.items()]}
 
 
@@ -247,6 +251,7 @@ def build_report(paths, out: Path, skipped: Counter | None = None) -> str:
         entries += found
     for entry in entries:
         entry["cells"] = [cell(entry["metrics"].get(column), fmt) for column, (_, fmt) in RUN_COLUMNS.items()]
+        entry["made_cells"] = [(entry["made_by"] or {}).get(column) or "–" for column in MADE_BY_COLUMNS]
     filled, empty = paper_tables(completed) if len(completed) else ([], list(tables.TABLES))
     drawn, not_drawn = figures(completed, skipped) if len(completed) else ([], list(plots.FIGURES))
     environment = Environment(loader=PackageLoader("multirun_analysis", "templates"), autoescape=True)
@@ -254,4 +259,5 @@ def build_report(paths, out: Path, skipped: Counter | None = None) -> str:
         generated=_when(time.time()), paths=list(map(str, paths)), sweeps=sweeps, completed=len(completed),
         left_out=sorted(skipped.items()), results=results_by_setting(completed), claims=claims_section(completed),
         tables=filled, empty_tables=empty, pruning=pruning(completed), figures=drawn, not_drawn=not_drawn,
-        runs=entries, several=len(paths) > 1, columns=[header for header, _ in RUN_COLUMNS.values()])
+        runs=entries, several=len(paths) > 1, columns=[header for header, _ in RUN_COLUMNS.values()],
+        made_columns=MADE_BY_COLUMNS)

@@ -7,6 +7,7 @@ one row per setting (the overrides without the seed), with no paper table needed
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from importlib import resources
 
@@ -159,6 +160,23 @@ def build(spec: TableSpec, runs: pd.DataFrame) -> pd.DataFrame:
     table = pd.DataFrame(data, index=index)
     table.columns = pd.MultiIndex.from_tuples(table.columns, names=["group", "metric", "stat"])
     return table
+
+
+def build_split(spec: TableSpec, runs: pd.DataFrame, by: str) -> tuple[TableSpec, pd.DataFrame]:
+    """The table once per value of the run column `by` (version, device: what made the runs), stacked: `by` is
+    the rows' first key, and each part keeps only the rows it has runs for. Returns the spec to render it with
+    (the lowest error is marked within each part)."""
+    values = sorted(dict.fromkeys(runs[by].dropna())) if by in runs and len(runs) else []
+    if not values:
+        return spec, build(spec, runs)
+    parts = {}
+    for value in values:
+        part = build(spec, runs[runs[by] == value])
+        parts[value] = part[part.xs("n", axis=1, level="stat").sum(axis=1).to_numpy() > 0]
+    table = pd.concat(parts, names=[by])
+    if table.index.nlevels == 2 and table.index.names[1] is None:  # concat names a single key level None
+        table.index = table.index.set_names([by, next(iter(spec.keys))])
+    return dataclasses.replace(spec, best_within=(by, *spec.best_within) if spec.best_within else ()), table
 
 
 def _display(key: str) -> str:

@@ -63,6 +63,22 @@ class Selectivity(FileModel):
     per_layer: dict[str, LayerSelectivity]
 
 
+class Provenance(FileModel):
+    """What made a run (sparsesweep.provenance): never part of its identity. Added later: runs from before it
+    have none. A failed run's stub has the process's part only: no CUDA, cuDNN nor device keys."""
+    sparsesweep: str                  # its version
+    git_commit: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{40}([0-9a-f]{24})?$")] | None = None
+    git_dirty: bool | None = None     # tracked files differed from the commit; None: unknown (no checkout)
+    python: str
+    host: str
+    slurm_job_id: str | None = None
+    torch: str | None = None
+    cuda: str | None = None           # the CUDA version torch was built for; None: a CPU build
+    cudnn: int | None = None          # torch.backends.cudnn.version()
+    device: str | None = None         # cpu, cuda:0, ...
+    device_name: str | None = None    # the GPU's name, or the CPU's model
+
+
 class FailedResults(FileModel):
     """A run that did not train: a stub. Without run_id when its config did not compose."""
     schema_: Literal[RESULTS_SCHEMA] = Field(alias="schema")
@@ -70,6 +86,7 @@ class FailedResults(FileModel):
     run_id: RunId | None = None
     overrides: list[str]
     error: str
+    provenance: Provenance | None = None  # added later
 
 
 class EndedResults(FileModel):
@@ -95,6 +112,7 @@ class EndedResults(FileModel):
     test_loss: Annotated[float, Field(ge=0)] | None
     test_error: Percent | None
     test_top5_error: Percent | None = None
+    provenance: Provenance | None = None  # added later: the process that finished the run
 
 
 class DivergedResults(EndedResults):
@@ -132,6 +150,7 @@ class Identity(FileModel):
     run_id: RunId
     overrides: list[str]
     config: dict[str, Any]
+    provenance: Provenance | None = None  # added later: the process that started the run
 
 
 class MetricsRow(FileModel):

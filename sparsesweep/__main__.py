@@ -159,10 +159,16 @@ def unwritable(key: str, directory) -> str | None:
     return None
 
 
-if __name__ == "__main__":
+def run_command() -> None:
+    """main() for the command line (`python -m sparsesweep` and the `sparsesweep` command): a reader that stops
+    early (--help | head -1) ends the output without a traceback."""
     try:
         main()
         sys.stdout.flush()
-    except BrokenPipeError:  # a reader that stopped early (--help | head -1): no traceback
+    except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so that the flush at exit is quiet
         sys.exit(1)
+
+
+if __name__ == "__main__":
+    run_command()

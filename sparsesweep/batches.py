@@ -91,10 +91,10 @@ class EpochFeed(_Feed):
         generator = torch.Generator().manual_seed(seed)
         order = torch.randperm(len(self.split), generator=generator)[:self.steps * self.batch_size]
         self.order.copy_(order.view(self.steps, self.batch_size))
-        if self.augment:  # per batch, in order: the same stream of draws as cropping batch after batch
-            draws = [augmentation_draws(self.batch_size, generator) for _ in range(self.steps)]
-            self.offsets.copy_(torch.stack([offsets for offsets, _ in draws]))
-            self.flips.copy_(torch.stack([flips for _, flips in draws]))
+        if self.augment:  # the whole epoch's at once: two draws, not two per batch
+            offsets, flips = augmentation_draws((self.steps, self.batch_size), generator)
+            self.offsets.copy_(offsets)
+            self.flips.copy_(flips)
         self.position.fill_(done)
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -186,7 +186,9 @@ def crop_and_flip(images: torch.Tensor, offsets: torch.Tensor, flips: torch.Tens
     return padded.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
 
 
-def augmentation_draws(n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """crop_and_flip's randomness for n images: (2, n) crop offsets, n flip flags."""
-    offsets = torch.randint(0, 2 * CROP_PADDING + 1, (2, n), generator=generator)
-    return offsets, torch.rand(n, generator=generator) < 0.5
+def augmentation_draws(shape: tuple[int, int], generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """crop_and_flip's randomness for (batches, n) images, each batch's as crop_and_flip takes it: (batches, 2, n)
+    crop offsets, (batches, n) flip flags."""
+    batches, n = shape
+    offsets = torch.randint(0, 2 * CROP_PADDING + 1, (batches, 2, n), generator=generator)
+    return offsets, torch.rand(batches, n, generator=generator) < 0.5

@@ -82,7 +82,7 @@ def load_dataset(cfg) -> Dataset:
     """cfg is the `dataset` config node."""
     loader = _LOADERS.get(cfg.name)
     if loader is None:
-        raise ConfigError(f"unknown dataset '{cfg.name}': choose one of conf/dataset/*.yaml")
+        raise ConfigError(f"unknown dataset '{cfg.name}': dataset.name must be one of {', '.join(sorted(_LOADERS))}")
     train, test, num_classes = loader(cfg)
     train = _limit(train, cfg.get("train_limit"))
     test = _limit(test, cfg.get("test_limit"))

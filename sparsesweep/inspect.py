@@ -7,7 +7,7 @@ PATH is
 - a run directory without a finished measurement (training, stopped, diverged): by gamma, from its latest
   checkpoint, with the run's own model config;
 - a checkpoint file: a state dict, or a dict holding one under "state_dict" or "model" ("module." and
-  "_orig_mod." prefixes, from DataParallel and torch.compile, are dropped), with --model NAME: a conf/model
+  "_orig_mod." prefixes, from DataParallel and torch.compile, are dropped), with --model NAME: a model
   option (basicnet, vgg11, vgg16, resnet50), a torchvision classification model (resnet18, mobilenet_v2, ...)
   or package.module.Class. Its layers are found as for any model (models/discovery.py) and their gammas read
   from the state dict by module path, so any width, input channels or classes fit. By gamma only: by
@@ -146,7 +146,7 @@ def _state_dict(loaded) -> dict:
 
 
 def _model_config(name: str) -> dict:
-    """The model config --model NAME means: a conf/model option, a torchvision name, or a class path."""
+    """The model config --model NAME means: a built-in model option, a torchvision name, or a class path."""
     from sparsesweep.models import zoo
     from sparsesweep import CONF_DIR as CONF
 
@@ -159,7 +159,7 @@ def _model_config(name: str) -> dict:
         return {"name": name, "source": "torchvision", "width_multiplier": 1.0, "head": "imagenet"}
     if "." in name:
         return {"name": name, "source": "custom", "_target_": name}
-    raise ConfigError(f"--model {name}: not a model: give a conf/model option (basicnet, vgg11, vgg16, resnet50), a "
+    raise ConfigError(f"--model {name}: not a model: give a model option (basicnet, vgg11, vgg16, resnet50), a "
                       f"torchvision classification model (e.g. resnet18) or package.module.Class")
 
 

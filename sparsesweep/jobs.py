@@ -42,20 +42,18 @@ def train_jobs(jobs: list[Job], in_sweep: bool, own_logs: bool = False,
                apart_unless_captured: bool = False) -> list[str | None]:
     """Trains the jobs as one pack; per job None or the line saying why it did not train. own_logs: give each
     run its own log file in its directory (a pack's process; a lone job's log is Hydra's).
-    apart_unless_captured (a pack that pack_size=auto formed): unless the pack's graph probe captures every
-    run, each run trains on in a process of its own (sparsesweep.apart). Outside a sweep a failure exits: 2
+    apart_unless_captured (in a sweep: a pack that pack_size=auto formed): unless the pack's graph probe captures
+    every run, each run trains on in a process of its own (sparsesweep.apart); on a GPU the pack itself then
+    trains in a child process, so that this one never holds a CUDA context (a GPU in EXCLUSIVE_PROCESS mode
+    takes one process at a time: each run that leaves needs it to itself). Outside a sweep a failure exits: 2
     for a config or directory problem, 1 when files cannot be written."""
-    specs = [pack.RunSpec(job.cfg, job.out_dir, job.overrides, log=run_log(job) if own_logs else log)
-             for job in jobs]
-    said: dict[int, str] = {}  # in a sweep: what each run that failed said, recorded as it failed
-    for number, (spec, job) in enumerate(zip(specs, jobs)):
-        spec.on_open = lambda spec=spec, job=job: opened(spec, job, own_logs)
-        if in_sweep:  # its failed stub at once, not when the pack ends (a pack killed later would lose it)
-            spec.on_failure = lambda error, number=number, spec=spec, job=job: said.setdefault(
-                number, did_not_train(job, spec.log, error, in_sweep))
+    said: dict[int, str | None] = {}  # in a sweep: what each run that failed said, recorded as it failed
+    specs = job_specs(jobs, in_sweep, own_logs, said)
     try:
-        outcomes = pack.train_runs(specs, apart_unless_captured)
-        leaving = [number for number, (_, error) in enumerate(outcomes) if isinstance(error, pack.TrainApart)]
+        if apart_unless_captured and len(jobs) > 1 and on_a_gpu(jobs):
+            errors, leaving = {}, pack_in_a_child(jobs, specs, said)
+        else:
+            errors, leaving = train_here(specs, apart_unless_captured)
         if leaving:
             release_device_memory()
             for number, ended in zip(leaving, apart.train_in_processes([jobs[n] for n in leaving])):
@@ -69,8 +67,47 @@ def train_jobs(jobs: list[Job], in_sweep: bool, own_logs: bool = False,
             log.warning("%s: its runs had finished", stop)
         sys.exit(128 + stop.signum)
     # In a sweep every failure was said as it happened; outside one, did_not_train exits or raises.
-    return [said.get(number) if number in said or error is None else did_not_train(job, spec.log, error, in_sweep)
-            for number, (job, spec, (_, error)) in enumerate(zip(jobs, specs, outcomes))]
+    return [said.get(number) if number in said or number not in errors else
+            did_not_train(job, spec.log, errors[number], in_sweep)
+            for number, (job, spec) in enumerate(zip(jobs, specs))]
+
+
+def job_specs(jobs: list[Job], in_sweep: bool, own_logs: bool, said: dict) -> list[pack.RunSpec]:
+    specs = [pack.RunSpec(job.cfg, job.out_dir, job.overrides, log=run_log(job) if own_logs else log)
+             for job in jobs]
+    for number, (spec, job) in enumerate(zip(specs, jobs)):
+        spec.on_open = lambda spec=spec, job=job: opened(spec, job, own_logs)
+        if in_sweep:  # its failed stub at once, not when the pack ends (a pack killed later would lose it)
+            spec.on_failure = lambda error, number=number, spec=spec, job=job: said.setdefault(
+                number, did_not_train(job, spec.log, error, in_sweep))
+    return specs
+
+
+def train_here(specs: list[pack.RunSpec], apart_unless_captured: bool) -> tuple[dict, list[int]]:
+    """The specs trained as one pack in this process: ({number: the error that stopped it}, the numbers of the
+    runs that left to train in a process of their own)."""
+    outcomes = pack.train_runs(specs, apart_unless_captured)
+    errors = {number: error for number, (_, error) in enumerate(outcomes) if error is not None}
+    return errors, [number for number, error in errors.items() if isinstance(error, pack.TrainApart)]
+
+
+def on_a_gpu(jobs: list[Job]) -> bool:
+    """Whether the jobs train on a GPU, asked without creating a CUDA context."""
+    import torch
+
+    return str(jobs[0].cfg.device) != "cpu" and torch.cuda.is_available()
+
+
+def pack_in_a_child(jobs: list[Job], specs: list[pack.RunSpec], said: dict) -> list[int]:
+    """A sweep's pack trained in a child process (train_apart_child); fills `said` with what its runs said, and
+    returns the numbers of those that left to train apart."""
+    ended, = apart.train_in_processes([jobs])
+    if not ended.spoke:
+        said.update({number: apart_ending(job, spec.log, ended) for number, (job, spec) in enumerate(zip(jobs, specs))})
+        return []
+    leaving = ended.said["apart"]
+    said.update({number: line for number, line in enumerate(ended.said["said"]) if number not in leaving})
+    return leaving
 
 
 def apart_ending(job: Job, run_log: logging.Logger, ended: apart.Ended) -> str:
@@ -155,10 +192,21 @@ def record_failure(job: Job, run_log: logging.Logger, message: str) -> str:
 
 
 def train_apart_child(job_file: Path) -> None:
-    """A child of sparsesweep.apart: trains the pickled job, then tells the parent what it said."""
+    """A child of sparsesweep.apart: trains the pickled job, then tells the parent what it said. A pickled list
+    of jobs is a sweep's pack (pack_in_a_child): it says what each run said and which left to train apart, whom
+    the parent then starts."""
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, stream=sys.stdout)
     job = pickle.loads(job_file.read_bytes())
-    apart.write_said(job_file, train_jobs([job], in_sweep=True, own_logs=True)[0])
+    if not isinstance(job, list):
+        apart.write_said(job_file, train_jobs([job], in_sweep=True, own_logs=True)[0])
+        return
+    said: dict[int, str | None] = {}
+    try:
+        _, leaving = train_here(job_specs(job, in_sweep=True, own_logs=True, said=said), apart_unless_captured=True)
+    except Interrupted as stop:
+        log.warning("%s: its state is saved; the same command again resumes it", stop)
+        sys.exit(128 + stop.signum)
+    apart.write_said(job_file, {"said": [said.get(number) for number in range(len(job))], "apart": leaving})
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
 import math
 from dataclasses import dataclass
@@ -78,15 +79,45 @@ def keep_own_capturable(optimizer: torch.optim.Optimizer):
 
     def hook(optimizer: torch.optim.Optimizer) -> None:
         for group, capturable in zip(optimizer.param_groups, own):
-            if capturable is None:
-                continue
-            group["capturable"] = capturable
-            for param in group["params"]:
-                state = optimizer.state.get(param, {})
-                if torch.is_tensor(state.get("step")):
-                    on = param.device if capturable or group.get("fused") else torch.device("cpu")
-                    state["step"] = state["step"].to(dtype=torch.float32, device=on)
+            if capturable is not None:
+                place_step_counts(optimizer, group, capturable)
     return hook
+
+
+def stop_capturable(optimizer: torch.optim.Optimizer) -> None:
+    """The optimizer of a run that will not be captured after all: its step counts go back to the host, where an
+    eager step keeps them (the Adam family's capturable step pays for device-side counts)."""
+    for group in optimizer.param_groups:
+        if group.get("capturable"):
+            place_step_counts(optimizer, group, False)
+
+
+def place_step_counts(optimizer: torch.optim.Optimizer, group: dict, capturable: bool) -> None:
+    """Sets the group's `capturable` flag and moves its step counts where that flag wants them, as torch itself
+    places them: on the parameters' device when capturable (or fused), else on the host."""
+    group["capturable"] = capturable
+    for param in group["params"]:
+        state = optimizer.state.get(param, {})
+        if torch.is_tensor(state.get("step")):
+            on = param.device if capturable or group.get("fused") else torch.device("cpu")
+            state["step"] = state["step"].to(dtype=torch.float32, device=on)
+
+
+@contextlib.contextmanager
+def unregularized(optimizer: torch.optim.Optimizer, decay: "DecoupledDecay"):
+    """Within it, the optimizer's steps leave out every regularization: the coupled L2, the decoupled WD and the
+    optimizer's own weight_decay (the self-check's counterfactual, graphs.self_check)."""
+    saved = [{key: group[key] for key in ("l2", "weight_decay") if key in group} for group in optimizer.param_groups]
+    for group, values in zip(optimizer.param_groups, saved):
+        group.update(dict.fromkeys(values, 0.0))
+    for factor in decay.factors:
+        factor.fill_(1.0)
+    try:
+        yield
+    finally:
+        for group, values in zip(optimizer.param_groups, saved):
+            group.update(values)
+        decay.update()
 
 
 @torch.no_grad()

@@ -126,12 +126,11 @@ def open_run(spec: RunSpec, run_id: str, resources, datasets: dict, first: bool)
         if device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels once
             torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = bool(cfg.performance.tf32)
-    graph = graphs.setting(cfg)  # `on` without a GPU is refused by validate.check_config
     key = json.dumps([OmegaConf.to_container(cfg.dataset, resolve=True), str(device), cfg.performance.data_on_device])
     if key not in datasets:
         datasets[key] = assemble.data_for(cfg, device)
-    return Run(cfg, run_id, Path(spec.out_dir), spec.overrides, datasets[key], device,
-               capturable=device.type == "cuda" and graph != "off", log=spec.log, resources=resources)
+    return Run(cfg, run_id, Path(spec.out_dir), spec.overrides, datasets[key], device, log=spec.log,
+               resources=resources)
 
 
 def train_pack(runs: list[Run], stops: interrupts.StopSignals,
@@ -230,9 +229,10 @@ def host_work(run: Run, work: Callable[[], object]) -> None:
 class PackStepper:
     """The pack's step: eager for the first WARMUP_STEPS, then (on a GPU, performance.cuda_graph auto|on) one
     graph replay for the runs that capture plus eager steps for the rest. The first capture is the pack's
-    probe, self-checked before it trains anything; a run it does not capture trains eagerly for good (its log
-    says why, once) and `refusal` says why the pack was not captured whole. Captured again, on the same
-    streams and memory pool, whenever invalidated: a run left, or an LR changed."""
+    probe, self-checked before it trains anything; a run it does not capture, or that cannot be captured at all
+    (graphs.why_not_capturable, an epoch too short to check included), trains eagerly for good (its log says
+    why, once) and `refusal` says why the pack was not captured whole. Captured again, on the same streams and
+    memory pool, whenever invalidated: a run left, or an LR changed."""
 
     def __init__(self, runs: list[Run]):
         self.eager_only: set[int] = set()  # ids of runs that train eagerly for good
@@ -240,7 +240,7 @@ class PackStepper:
         for run in runs:
             reason = graphs.why_not_capturable(run)
             if reason:
-                self._eager_for_good(run, reason, quiet=run.device.type != "cuda" or graphs.setting(run.cfg) == "off")
+                self._eager_for_good(run, reason, quiet=reason == graphs.ON_CPU or graphs.setting(run.cfg) == "off")
         self.steps_taken, self.probed, self.rebuild_next = 0, False, False
         self.step, self.graph, self.resources = None, None, None
 
@@ -305,5 +305,6 @@ class PackStepper:
     def _eager_for_good(self, run: Run, reason: str, quiet: bool = False) -> None:
         self.eager_only.add(id(run))
         self.refusal = self.refusal or reason
+        run.train_eagerly()
         level = logging.DEBUG if quiet else logging.WARNING if graphs.setting(run.cfg) == "on" else logging.INFO
         run.log.log(level, "run %s: not captured in a CUDA graph: %s; it trains eagerly", run.run_id, reason)

@@ -24,12 +24,12 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 from rundir_format import COMPLETED, DIVERGED, FAILED, duration
-from sparsesweep import assemble, loggers, rundir
+from sparsesweep import assemble, graphs, loggers, provenance, rundir
 from sparsesweep.batches import shuffle_seed, training_feed
 from sparsesweep.datasets import Dataset
 from sparsesweep.measure import bn_snapshot, describe, evaluate, final_measurements, gamma_sparsity_pct
 from sparsesweep.models import draws_randomness
-from sparsesweep.optim import DecoupledDecay, build_optimizer, coefficient, plan_schedule, set_lr
+from sparsesweep.optim import DecoupledDecay, build_optimizer, coefficient, plan_schedule, set_lr, stop_capturable
 from sparsesweep.progress import EpochTally, Progress
 
 TRAINING, TRAINED = "training", "trained"  # then COMPLETED, DIVERGED or FAILED (rundir_format)
@@ -40,15 +40,20 @@ class Run:
     """A run whose directory is open (rundir.open_directory), from its first step or its latest checkpoint."""
 
     def __init__(self, cfg, run_id: str, out_dir: Path, overrides, data: Dataset, device: torch.device,
-                 capturable: bool, log: logging.Logger, resources: contextlib.ExitStack):
+                 log: logging.Logger, resources: contextlib.ExitStack):
         self.cfg, self.run_id, self.out_dir, self.overrides = cfg, run_id, Path(out_dir), list(overrides)
-        self.data, self.log, self.resources, self.capturable = data, log, resources, capturable
+        self.data, self.log, self.resources = data, log, resources
         self.model = assemble.model_for(cfg, data, device)
         # The compiled module shares the parameters; checkpoints, hooks and evaluation use the plain one.
         self.forward = torch.compile(self.model) if cfg.performance.compile else self.model
-        self.optimizer = build_optimizer(cfg.optimizer, cfg.regularizer, self.model, capturable=capturable)
         self.plan = plan_schedule(cfg.schedule, len(data.train), cfg.batch_size)
         self.feed = training_feed(data, cfg.batch_size, device, assemble.memory_format(cfg, device, self.model))
+        # What a capture needs of the step costs an eager one (step counts on the device, gradients zeroed at
+        # fixed addresses): only a run that may be captured pays for it (graphs.why_not_capturable).
+        self.capturable = graphs.why_not_capturable(self) is None
+        # torch's `capturable` puts the step counts on a GPU: it has no meaning (and is refused) on the CPU.
+        self.optimizer = build_optimizer(cfg.optimizer, cfg.regularizer, self.model,
+                                         capturable=self.capturable and device.type == "cuda")
         self.tally = EpochTally(device)
         self.progress = self._resume() or self._fresh()
         # A run stopped after its last step, before its results were written, only has to finish.
@@ -243,6 +248,11 @@ class Run:
         self.log.error("epoch %d: training loss is %s at step <= %d: stopping, status 'diverged'",
                        self.progress.epoch + 1, loss, self.progress.step)
 
+    def train_eagerly(self) -> None:
+        """The run will not be captured (its pack's probe refused it): it stops paying for what a capture needs."""
+        self.capturable = False
+        stop_capturable(self.optimizer)
+
     def fail(self, error: BaseException) -> None:
         """The run cannot go on (its step or host work raised): it leaves its pack; sparsesweep.jobs reports it."""
         self.status, self.error = FAILED, error
@@ -271,6 +281,7 @@ class Run:
             for line in describe(results, cfg.measure):
                 self.log.info("%s", line)
         results["device_time_s"] = progress.share_s + time.monotonic() - started
+        results["provenance"] = provenance.describe(self.device)  # the process that finished the run
         rundir.write_atomic(self.out_dir / rundir.RESULTS, rundir.json_bytes(results))
         self.status, self.results = status, results
         try:

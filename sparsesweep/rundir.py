@@ -23,7 +23,7 @@ from rundir_format import (BN_HISTORY, CHECKPOINT, FEATURES, FINISHED, IDENTITY,
                            RUN_IRRELEVANT, SWEEP_PLAN, describe_holder, finite_or_none, json_bytes, jsonl_bytes,
                            lock_holder, remove_temporaries, write_atomic, write_temporary)
 from rundir_format import MULTIRUN, SUPERSEDED, reading, walk
-from sparsesweep import schema
+from sparsesweep import provenance, schema
 from sparsesweep.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -154,7 +154,7 @@ def record_failure(run_dir: Path, overrides, error: str, run_id: str | None = No
         return False
     run_dir.mkdir(parents=True, exist_ok=True)
     stub = {"schema": RESULTS_SCHEMA, "status": "failed", **({"run_id": run_id} if run_id else {}),
-            "overrides": list(overrides), "error": error}
+            "overrides": list(overrides), "error": error, "provenance": provenance.describe()}
     write_atomic(run_dir / RESULTS, json_bytes(stub))
     return True
 
@@ -211,8 +211,13 @@ def write_progress(run_dir: Path, where: dict) -> None:
 
 
 def write_identity(run_dir: Path, run_id: str, cfg, overrides) -> None:
-    write_atomic(run_dir / IDENTITY, json_bytes({"run_id": run_id, "overrides": list(overrides),
-                                                 "config": run_config(cfg)}))
+    """identity.json; its provenance is that of the process that started the run, kept as it was when the run
+    resumes (results.json has the one that finished it)."""
+    recorded = recorded_run(run_dir)
+    started = recorded.get("provenance") if recorded.get("run_id") == run_id else None
+    write_atomic(run_dir / IDENTITY, json_bytes({
+        "run_id": run_id, "overrides": list(overrides), "config": run_config(cfg),
+        "provenance": started if isinstance(started, dict) else provenance.describe(cfg.device)}))
 
 
 # ---- where a sweep may go -----------------------------------------------------------------------------------

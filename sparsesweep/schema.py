@@ -315,7 +315,12 @@ def _open(schema: type):
 
 def register() -> None:
     """Puts every schema into Hydra's ConfigStore (at the root of the search path, so that `--help` lists
-    only the config groups); importing this module does it."""
+    only the config groups), and registers `${sparsesweep.version:}` (the help's first line names the version);
+    importing this module does it."""
+    from sparsesweep import __version__
+
+    if not OmegaConf.has_resolver("sparsesweep.version"):
+        OmegaConf.register_new_resolver("sparsesweep.version", lambda: __version__)
     store = ConfigStore.instance()
     for schema in dict.fromkeys([Config, *(cls for options in SCHEMAS.values() for cls in options.values())]):
         store.store(name=f"schema_{schema.__name__}", node=_open(schema), provider="sparsesweep")

@@ -23,8 +23,9 @@ def make_config():
     return compose_config
 
 
-def cli(module, *args, cwd, timeout=300):
-    """`python -m module ARGS` as a user runs it; returns (exit code, stdout + stderr)."""
+def cli(module, *args, cwd, timeout=300, stderr=True):
+    """`python -m module ARGS` as a user runs it; returns (exit code, stdout + stderr), or stdout alone with
+    stderr=False (what a script reads: `status`'s stdout is a header, a line per run and the counts)."""
     import os
     import subprocess
     import sys
@@ -33,7 +34,7 @@ def cli(module, *args, cwd, timeout=300):
     env = {**{k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}, "PYTHONPATH": str(ROOT)}
     done = subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True, text=True,
                           timeout=timeout)
-    return done.returncode, done.stdout + done.stderr
+    return done.returncode, done.stdout + (done.stderr if stderr else "")
 
 
 def run_main(arguments: list[str]) -> tuple[int, str]:
@@ -60,8 +61,10 @@ def run_main(arguments: list[str]) -> tuple[int, str]:
     return code, out.getvalue() + err.getvalue()
 
 
-# What may differ between equal trainings: timings, and how many steps a CUDA graph replayed.
-TIMINGS = {"time_s", "wall_time_s", "measure_time_s", "device_time_s", "elapsed", "share_s", "graph_steps"}
+# What may differ between equal trainings: timings, how many steps a CUDA graph replayed, and what made them
+# (the provenance block: host, SLURM job, version).
+TIMINGS = {"time_s", "wall_time_s", "measure_time_s", "device_time_s", "elapsed", "share_s", "graph_steps",
+           "provenance"}
 
 
 def without_timings(value):

@@ -14,6 +14,7 @@ from conftest import SMOKE, cli, make_tiny_imagenet
 from multirun_analysis import render, tables
 from multirun_analysis.__main__ import main
 from multirun_analysis.load import load_runs
+from rundir_format.schema import read as schema_read
 from rundirs import Sweep, train_smoke_run
 
 
@@ -116,6 +117,98 @@ def test_every_format_is_written_with_out(known, tmp_path, capsys):
     csv_lines = (tmp_path / "difficulty.csv").read_text().splitlines()
     assert csv_lines[0].startswith("background,sparsity_gamma_mean,sparsity_gamma_std,sparsity_gamma_n")
     assert len(csv_lines) == 3
+
+
+# ---- what made the runs ---------------------------------------------------------------------------------------
+
+H100 = {"provenance.sparsesweep": "0.2.0", "provenance.git_commit": "ab" * 20, "provenance.git_dirty": True,
+        "provenance.torch": "2.14.0+cu128", "provenance.cuda": "12.8", "provenance.cudnn": 91002,
+        "provenance.device": "cuda:0", "provenance.device_name": "NVIDIA H100 80GB HBM3", "provenance.host": "gpu07",
+        "provenance.slurm_job_id": "4242_1"}
+H100_VERSION, H100_DEVICE = "sparsesweep 0.2.0 abababa+dirty, torch 2.14.0+cu128", "NVIDIA H100 80GB HBM3 (cuda)"
+
+
+@pytest.fixture(scope="module")
+def mixed(template, tmp_path_factory):
+    """The task-difficulty grid again, seed 1 made by another version on a GPU of a cluster (H100)."""
+    runs = Sweep(tmp_path_factory.mktemp("mixed"), template)
+    for (dataset, seed), (_, _, _, by_gamma) in KNOWN.items():
+        runs.add("adam", seed, by_gamma, name=f"dataset={dataset},seed={seed}", dataset=dataset,
+                 config={"dataset.name": dataset, "dataset.background": dataset.split("_")[1]},
+                 nested=H100 if seed == 1 else {})
+    return runs.root
+
+
+def test_the_collector_and_status_say_what_made_the_runs(known, capsys, monkeypatch):
+    from multirun_analysis.provenance import device, version
+
+    monkeypatch.setenv("COLUMNS", "300")
+    made = schema_read(next(known.glob("*/results.json"))).provenance  # the template's: trained in this process
+    expected = f"made by {version(made)} · {device(made)} · host {made.host}"
+    assert made.torch == torch.__version__ and made.device == "cpu"
+    assert main([str(known)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-1] == expected and not any(line.startswith("mixed") for line in lines), lines
+    assert "version" not in lines[0]  # one version: no column for it
+    assert main(["status", str(known)]) == 0
+    shown = capsys.readouterr()  # on stderr: its stdout stays a header, a line per run, the counts (for scripts)
+    assert shown.out.splitlines()[-1] == "4 completed" and shown.err.splitlines() == [expected]
+
+
+def test_a_sweep_that_mixes_versions_and_devices_says_so_in_one_line_and_shows_each_runs(mixed, capsys,
+                                                                                       monkeypatch):
+    from multirun_analysis.provenance import device, version
+
+    monkeypatch.setenv("COLUMNS", "400")
+    made = schema_read(next(mixed.glob("*seed=0/results.json"))).provenance
+    assert main([str(mixed)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-2] == f"made by 2 versions · 2 devices · 2 hosts"
+    assert lines[-1] == (f"mixed: these runs come from 2 versions ({version(made)}: 2 runs; {H100_VERSION}: 2 runs) "
+                         f"and 2 devices ({device(made)}: 2 runs; {H100_DEVICE}: 2 runs): compare like with like "
+                         "(split a table with --by version or --by device)")
+    header, *rows = lines[1:-2]
+    assert header.split()[:4] == ["run", "status", "version", "device"]
+    assert sum(H100_VERSION in row and H100_DEVICE in row for row in rows) == 2
+    assert main(["status", str(mixed)]) == 0
+    assert capsys.readouterr().err.splitlines() == lines[-2:]
+
+
+def test_a_table_split_by_version_has_each_versions_runs_only(mixed, capsys):
+    runs = load_runs([mixed], completed_only=True)
+    spec, table = tables.build_split(tables.TABLES["difficulty"], runs, "version")
+    made = schema_read(next(mixed.glob("*seed=0/results.json"))).provenance
+    from multirun_analysis.provenance import version
+
+    # One seed per version and background: each cell is that run's value (KNOWN), n = 1.
+    cells = table[("", "sparsity_gamma", "mean")]
+    assert cells.to_dict() == {(version(made), "clean"): 60.0, (version(made), "cluttered"): 20.0,
+                               (H100_VERSION, "clean"): 70.0, (H100_VERSION, "cluttered"): 50.0}
+    assert table[("", "sparsity_gamma", "n")].eq(1).all() and table[("", "sparsity_gamma", "paper")].tolist() == \
+        [70.0, 57.0, 70.0, 57.0]
+    assert main(["difficulty", str(mixed)]) == 0  # not split: the table, and on stderr the line saying they mix
+    assert capsys.readouterr().err.startswith("mixed: these runs come from 2 versions (")
+    assert main(["difficulty", str(mixed), "--by", "device", "--format", "csv"]) == 0
+    csv_lines = capsys.readouterr().out.splitlines()
+    assert csv_lines[0].startswith("device,background,sparsity_gamma_mean") and len(csv_lines) == 5
+    assert main(["difficulty", str(mixed), "--by", "version", "--format", "markdown"]) == 0
+    assert f"| {H100_VERSION} | clean | 70.0 (1) |" in capsys.readouterr().out
+
+
+def test_runs_from_before_provenance_are_left_out_of_what_made_them(template, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "300")
+    runs = Sweep(tmp_path, template)
+    runs.add("adam", 0)
+    old = runs.add("sgd", 0)
+    results = json.loads((old / "results.json").read_text())
+    del results["provenance"]
+    (old / "results.json").write_text(json.dumps(results))
+    assert main([str(tmp_path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-1].startswith("made by sparsesweep ") and lines[-1].endswith(" · 1 run unrecorded")
+    (runs.root / "run1" / "results.json").write_text(json.dumps(results))  # now neither records it
+    assert main([str(tmp_path)]) == 0
+    assert not any(line.startswith("made by") for line in capsys.readouterr().out.splitlines())
 
 
 @pytest.mark.slow

@@ -8,6 +8,7 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
 from conftest import CONF, ROOT, cli, read_results
+import sparsesweep
 from sparsesweep import refusals, schema, validate
 from sparsesweep.errors import ConfigError
 
@@ -131,6 +132,7 @@ def test_help_says_what_it_does_every_group_with_its_options_the_example_and_whe
     code, output, torch_imported = command_lines["help"]
     assert code == 0 and not torch_imported, output
     assert "filters that never fire" in output and "powered by Hydra" not in output
+    assert output.startswith(f"sparsesweep {sparsesweep.__version__}: train")  # the version, kept in one place
     for group in HELP_GROUPS:
         options = sorted(path.stem for path in (CONF / group).glob("*.yaml"))
         assert f"{group}: {', '.join(options)}" in output, group
@@ -142,6 +144,24 @@ def test_help_says_what_it_does_every_group_with_its_options_the_example_and_whe
 def test_refusing_a_value_imports_no_torch(command_lines):
     code, output, torch_imported = command_lines["bad value"]
     assert code == 2 and "optimizer.lr=inf: must be a finite number" in output and not torch_imported, output
+
+
+# docs/configuration.md's own option: a file in a folder of the user's, extending a built-in option.
+ADAM_FAST = "defaults:\n  - adam\n  - _self_\n\nname: adam_fast\nlr: 3.0e-3\n"
+
+
+def test_a_config_dir_adds_the_users_own_options_to_the_built_in_ones(tmp_path):
+    (tmp_path / "myconf" / "optimizer").mkdir(parents=True)
+    (tmp_path / "myconf" / "optimizer" / "adam_fast.yaml").write_text(ADAM_FAST)
+    code, output = cli("sparsesweep", "--config-dir", "myconf", "--cfg", "job", "+experiment=smoke",
+                       "optimizer=adam_fast", cwd=tmp_path)
+    assert code == 0 and "name: adam_fast" in output and "lr: 0.003" in output, output
+    code, output = cli("sparsesweep", "--config-dir", "myconf", "--help", cwd=tmp_path)
+    assert code == 0 and "optimizer: adadelta, adafactor, adagrad, adam, adam_fast, adamax," in output, output
+    code, output = cli("sparsesweep", "--config-dir", "myconf", "+experiment=smoke", "optimizer=adam_fats",
+                       cwd=tmp_path)
+    assert code == 2 and output.strip().endswith(
+        "optimizer=adam_fats: not an option of optimizer: did you mean optimizer=adam_fast?"), output
 
 
 def test_the_configuration_page_names_every_group_option_and_top_level_key():

@@ -59,7 +59,8 @@ def test_missing_cifar_names_the_root_and_the_download_flag(make_config, tmp_pat
 def test_crop_and_flip_takes_a_padded_crop_per_image():
     image = torch.arange(1, 37, dtype=torch.uint8).view(1, 1, 6, 6)
     batch = image.repeat(400, 1, 1, 1)
-    out = crop_and_flip(batch, *augmentation_draws(400, torch.Generator().manual_seed(0)))
+    offsets, flips = augmentation_draws((1, 400), torch.Generator().manual_seed(0))
+    out = crop_and_flip(batch, offsets[0], flips[0])
     padded = torch.nn.functional.pad(image, (CROP_PADDING,) * 4)[0, 0]
     candidates = {}
     for dy in range(2 * CROP_PADDING + 1):
@@ -74,7 +75,8 @@ def test_crop_and_flip_takes_a_padded_crop_per_image():
         drawn.add(matches[0])
     assert len(drawn) > 100  # per-image draws, not one crop for the whole batch
     assert {flip for _, _, flip in drawn} == {False, True}
-    assert torch.equal(out, crop_and_flip(batch, *augmentation_draws(400, torch.Generator().manual_seed(0))))
+    again, again_flips = augmentation_draws((1, 400), torch.Generator().manual_seed(0))
+    assert torch.equal(out, crop_and_flip(batch, again[0], again_flips[0]))
 
 
 def test_training_batches_cover_a_fresh_permutation_each_epoch(make_config):
@@ -105,12 +107,13 @@ def test_an_epoch_is_drawn_up_front_and_a_resumed_epoch_redraws_it(make_config):
     for x, y in epoch[3:]:
         again_x, again_y = resumed.next_batch()
         assert torch.equal(again_x, x) and torch.equal(again_y, y)
-    # The draws are the per-batch stream of (seed, epoch): a permutation, then each batch's crops and flips.
+    # The draws are the stream of (seed, epoch): a permutation, then the whole epoch's crops and flips at once.
     generator = torch.Generator().manual_seed(7)
     order = torch.randperm(100, generator=generator)
-    first_draws = augmentation_draws(20, generator)
-    assert torch.equal(whole.order[0], order[:20]) and torch.equal(whole.offsets[0], first_draws[0])
-    expected = crop_and_flip(data.train.images[order[:20]], *first_draws)
+    offsets, flips = augmentation_draws((5, 20), generator)
+    assert torch.equal(whole.order.flatten(), order) and torch.equal(whole.offsets, offsets)
+    assert torch.equal(whole.flips, flips)
+    expected = crop_and_flip(data.train.images[order[:20]], offsets[0], flips[0])
     assert torch.equal(epoch[0][0], EpochFeed(data, 20, torch.device("cpu")).normalized(expected))
 
 

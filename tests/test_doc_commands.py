@@ -260,7 +260,7 @@ def test_every_command_the_docs_show_runs(page, command, elsewhere, run, workspa
     if elsewhere:
         return  # RUN_ELSEWHERE says where
     assert run is not None, f"{page} shows `{command}`, which no rule of this test runs: add one"
-    words = shlex.split(command.split(" | ")[0])
+    words = shlex.split(command.split(" | ")[0].removesuffix(" &"))  # in the background: the same command
     env = {}
     while re.fullmatch(r"[A-Z_]+=\S+", words[0]):
         key, value = words.pop(0).split("=", 1)

@@ -1,15 +1,18 @@
-"""The GPU path's separable pieces, on the CPU: device identity, what may be captured, the self-check (every
-tensor, a tolerance derived from two eager executions, never past an epoch's end), the pack's one probe and
-what it decides (graphs stand in for CUDA graphs here: the real capture is benchmarks/gpu_check.py's),
-checkpoints that move between captured and eager runs, channels_last=auto."""
+"""The GPU path's separable pieces, on the CPU: device identity, what may be captured and who pays for it, the
+step's addresses, the capture itself on a stand-in of torch.cuda (the runs' GPU current, one stream per run,
+a failed capture's cause), the self-check (every tensor, a tolerance derived from two eager executions and
+from the regularizer's own effect, never past an epoch's end), the pack's one probe and what it decides
+(graphs stand in for CUDA graphs here: the real capture is benchmarks/gpu_check.py's), checkpoints that move
+between captured and eager runs, channels_last=auto."""
 import contextlib
 import logging
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 from conftest import SMOKE, compose_config, run_state
-from sparsesweep import assemble, graphs, optim, pack
+from sparsesweep import assemble, graphs, optim, pack, rundir
 from sparsesweep.errors import ConfigError
 from sparsesweep.rundir import open_directory
 
@@ -17,6 +20,11 @@ ONE_THREAD = [*SMOKE, "dataset.augment=true", "threads=1"]
 RUNS = {"adam-l2": ["optimizer=adam", "regularizer.l2=1e-4"],  # the paper's base coefficient
         "sgd-l2": ["optimizer=sgd", "regularizer.l2=1e-4"],
         "adamax-wd": ["optimizer=adamax", "regularizer=wd", "regularizer.wd=1e-2"]}
+# The smallest coefficients of the paper's grids.
+SMALL = {"adam-l2-1e-6": ["optimizer=adam", "regularizer.l2=1e-6"],
+         "sgd-l2-1e-6": ["optimizer=sgd", "regularizer.l2=1e-6"],
+         "adam-wd-1e-6": ["optimizer=adam", "regularizer=wd", "regularizer.wd=1e-6"],
+         "adamax-wd-1e-6": ["optimizer=adamax", "regularizer=wd", "regularizer.wd=1e-6"]}
 
 
 @contextlib.contextmanager
@@ -25,7 +33,7 @@ def opened_runs(tmp_path, names, extra=()):
     with contextlib.ExitStack() as resources:
         runs, datasets = [], {}
         for name in names:
-            spec = pack.RunSpec(compose_config(ONE_THREAD + RUNS[name] + list(extra)), tmp_path / name)
+            spec = pack.RunSpec(compose_config(ONE_THREAD + {**RUNS, **SMALL}[name] + list(extra)), tmp_path / name)
             run_id, _ = open_directory(spec.cfg, spec.out_dir, [], None, resources)
             runs.append(pack.open_run(spec, run_id, resources, datasets, first=not runs))
         yield runs
@@ -81,6 +89,196 @@ def test_without_a_gpu_auto_is_the_cpu_and_cuda_is_refused(monkeypatch):
 def test_what_cannot_be_captured_is_known_from_the_config(overrides, reason):
     found = graphs.why_not_capturable_config(compose_config(overrides))
     assert found == reason if reason is None else found.startswith(reason)
+
+
+def pretend_cuda_run(overrides=(), model=None, on_device=True, steps_per_epoch=20):
+    """What graphs.why_not_capturable reads of a run, as a run on a GPU would have it."""
+    return SimpleNamespace(cfg=compose_config(["device=cuda", *overrides]), device=torch.device("cuda", 0),
+                           model=model or torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU()),
+                           feed=SimpleNamespace(capturable=on_device, steps=steps_per_epoch))
+
+
+@pytest.mark.parametrize("run, reason", [
+    (pretend_cuda_run(), None),
+    (pretend_cuda_run(["performance.cuda_graph=off"]), "performance.cuda_graph=off"),
+    (pretend_cuda_run(["optimizer=adagrad"]), "torch.optim.Adagrad's step keeps state on the host"),
+    (pretend_cuda_run(on_device=False), "its images are not on the GPU"),
+    (pretend_cuda_run(model=torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Dropout())),
+     "its forward draws random numbers"),
+    (pretend_cuda_run(steps_per_epoch=2), "its epoch of 2 step(s) is shorter than the graph's self-check (3 steps")],
+    ids=["capturable", "off", "adagrad", "data-on-host", "dropout", "short-epoch"])
+def test_what_cannot_be_captured_is_known_before_the_optimizer_is_built(run, reason):
+    found = graphs.why_not_capturable(run)
+    assert found == reason if reason is None else found.startswith(reason)
+
+
+def test_only_a_run_that_may_be_captured_pays_for_it(tmp_path, monkeypatch):
+    # A capture needs the gradients at fixed addresses (zeroed, not dropped) and the step counts on the device.
+    def gradients_kept(run) -> bool:
+        steps([run], 1)
+        first = [p.grad for p in run.model.parameters()]
+        steps([run], 1)
+        return all(p.grad is grad for p, grad in zip(run.model.parameters(), first))
+
+    with opened_runs(tmp_path / "cpu", ["sgd-l2"]) as (run,):
+        assert graphs.why_not_capturable(run) == graphs.ON_CPU and not run.capturable and not gradients_kept(run)
+    monkeypatch.setattr(graphs, "why_not_capturable", lambda run: None)
+    with opened_runs(tmp_path / "captured", ["sgd-l2"]) as (run,):
+        assert run.capturable and gradients_kept(run)
+        run.train_eagerly()  # its pack's probe refused it: from now on it steps as any eager run
+        assert not run.capturable and not gradients_kept(run)
+
+
+def test_a_capturable_optimizer_stops_being_one():
+    cfg = compose_config([*SMOKE, "optimizer=adam"])
+    model = torch.nn.Linear(3, 2)
+    optimizer = optim.build_optimizer(cfg.optimizer, cfg.regularizer, model, capturable=True)
+    model(torch.ones(1, 3)).sum().backward()
+    with pytest.raises(AssertionError, match="^If capturable=True"):  # torch's capturable step wants a GPU
+        optimizer.step()
+    optim.stop_capturable(optimizer)
+    optimizer.step()
+    assert not any(group["capturable"] for group in optimizer.param_groups)
+    assert all(state["step"].device == torch.device("cpu") for state in optimizer.state.values())
+
+
+# ---- the step's addresses ------------------------------------------------------------------------------------
+
+def step_tensors(run) -> dict[str, torch.Tensor]:
+    """Every tensor a captured step reads or writes: parameters, gradients, buffers, optimizer state, the feed's
+    images, labels, draws and position, the epoch's sums, the WD factors."""
+    tensors = {f"model.{k}": v for k, v in run.model.state_dict(keep_vars=True).items()}
+    tensors.update({f"grad.{k}": p.grad for k, p in run.model.named_parameters()})
+    for number, param in enumerate(p for group in run.optimizer.param_groups for p in group["params"]):
+        tensors.update({f"optimizer.{number}.{k}": v for k, v in run.optimizer.state[param].items()
+                        if torch.is_tensor(v)})
+    feed = run.feed
+    tensors.update({"images": feed.split.images, "labels": feed.split.labels, "order": feed.order,
+                    "offsets": feed.offsets, "flips": feed.flips, "position": feed.position,
+                    "loss_sum": run.tally.loss_sum, "wrong": run.tally.wrong})
+    tensors.update({f"decay.{n}": factor for n, factor in enumerate(run.decay.factors)})
+    return tensors
+
+
+def addresses(run) -> dict[str, int]:
+    return {name: tensor.data_ptr() for name, tensor in step_tensors(run).items()}
+
+
+def test_every_tensor_the_step_reads_or_writes_keeps_its_address(tmp_path, monkeypatch):
+    # A graph replays on the addresses it was captured on: nothing between two replays may move a tensor.
+    monkeypatch.setattr(graphs, "why_not_capturable", lambda run: None)  # gradients kept, as a captured run's
+    with opened_runs(tmp_path, ["adamax-wd"], ["checkpoint_interval_min=0"]) as (run,):
+        steps([run], 1)  # the gradients and the optimizer's state exist from the first step on
+        before = addresses(run)
+        assert len(before) > 30 and None not in step_tensors(run).values()
+        steps([run], 5)
+        run.check_progress()  # a progress line: the sums read back to the host
+        run.save()  # a checkpoint within the epoch
+        steps([run], run.epoch_end - run.progress.step)
+        run.end_epoch_if_due()  # evaluation, the BN snapshot, the history rewrite, the next epoch's draws
+        assert run.progress.epoch == 1 and addresses(run) == before
+        lr = run.optimizer.param_groups[0]["lr"]
+        steps([run], run.plan.decay_step - run.progress.step)  # an LR change (and its WD factor)
+        assert run.optimizer.param_groups[0]["lr"] != lr
+        run.end_epoch_if_due()
+        assert run.progress.epoch == 2 and addresses(run) == before
+
+
+# ---- the capture, on a stand-in of torch.cuda ------------------------------------------------------------------
+
+class FakeCuda:
+    """torch.cuda's devices, streams and graphs as far as the capture uses them, without a GPU: which device and
+    which stream are current, how many streams were made, where each capture began."""
+
+    def __init__(self, monkeypatch, devices=2, current=0):
+        fake = self
+        self.device_index, self.streams_made, self.captures, self.ended = current, 0, [], 0
+
+        class Stream:
+            def __init__(self, device=None):
+                fake.streams_made += 1
+                self.device = torch.device("cuda", fake.device_index if device is None else torch.device(device).index)
+
+            def wait_stream(self, other):
+                pass
+
+        class CUDAGraph:
+            end_error = None  # what capture_end raises, as it does once the step broke the capture
+
+            def capture_begin(self, pool=None, capture_error_mode="global"):
+                fake.captures.append((fake.device_index, fake.current_stream()))
+
+            def capture_end(self):
+                fake.ended += 1
+                if self.end_error:
+                    raise self.end_error
+
+            def reset(self):
+                pass
+
+        @contextlib.contextmanager
+        def device(where):
+            saved, fake.device_index = fake.device_index, torch.device(where).index
+            try:
+                yield
+            finally:
+                fake.device_index = saved
+
+        @contextlib.contextmanager
+        def stream(chosen):  # as torch.cuda.StreamContext: the stream's device is current within it too
+            saved_device, fake.device_index = fake.device_index, chosen.device.index
+            saved, self.current[chosen.device.index] = self.current[chosen.device.index], chosen
+            try:
+                yield
+            finally:
+                self.current[chosen.device.index], fake.device_index = saved, saved_device
+
+        self.Stream, self.CUDAGraph = Stream, CUDAGraph
+        self.default = [Stream(device=f"cuda:{n}") for n in range(devices)]
+        self.current, self.streams_made = list(self.default), 0
+        for name, value in {"is_available": lambda: True, "device_count": lambda: devices,
+                            "current_device": lambda: self.device_index, "Stream": Stream, "CUDAGraph": CUDAGraph,
+                            "device": device, "stream": stream, "current_stream": self.current_stream,
+                            "synchronize": lambda device=None: None, "empty_cache": lambda: None,
+                            "graph_pool_handle": object}.items():
+            monkeypatch.setattr(torch.cuda, name, value)
+
+    def current_stream(self, device=None):
+        return self.current[self.device_index if device is None else torch.device(device).index]
+
+
+def test_a_run_on_the_second_gpu_is_captured_with_that_gpu_current(tmp_path, monkeypatch):
+    fake = FakeCuda(monkeypatch, devices=2, current=0)
+    second = torch.device("cuda", 1)
+    with opened_runs(tmp_path, ["adam-l2", "sgd-l2"]) as runs:
+        resources = graphs.GraphResources(second)
+        graphs.GraphStep(runs, resources)
+    assert fake.captures == [(1, resources.capture)] and resources.capture.device == second
+    assert {stream.device for stream in [resources.side, *resources.streams.values()]} == {second}
+    assert fake.device_index == 0 and fake.current_stream() is fake.default[0]  # as it was
+
+
+def test_a_failed_capture_reports_the_error_that_broke_it_and_leaves_the_default_stream_current(tmp_path,
+                                                                                                monkeypatch):
+    fake = FakeCuda(monkeypatch, devices=1)
+    fake.CUDAGraph.end_error = RuntimeError("CUDA error: operation failed due to a previous error during capture")
+    with opened_runs(tmp_path, ["adam-l2", "sgd-l2"]) as runs:
+        def breaks_the_capture():
+            raise RuntimeError("CUDA error: operation not permitted when stream is capturing\nmore lines")
+        monkeypatch.setattr(runs[1], "train_step", breaks_the_capture)
+        graph, reason = graphs.capture(runs, graphs.GraphResources(torch.device("cuda", 0)))
+    assert graph is None and reason == "RuntimeError: CUDA error: operation not permitted when stream is capturing"
+    assert fake.current_stream() is fake.default[0] and len(fake.captures) == fake.ended == 1  # ended, not left open
+
+
+def test_a_pack_makes_one_stream_per_run_for_all_its_captures(tmp_path, monkeypatch):
+    fake = FakeCuda(monkeypatch, devices=1)
+    with opened_runs(tmp_path, ["adam-l2", "sgd-l2"]) as runs:
+        resources = graphs.GraphResources(torch.device("cuda", 0))
+        for _ in range(3):  # the probe, then captures again at an LR change and when a run leaves
+            graphs.GraphStep(runs, resources).release()
+    assert fake.streams_made == len(runs) + 2  # and the side stream, and the capture stream
+    assert len(fake.captures) == 3 and len({stream for _, stream in fake.captures}) == 1
 
 
 # ---- the self-check ------------------------------------------------------------------------------------------
@@ -156,9 +354,30 @@ def test_the_self_check_accepts_a_right_step_rejects_a_wrong_one_and_restores_th
         before = graphs.snapshot(runs)
         assert graphs.self_check(runs, graphs.EagerStep(runs)) == []
         problems = graphs.self_check(runs, wrong(runs))
-        assert len(problems) == 2 and all("replayed steps differ from eager ones in" in p for p in problems)
+        assert len(problems) == 2 and all("replayed steps differ from eager ones in" in str(p) for p in problems)
         after = graphs.snapshot(runs)
         assert all(torch.equal(a[k], b[k]) for a, b in zip(before, after) for k in a)  # put back, bitwise
+
+
+def without_regularization(runs):
+    """A wrong graph: the runs' steps without their regularization (L2, WD), as a capture that lost it would be."""
+    def step():
+        with contextlib.ExitStack() as plain:
+            for run in runs:
+                plain.enter_context(optim.unregularized(run.optimizer, run.decay))
+            return graphs.EagerStep(runs)()
+    return step
+
+
+@pytest.mark.parametrize("name", SMALL)
+def test_the_self_check_rejects_a_dropped_regularizer_of_1e_6_by_a_clear_margin(tmp_path, name):
+    # Dropping an L2 or WD of 1e-6 moves many tensors by less than UPDATE_FLOOR of their change over the checked
+    # steps; where the regularizer moves a tensor at all, its own effect sets the allowance.
+    with opened_runs(tmp_path, [name]) as runs:
+        steps(runs, graphs.WARMUP_STEPS)
+        assert graphs.self_check(runs, graphs.EagerStep(runs)) == []
+        problem, = graphs.self_check(runs, without_regularization(runs))
+        assert problem.off >= 0.999 * graphs.REGULARIZER_MARGIN * problem.allowed, str(problem)
 
 
 def test_the_self_check_looks_at_every_tensor_a_step_changes(tmp_path):
@@ -211,7 +430,7 @@ class Probe:
 def pretend_gpu(monkeypatch):
     """Every run counts as capturable; `install(graph)` sets what a capture gives."""
     FakeResources.made = 0
-    monkeypatch.setattr(graphs, "why_not_capturable", lambda run: None)
+    monkeypatch.setattr(graphs, "why_not_capturable", lambda run: graphs.short_epoch(run.feed.steps))
     monkeypatch.setattr(graphs, "GraphResources", FakeResources)
 
     def install(graph):
@@ -272,12 +491,36 @@ def test_a_refused_probe_is_tried_once_and_every_run_trains_eagerly_saying_why(p
     assert {line.split(":")[0] for line in lines} == {f"run {r['run_id']}" for r, _ in outcomes}
 
 
-def test_epochs_too_short_to_check_on_are_never_captured_and_never_overrun(pretend_gpu, tmp_path):
-    # 80 images at batch 40: 2 batches per epoch, fewer than the check's 3 steps.
+@pytest.mark.parametrize("apart", [False, True], ids=["pack_size=K", "pack_size=auto"])
+def test_epochs_too_short_to_check_on_are_a_refusal_said_up_front(pretend_gpu, tmp_path, caplog, apart):
+    # 80 images at batch 40: 2 batches per epoch, fewer than the check's 3 steps: never captured, never overrun.
+    caplog.set_level(logging.INFO, logger="sparsesweep")
     probe = pretend_gpu(RightGraph)
-    specs = [pack.RunSpec(compose_config(ONE_THREAD + RUNS["adam-l2"] + ["dataset.train_size=80"]), tmp_path / "a")]
-    (results, error), = pack.train_runs(specs)
-    assert error is None and results["status"] == "completed" and probe.attempts == []
+    specs = [pack.RunSpec(compose_config(ONE_THREAD + RUNS[name] + ["dataset.train_size=80"]), tmp_path / name)
+             for name in ("adam-l2", "sgd-l2")]
+    outcomes = pack.train_runs(specs, apart_unless_captured=apart)
+    assert probe.attempts == []
+    lines = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO and "not captured" in r.getMessage()]
+    assert len(lines) == 2 and all("its epoch of 2 step(s) is shorter than the graph's self-check" in line
+                                   for line in lines)
+    if apart:  # pack_size=auto: the runs leave at once, each to train in a process of its own
+        assert [type(error) for _, error in outcomes] == [pack.TrainApart] * 2
+        assert "each trains in a process of its own" in caplog.text
+        assert all((tmp_path / name / rundir.CHECKPOINT).exists() for name in ("adam-l2", "sgd-l2"))  # to resume from
+    else:  # an explicit pack size: they train together, eagerly
+        assert [results["status"] for results, _ in outcomes] == ["completed"] * 2
+
+
+def sweep_jobs(tmp_path):
+    """RUNS as the jobs of a sweep's pack."""
+    from sparsesweep import jobs
+
+    members = []
+    for number, name in enumerate(RUNS):
+        cfg = compose_config(ONE_THREAD + RUNS[name])
+        hydra = {"runtime": {"output_dir": str(tmp_path / name)}, "overrides": {"task": []}}
+        members.append(jobs.Job(cfg, jobs.OmegaConf.create(hydra), number))
+    return members
 
 
 @pytest.mark.slow
@@ -286,17 +529,34 @@ def test_a_pack_whose_probe_is_refused_trains_each_run_in_a_process_of_its_own(p
 
     caplog.set_level(logging.INFO, logger="sparsesweep")
     pretend_gpu(lambda runs: None)
-    members = []
-    for number, name in enumerate(RUNS):
-        cfg = compose_config(ONE_THREAD + RUNS[name])
-        hydra = {"runtime": {"output_dir": str(tmp_path / name)}, "overrides": {"task": []}}
-        members.append(jobs.Job(cfg, jobs.OmegaConf.create(hydra), number))
-    said = jobs.train_jobs(members, in_sweep=True, own_logs=True, apart_unless_captured=True)
+    said = jobs.train_jobs(sweep_jobs(tmp_path), in_sweep=True, own_logs=True, apart_unless_captured=True)
     assert said == [None, None, None]
     assert "each trains in a process of its own" in caplog.text
     for name in RUNS:
         log = (tmp_path / name / "sparsesweep.log").read_text()
         assert "leaves its pack at step 4 (checkpoint saved)" in log and "resuming from" in log
+        assert run_state(tmp_path / name) == run_state(solo / name), name
+
+
+@pytest.mark.slow
+def test_on_a_gpu_a_pack_that_may_go_apart_trains_in_a_child_so_this_process_never_holds_cuda(tmp_path, solo,
+                                                                                            monkeypatch):
+    # On a GPU in EXCLUSIVE_PROCESS mode a process that holds a CUDA context keeps every other one off the device:
+    # the process that starts the runs apart must never have made one. Here the pack's child trains on the CPU,
+    # where nothing is captured, so every run leaves at once.
+    from sparsesweep import jobs
+
+    def no_cuda_here(*args, **kwargs):
+        raise AssertionError("the process that starts the runs apart trained on the device or initialised CUDA")
+
+    monkeypatch.setattr(jobs, "on_a_gpu", lambda members: True)
+    monkeypatch.setattr(torch.cuda, "_lazy_init", no_cuda_here)
+    monkeypatch.setattr(pack, "train_runs", no_cuda_here)  # on a GPU, a CUDA context comes with training
+    said = jobs.train_jobs(sweep_jobs(tmp_path), in_sweep=True, own_logs=True, apart_unless_captured=True)
+    assert said == [None, None, None]
+    for name in RUNS:
+        log = (tmp_path / name / "sparsesweep.log").read_text()
+        assert "leaves its pack at step 0 (checkpoint saved)" in log and "resuming from" in log
         assert run_state(tmp_path / name) == run_state(solo / name), name
 
 

@@ -101,7 +101,7 @@ def state_dict_file(tmp_path):
     (["{pt}", "--model", "resnet34"], "{pt} is not a resnet34 state dict (missing layer1.2.bn1.bias, "
                                        "layer1.2.bn1.num_batches_tracked ...; unexpected nothing): name its "
                                        "architecture with --model"),
-    (["{pt}", "--model", "resnet19"], "--model resnet19: not a model: give a conf/model option (basicnet, vgg11, "
+    (["{pt}", "--model", "resnet19"], "--model resnet19: not a model: give a model option (basicnet, vgg11, "
                                        "vgg16, resnet50), a torchvision classification model (e.g. resnet18) or "
                                        "package.module.Class"),
     (["{garbage}", "--model", "resnet18"], "{garbage}: not a readable PyTorch checkpoint of tensors"),

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from conftest import SMOKE, compose_config, without_timings
-from sparsesweep import pack
+from sparsesweep import pack, provenance
 
 REFERENCE = Path(__file__).parent / "reference" / "smoke_runs.json"
 # One thread: bitwise comparisons hold the thread count fixed.
@@ -29,21 +29,11 @@ EXACT_EVERYWHERE = ("schema", "status", "run_id", "model", "dataset", "optimizer
                     "batch_size", "seed", "epochs", "iterations")
 
 
-def cpu_model() -> str:
-    """The CPU's model name: two CPUs with the same vector extensions (AVX512 on Intel and on AMD) still
-    round differently in some kernels."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
-
-
 def machine() -> dict:
+    """The build of PyTorch and the CPU: two CPUs with the same vector extensions (AVX512 on Intel and on AMD)
+    still round differently in some kernels, hence the model name."""
     return {"torch": torch.__version__, "cpu": torch.backends.cpu.get_cpu_capability(), "arch": platform.machine(),
-            "cpu_model": cpu_model()}
+            "cpu_model": provenance.cpu_name()}
 
 
 def digest(run_dir: Path) -> dict:

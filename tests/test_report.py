@@ -93,6 +93,7 @@ def test_every_section_table_and_figure_is_on_the_page(page, sweep, tmp_path):
     assert counts == {"completed": "4 completed", "failed": "1 failed", "diverged": "1 diverged"}
     # The device setting and the device each run logged (the failed run stopped before logging one).
     assert re.search(r"device=cpu → cpu \(5 runs\)", css(page, "#sweeps dl")[0].text)  # smoke: device=cpu
+    assert re.search(r"made by sparsesweep \S+ .* \(cpu\) · host ", css(page, "#sweeps dl")[0].text)
 
     shown = {t.get_attribute("data-table"): t for t in css(page, ".paper-table")}
     assert list(shown) == ["table6", "difficulty"]  # the tables these runs fill, in the paper's order
@@ -237,3 +238,28 @@ def test_a_report_of_pruned_runs_has_their_pruning_results(sweep, tmp_path):
     assert re.findall(r'<td class="number">([^<]*)</td>', row) == [
         "58", "25.0", f"{test_error:.2f}", "20.50", "40.0", "40.0", "2.00"]  # 58 of 232; no GPU column without one
     assert "+experiment=smoke batch_size=20" in row
+
+
+@pytest.mark.slow
+def test_the_report_says_what_made_the_runs_and_when_they_mix(sweep, tmp_path):
+    from multirun_analysis.provenance import device, version
+    from rundir_format import schema
+
+    mixed = tmp_path / "sweep"
+    shutil.copytree(sweep, mixed)
+    made = schema.read(mixed / "+experiment=smoke,batch_size=20" / "results.json").provenance
+    page = build_report([mixed], tmp_path / "report.html")
+    header = re.search(r'<dd class="made-by">(.*?)</dd>', page, re.S).group(1)
+    assert header == f"made by {version(made)} · {device(made)} · host {made.host}"
+    results_file = mixed / "+experiment=smoke,batch_size=20" / "results.json"  # as if trained on a cluster's GPU
+    results = json.loads(results_file.read_text())
+    results["provenance"].update(device="cuda:0", device_name="NVIDIA H100 80GB HBM3", host="gpu07")
+    results_file.write_text(json.dumps(results))
+    page = build_report([mixed], tmp_path / "report.html")
+    header = re.search(r'<dd class="made-by">(.*?)</dd>', page, re.S).group(1).split("<br>")
+    assert header == [f"made by {version(made)} · 2 devices · 2 hosts",
+                      f"mixed: these runs come from 2 devices ({device(made)}: 4 runs; NVIDIA H100 80GB HBM3 (cuda): 1 "
+                      "run): compare like with like (split a table with --by device)"]  # the failed run: no device
+    row = re.search(r'<a href="sweep/\+experiment=smoke,batch_size=20/">(.*?)</tr>', page, re.S).group(1)
+    assert re.findall(r'<td class="made-by">([^<]*)</td>', row) == [version(made), "NVIDIA H100 80GB HBM3 (cuda)",
+                                                                    "gpu07"]

@@ -62,7 +62,7 @@ def test_the_card_smoke_sweep_runs_on_a_real_slurm_in_packs(slurm_cluster, tmp_p
     runs = sorted((r["status"], r["optimizer"], r["coefficient"]) for r in read_results(sweep).values())
     grid = [("completed", optimizer, l2) for optimizer in ("adam", "sgd", "adamax") for l2 in (1e-4, 1e-5)]
     assert runs == sorted(grid)
-    code, status = cli("multirun_analysis", "status", str(sweep), cwd=tmp_path)
+    code, status = cli("multirun_analysis", "status", str(sweep), cwd=tmp_path, stderr=False)
     assert code == 0 and status.splitlines()[-1] == "6 completed", status
 
 
@@ -252,7 +252,7 @@ def test_a_submit_limit_leaves_a_consistent_sweep_that_the_same_command_finishes
     assert done.returncode == 0 and "Traceback" not in output, output
     assert re.search(r"4 runs not submitted: the cluster's submit limit \(sbatch: error: Batch job submission "
                      r"failed: Job violates accounting/QOS policy .*\); the same command submits them", output), output
-    code, status = cli("multirun_analysis", "status", str(sweep), cwd=tmp_path)
+    code, status = cli("multirun_analysis", "status", str(sweep), cwd=tmp_path, stderr=False)
     states = [line.split()[0] for line in status.splitlines()[1:-1]]
     assert states.count("not") == 4, status  # "not submitted"
     wait_until_completed(sweep, 2)
@@ -263,7 +263,7 @@ def test_a_submit_limit_leaves_a_consistent_sweep_that_the_same_command_finishes
     assert again.returncode == 0 and "6 runs: 2 skipped (completed), 0 resumed, 4 new" in output, output
     assert len(re.findall(r"Submitted SLURM array \d+: 2 tasks for 2 runs", output)) == 2, output
     wait_until_completed(sweep, 6)
-    code, status = cli("multirun_analysis", "status", str(sweep), cwd=tmp_path)
+    code, status = cli("multirun_analysis", "status", str(sweep), cwd=tmp_path, stderr=False)
     assert code == 0 and status.splitlines()[-1] == "6 completed", status
 
 
@@ -299,5 +299,5 @@ def test_any_other_sbatch_refusal_is_slurms_own_line_and_exit_2(tmp_path):
     (line,) = [line for line in output.splitlines() if "sbatch: error" in line]
     assert line.endswith("] sbatch: error: invalid partition specified: gpux: 2 runs not submitted (the same command "
                          "submits them once this is fixed)"), output
-    code, status = cli("multirun_analysis", "status", str(sweep), cwd=tmp_path)
+    code, status = cli("multirun_analysis", "status", str(sweep), cwd=tmp_path, stderr=False)
     assert status.splitlines()[-1] == "2 not submitted", status

@@ -13,7 +13,7 @@ import pytest
 from conftest import CONF, ROOT, SMOKE, cli, make_tiny_imagenet, read_results, training_pid, wait_for
 from sparsesweep import pack, rundir
 
-TIMINGS = {"time_s", "wall_time_s", "measure_time_s", "device_time_s", "overrides"}
+TIMINGS = {"time_s", "wall_time_s", "measure_time_s", "device_time_s", "overrides", "provenance"}
 
 
 def comparable(results):
@@ -66,7 +66,7 @@ def test_a_killed_sweep_relaunched_finishes_without_redoing_completed_runs(tmp_p
     wait_for(lambda: not process_group_alive(launcher.pid))  # the jobs too
     done_before = {p: p.read_bytes() for p in sweep.rglob("results.json")}
     assert 1 <= len(done_before) < 4
-    code, status = cli("multirun_analysis", "status", str(sweep), cwd=tmp_path)
+    code, status = cli("multirun_analysis", "status", str(sweep), cwd=tmp_path, stderr=False)
     states = Counter(line.split()[0] for line in status.splitlines()[1:-1])
     assert states["completed"] == len(done_before) and sum(states.values()) == 4, status
     assert set(states) <= {"completed", "interrupted", "missing"}, status  # a dead run's lock is free at once
@@ -211,7 +211,7 @@ def test_a_sweep_with_a_typo_in_one_job_runs_the_others_and_says_why(tmp_path):
     assert output.strip().splitlines()[-1].endswith(
         f"1 of 2 runs failed or could not start (#1 +experiment=smoke,optimizer=adma): each one's error is in its "
         f"directory's results.json and sparsesweep.log; all of them: python -m multirun_analysis status {sweep}")
-    code, status = cli("multirun_analysis", "status", str(sweep), cwd=tmp_path)
+    code, status = cli("multirun_analysis", "status", str(sweep), cwd=tmp_path, stderr=False)
     lines = {line.split()[0]: line for line in status.splitlines()[1:-1]}
     assert set(lines) == {"completed", "failed"} and "optimizer=adma: not an option" in lines["failed"], status
 
@@ -265,7 +265,7 @@ def test_the_cards_command_verbatim_names_the_missing_dataset_and_trains_nothing
         "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz" in missing[0], output
     assert output.strip().splitlines()[-1].endswith(f"status {sweep}") and "Launching" not in output
     assert not list((tmp_path / sweep).rglob("checkpoint.pt"))
-    code, status = cli("multirun_analysis", "status", sweep, cwd=tmp_path)
+    code, status = cli("multirun_analysis", "status", sweep, cwd=tmp_path, stderr=False)
     assert status.splitlines()[-1] == "6 failed" and "dataset.download=true" in status, status
 
 

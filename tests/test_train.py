@@ -115,6 +115,6 @@ def test_a_diverged_and_a_failed_run_do_not_stop_a_sweep(tmp_path):
                         "optimizer=sgd optimizer.lr=0.1 batch_size=0": "failed",
                         "optimizer=sgd optimizer.lr=0.1 batch_size=40": "completed"}
 
-    code, status = cli("multirun_analysis", "status", str(tmp_path), cwd=tmp_path)
+    code, status = cli("multirun_analysis", "status", str(tmp_path), cwd=tmp_path, stderr=False)
     assert code == 0 and status.splitlines()[-1] == "2 failed, 1 diverged, 1 completed", status
     assert "batch_size=0: must be a positive integer" in status

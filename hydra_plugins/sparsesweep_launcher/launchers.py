@@ -58,8 +58,8 @@ log = logging.getLogger(__name__)
 POLL_S = 0.2
 SLURM_POLL_S = 5.0  # submitit asks SLURM (sacct) at most this often anyway
 STOP_TIMEOUT_S = 300  # how long a stopped sweep waits for its jobs to save their state
-# pack_size=auto on GPUs: at most this many runs per pack. Probes on an H100 (BasicNet, batch 40, one graph):
-# 1,328 aggregate steps/s at 8 runs, 1,338 at 16; fewer per pack keeps a relaunch's and a failure's unit small.
+# pack_size=auto on GPUs: at most this many runs per pack, which keeps a relaunch's and a failure's unit small.
+# How a pack's aggregate rate grows with its size is what benchmarks/gpu_check.py's (c) rows measure.
 AUTO_PACK_GPU = 8
 
 

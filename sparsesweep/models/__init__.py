@@ -35,7 +35,8 @@ def build_model(cfg, in_channels: int, num_classes: int, resolution: int | None 
     if cfg.name == "resnet50":
         return ResNet50(in_channels, num_classes, width_multiplier=cfg.width_multiplier,
                         head=resolve_head(cfg.head, resolution))
-    raise ConfigError(f"unknown model '{cfg.name}': choose one of conf/model/*.yaml")
+    raise ConfigError(f"unknown model '{cfg.name}': choose a model option (python -m sparsesweep --help "
+                      f"lists them)")
 
 
 def draws_randomness(model: nn.Module) -> bool:
