@@ -25,6 +25,7 @@ from conftest import ROOT, SMOKE, compose_config
 from hostile import ESCAPES, RAW_CONTROL, TARGET, deadline, device_link, device_node, fifo, huge
 from multirun_analysis.__main__ import main as analysis
 from multirun_analysis.status import sweep_status
+from rundir_format import reading
 from sparsesweep import inspect, pack, prune
 from test_collector_robustness import completed, failed, write_run
 
@@ -267,6 +268,22 @@ def test_prune_refuses_a_file_that_is_no_regular_file_in_one_line(capsys, tmp_pa
     run_dir = copy_run(basic, tmp_path / "run")
     make_hostile(how, run_dir / name)
     assert WHY[how] in refused(capsys, prune.main, run_dir, "--device", "cpu")
+
+
+@pytest.mark.parametrize("how", ["fifo", "device link", "huge"])
+def test_a_file_swapped_after_it_was_looked_at_is_refused_on_the_opened_descriptor(monkeypatch, tmp_path, how):
+    """lstat saw a small regular file; what is there when it is opened is a FIFO, a link to /dev/zero or a
+    terabyte: opening never waits (O_NONBLOCK) nor follows (O_NOFOLLOW), and the check on the opened descriptor
+    refuses it."""
+    looked_at, path = tmp_path / "small.json", tmp_path / "results.json"
+    looked_at.write_text("{}")
+    HOSTILE_FILES[how](path)
+    real_lstat = os.lstat
+    monkeypatch.setattr(os, "lstat", lambda where, *args, **kwargs: real_lstat(
+        looked_at if Path(where) == path else where, *args, **kwargs))
+    with deadline(DEADLINE_S), pytest.raises(reading.Unreadable) as refused:
+        reading.read_bytes(path)
+    assert refused.value.problem.startswith(WHY[how])
 
 
 @pytest.mark.slow
