@@ -25,7 +25,7 @@ from pathlib import Path
 import pandas as pd
 
 from multirun_analysis import provenance
-from rundir_format import COMPLETED, DIVERGED, FAILED, IDENTITY, PRUNE, RESULTS, schema, walk
+from rundir_format import COMPLETED, DIVERGED, FAILED, IDENTITY, PRUNE, RESULTS, reading, schema, walk
 
 CRITERIA = ("by_activation", "by_gamma", "by_activation_alt", "by_gamma_alt")
 # Every frame load_runs returns has these columns, so what reads them (tables, figures, the summary) works
@@ -109,7 +109,7 @@ class RunRecord:
 
 
 def read_run(run_dir: Path) -> RunRecord:
-    record = RunRecord(Path(run_dir))
+    record = RunRecord(reading.as_path(run_dir))
     try:
         record.results = schema.read(record.run_dir / RESULTS)
     except schema.Unreadable as error:

@@ -183,10 +183,12 @@ def sweep_status(sweep_dir: Path, problems: list[str] | None = None,
     for record in records:
         problems += record.file_problems
 
-    ordered, placed = [], set()
+    ordered, placed, by_overrides = [], set(), {}
+    for record in records:  # a planned run's directories found by a look-up, not a pass over every record
+        by_overrides.setdefault(overrides[id(record)], []).append(record)
     unstarted = submissions(sweep_dir, problems)
     for planned, name in dict.fromkeys(planned_runs(sweep_dir, problems)):
-        matching = [record for record in records if overrides[id(record)] == planned and id(record) not in placed]
+        matching = [record for record in by_overrides.get(planned, ()) if id(record) not in placed]
         placed.update(map(id, matching))
         ordered += [rows[id(record)] for record in sorted(matching, key=rank)] or [
             not_yet_run(sweep_dir, planned, name, unstarted, problems)]

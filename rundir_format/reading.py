@@ -44,12 +44,17 @@ class Unreadable(ValueError):
 
     def __init__(self, path: Path, problem: str):
         super().__init__(f"{path}: {problem}")
-        self.path, self.problem = Path(path), problem
+        self.path, self.problem = as_path(path), problem
+
+
+def as_path(path) -> Path:
+    """`path` as a Path (one already is not parsed again: the collector reads tens of thousands of files)."""
+    return path if isinstance(path, Path) else Path(path)
 
 
 def kind_of(path: Path) -> str:
     """The kind of a run file, by its name (a name no run file has: the strictest cap, json's)."""
-    return KINDS.get(Path(path).name, "json")
+    return KINDS.get(os.path.basename(path), "json")
 
 
 def file_type(mode: int) -> str:
@@ -70,7 +75,7 @@ def opened(path: Path, kind: str | None = None, *, follow: bool = False, capped:
     """The regular file `path` open for reading (binary), checked as the module says. FileNotFoundError (or
     NotADirectoryError) when there is nothing at `path`; Unreadable for anything that cannot be read.
     capped=False: any size (for a reader that reads a bounded part of it, as read_tail)."""
-    path = Path(path)
+    path = as_path(path)
     kind = (kind or kind_of(path)) if capped else None
     try:
         check(path, (os.stat if follow else os.lstat)(path), kind)

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapte
 
 from rundir_format import (COMPLETED, DIVERGED, FAILED, HYDRA_OVERRIDES, IDENTITY, METRICS, MULTIRUN, PROGRESS,
                            PRUNE, PRUNE_SCHEMA, RESULTS, RESULTS_SCHEMA, SUBMISSIONS, SWEEP_PLAN)
-from rundir_format.reading import Unreadable, read_bytes  # noqa: F401  (Unreadable: what `read` raises)
+from rundir_format.reading import Unreadable, as_path, read_bytes  # noqa: F401  (Unreadable: what `read` raises)
 
 RunId = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{16}$")]  # run_identity: sha256[:16]
 Percent = Annotated[float, Field(ge=0, le=100)]
@@ -306,7 +306,7 @@ def shown(value) -> str:
 def read(path: Path):
     """The content of the run or sweep file `path` (its kind by its name) as its model; None when there is
     no such file. Raises Unreadable when it does not match its schema."""
-    path = Path(path)
+    path = as_path(path)
     content = read_bytes(path)  # a regular file within its cap, or Unreadable
     if content is None:
         return None

@@ -87,10 +87,9 @@ def walk(paths) -> Walk:
     visited, result, links = set(), Walk(), []
 
     def enter(top: Path) -> None:
-        stack = [top]
+        stack = [(top, os.path.realpath(top))]  # (directory, its real path)
         while stack:
-            directory = stack.pop()
-            real = os.path.realpath(directory)
+            directory, real = stack.pop()
             if real in visited:
                 continue
             visited.add(real)
@@ -115,8 +114,8 @@ def walk(paths) -> Walk:
                             links.append(Path(entry.path))  # after every plain path
                         elif problem:
                             result.not_walked.append(NotWalked(Path(entry.path), SKIPPED, problem))
-                    elif entry.is_dir(follow_symlinks=False):
-                        stack.append(Path(entry.path))
+                    elif entry.is_dir(follow_symlinks=False):  # no link: its real path is its holder's and name
+                        stack.append((directory / entry.name, os.path.join(real, entry.name)))
                 except OSError:  # vanished meanwhile
                     continue
 

@@ -550,6 +550,35 @@ def test_colour_only_on_a_terminal():
     assert b"\x1b[" in coloured and "\x1b[" not in buffer.getvalue() and buffer.getvalue() == "state\nfailed\n"
 
 
+def test_a_table_that_fits_is_laid_out_as_rich_lays_it_out(monkeypatch):
+    """terminal.table lays out a table that fits the width by itself (rich's Table takes a second per thousand
+    rows: `status` of a big sweep); its lines are the ones rich's Table prints."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from multirun_analysis import terminal
+
+    monkeypatch.setenv("COLUMNS", "120")
+    headers = ["state", "run", "detail", "error %"]
+    rows = [[terminal.styled("completed"), "seed=0 optimizer=adam", "", "1.50"],
+            [terminal.styled("failed"), "seed=1 +note=\u65e5\u672c", "boom\x1b[2J", "12.25"],  # wide characters
+            ["running", None, "epoch 2/8", "\u2013"]]
+    reference = Table(box=None, pad_edge=False, header_style="bold")
+    for position, header in enumerate(headers):
+        reference.add_column(header, justify="right" if position >= 3 else "left")
+    for row in rows:
+        reference.add_row(*map(terminal.cell, row))
+    laid_out = terminal.table(headers, rows, numbers_from=3)
+    assert not isinstance(laid_out, Table) and terminal.text([laid_out]) == terminal.text([reference])
+    shown = io.StringIO()  # on a terminal: the same lines, coloured
+    Console(file=shown, force_terminal=True, width=120).print(laid_out)
+    assert "\x1b[32mcompleted\x1b[0m" in shown.getvalue()
+    assert "".join(line.rstrip() + "\n" for line in re.sub("\x1b\\[[0-9;]*m", "", shown.getvalue()).splitlines()) \
+        == terminal.text([reference])
+    monkeypatch.setenv("COLUMNS", "30")  # too narrow: rich's Table wraps it
+    assert isinstance(terminal.table(headers, rows, numbers_from=3), Table)
+
+
 def test_a_closed_pipe_ends_the_output_without_a_traceback(tmp_path):
     sweep = tmp_path / "sweep"
     write_run(sweep / "seed=0", completed("00000000000000a0", ["seed=0"]))
