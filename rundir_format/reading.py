@@ -76,10 +76,11 @@ def opened(path: Path, kind: str | None = None, *, follow: bool = False, capped:
     NotADirectoryError) when there is nothing at `path`; Unreadable for anything that cannot be read.
     capped=False: any size (for a reader that reads a bounded part of it, as read_tail)."""
     path = as_path(path)
-    kind = (kind or kind_of(path)) if capped else None
+    where = str(path)  # once: tens of thousands of files are opened by one command
+    kind = (kind or kind_of(where)) if capped else None
     try:
-        check(path, (os.stat if follow else os.lstat)(path), kind)
-        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+        check(path, (os.stat if follow else os.lstat)(where), kind)
+        descriptor = os.open(where, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
                              | (0 if follow else os.O_NOFOLLOW))
     except (FileNotFoundError, NotADirectoryError):
         raise
@@ -102,7 +103,10 @@ def read_bytes(path: Path, kind: str | None = None, *, follow: bool = False) -> 
     kind = kind or kind_of(path)
     try:
         with opened(path, kind, follow=follow) as file:
-            content = file.read(LIMITS[kind] + 1)
+            size = os.fstat(file.fileno()).st_size  # within the cap: opened checked it
+            content = file.read(size + 1)  # (asking for the cap itself would allocate it)
+            if len(content) > size:  # it grew since it was opened: read on, to just past the cap
+                content += file.read(LIMITS[kind] + 1 - len(content))
     except (FileNotFoundError, NotADirectoryError):
         return None
     except OSError as error:  # an I/O error while reading

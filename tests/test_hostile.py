@@ -286,6 +286,20 @@ def test_a_file_swapped_after_it_was_looked_at_is_refused_on_the_opened_descript
     assert refused.value.problem.startswith(WHY[how])
 
 
+def test_a_file_that_grows_after_it_was_checked_is_refused_as_too_large(monkeypatch, tmp_path):
+    """The opened file said it held 10 bytes (within the cap: 100 bytes here); it holds 1,000 when read: it is
+    refused as too large, never read whole."""
+    path = tmp_path / "results.json"
+    path.write_bytes(b" " * 1000)
+    for name in ("lstat", "fstat"):  # what lstat and fstat saw: 10 bytes
+        real = getattr(os, name)
+        monkeypatch.setattr(os, name, lambda where, real=real: os.stat_result((*real(where)[:6], 10, *real(where)[7:])))
+    monkeypatch.setitem(reading.LIMITS, "json", 100)
+    with pytest.raises(reading.Unreadable) as refused:
+        reading.read_bytes(path)
+    assert refused.value.problem == "more than a json file of a run holds (100 bytes): not read"
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", [".lock", "results.json", "checkpoint.pt"])
 def test_a_sweepers_dry_run_never_waits_on_a_fifo(tmp_path, name):
