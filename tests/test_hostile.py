@@ -546,6 +546,20 @@ def test_inspect_refuses_every_malformed_file_in_one_line(capsys, tmp_path, runs
     assert message in refused(capsys, inspect.main, run_dir)
 
 
+def test_inspect_shows_a_run_whose_features_npz_lacks_its_layers_without_their_sizes(capsys, tmp_path, runs):
+    """A run measured before results.json recorded feature_layers, whose features.npz is a whole archive without
+    the layers' arrays: shown (the layers' sizes unknown), no traceback."""
+    import numpy as np
+
+    basic, _ = runs
+    run_dir = copy_run(basic, tmp_path / "run")
+    malform(run_dir, "results.json", lambda results: results.pop("feature_layers"))
+    np.savez(run_dir / "features.npz", unrelated=np.zeros(3))
+    assert inspect.main([str(run_dir), "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["feature_layers"] and all(layer["features"] is None for layer in shown["feature_layers"].values())
+
+
 def test_inspect_and_prune_refuse_a_checkpoint_of_another_run(capsys, tmp_path, runs):
     basic, custom = runs
     run_dir = copy_run(basic, tmp_path / "run")
