@@ -194,7 +194,7 @@ def timed(command: str, sweep_dir: Path, runs: int) -> tuple[float, float, str |
     return wall, cpu, None
 
 
-def profile(command: str, sweep_dir: Path, sort: str = "cumulative") -> None:
+def profile(command: str, sweep_dir: Path) -> None:
     from multirun_analysis.__main__ import main
 
     profiler = cProfile.Profile(time.process_time)  # CPU time: on a shared machine, wall time is mostly waiting
@@ -205,7 +205,7 @@ def profile(command: str, sweep_dir: Path, sort: str = "cumulative") -> None:
         finally:
             sys.stdout = stdout
     text = io.StringIO()
-    pstats.Stats(profiler, stream=text).sort_stats(sort).print_stats(30)
+    pstats.Stats(profiler, stream=text).sort_stats("cumulative").print_stats(30)
     print(text.getvalue())
 
 
