@@ -12,7 +12,7 @@
                                                             replaces the table's run filter, e.g.
                                                             --where coefficient=2e-3 batch_size=20; --by
                                                             gives one part per version or device
-  python -m multirun_analysis claims SWEEP_DIR... [--format terminal|markdown|csv]
+  python -m multirun_analysis claims SWEEP_DIR... [--format terminal|markdown|csv] [--out FILE]
                                                             each of the paper's claims the runs speak to:
                                                             holds / weaker / contradicted / negligible /
                                                             inconclusive / not applicable / not converged /
@@ -30,11 +30,14 @@
                                                             loggers send them; a run it holds is skipped
 
 What cannot be read is said on stderr, one line per reason, and the rest is still shown; the exit code is 0,
-or 2 (one line) for a directory that is not there or an output that cannot be written.
+or 2 (one line) for a directory that is not there or an output that cannot be written. Every --out file is
+written whole or not at all (a temp file beside it, renamed over it): a failed write leaves the old one.
+Text from run files is shown with its control characters escaped (rundir_format.text.printable).
 """
 import argparse
 import dataclasses
 import importlib.util
+import io
 import os
 import sys
 from collections import Counter
@@ -46,6 +49,8 @@ from multirun_analysis import claims, convergence, export, provenance, render, t
 from multirun_analysis.load import collect, load_runs
 from rundir_format import trackers
 from multirun_analysis.status import sweep_status
+from rundir_format import write_atomic
+from rundir_format.text import printable
 
 COMMANDS = ("status", "runs", "plots", "report", "claims", "export", *tables.TABLES)
 # The summary's columns: run column -> (header, decimals); sparsity: % of features inactive by |γ| < 1e-3 and by
@@ -60,15 +65,20 @@ class OutputError(Exception):
     """An output that cannot be written: one line, exit 2."""
 
 
+def say(line: str) -> None:
+    """One line on stderr, its control characters shown escaped."""
+    print(printable(line), file=sys.stderr)
+
+
 def report_skipped(skipped: Counter) -> None:
     for reason, count in skipped.items():
-        print(f"skipped {count} run(s): {reason}", file=sys.stderr)
+        say(f"skipped {count} run(s): {reason}")
 
 
 def report_mixed(runs: pd.DataFrame) -> None:
     """On stderr, the line saying the runs mix versions or devices (multirun_analysis.provenance), if they do."""
     for line in provenance.made_by(runs[["version", "device", "host"]].to_dict("records"))[1:]:
-        print(line, file=sys.stderr)
+        say(line)
 
 
 def common_overrides(runs: list[str]) -> list[str]:
@@ -95,7 +105,7 @@ def summary(paths) -> int:
     skipped = Counter()
     frame = load_runs(paths, skipped)
     if frame.empty:
-        print(f"no runs with a results.json under {' '.join(map(str, paths))}", file=sys.stderr)
+        say(f"no runs with a results.json under {' '.join(map(str, paths))}")
     else:
         shared = common_overrides(list(frame.overrides))
         made_by = frame[["version", "device", "host"]].to_dict("records")
@@ -117,9 +127,9 @@ def status(paths) -> int:
         records = collect([sweep_dir])
         table = sweep_status(sweep_dir, problems, records)
         for problem in problems:
-            print(problem, file=sys.stderr)
+            say(problem)
         if table.empty:
-            print(f"no runs found under {sweep_dir}")
+            print(printable(f"no runs found under {sweep_dir}"))
             continue
         # One line per run (unwrapped) between the header and the counts, for grep and scripts: the overrides
         # all runs share stay in each line.
@@ -130,7 +140,7 @@ def status(paths) -> int:
                       terminal.table(["state", "run", "detail"], rows, wraps_first=2),
                       ", ".join(f"{n} {state}" for state, n in counts.items()))  # the most frequent first
         for line in provenance.made_by(made_by):  # on stderr: stdout stays header, runs, counts (for scripts)
-            print(line, file=sys.stderr)
+            say(line)
     return 0
 
 
@@ -145,11 +155,13 @@ def parse_where(pairs) -> dict:
     return where
 
 
-def write(path: Path, text: str) -> None:
+def write(path: Path, content: str | bytes) -> None:
+    """An output file, whole or not at all (the old one is left as it was when the write fails)."""
     try:
-        path.write_text(text, encoding="utf-8")
+        write_atomic(path, content.encode() if isinstance(content, str) else content)
     except OSError as error:
-        raise OutputError(f"error: cannot write {path}: {error.strerror}: pass another --out") from error
+        raise OutputError(f"error: cannot write {path}: {error.strerror or type(error).__name__}: pass another "
+                          f"--out") from error
 
 
 def table(name: str, paths, fmt: str, out: Path | None, show_paper: bool, where: dict, by: str | None = None) -> int:
@@ -171,7 +183,7 @@ def table(name: str, paths, fmt: str, out: Path | None, show_paper: bool, where:
                 from error
         for each, extension in EXTENSIONS.items():
             write(out / f"{name}.{extension}", render.render(spec, built, each, show_paper))
-        print(f"wrote {name}.{{{','.join(EXTENSIONS.values())}}} to {out}")
+        print(printable(f"wrote {name}.{{{','.join(EXTENSIONS.values())}}} to {out}"))
     if fmt == "terminal":
         terminal.show(*render.terminal_tables(spec, built, show_paper), render.legend(spec, show_paper, "*"))
     else:
@@ -180,7 +192,7 @@ def table(name: str, paths, fmt: str, out: Path | None, show_paper: bool, where:
     return 0
 
 
-def check_claims(paths, fmt: str, paper: bool) -> int:
+def check_claims(paths, fmt: str, paper: bool, out: Path | None = None) -> int:
     skipped = Counter()
     if paper:
         from multirun_analysis.paper_cells import paper_cells
@@ -192,13 +204,19 @@ def check_claims(paths, fmt: str, paper: bool) -> int:
         report_mixed(runs)
     verdicts = claims.check_cells(cells)
     summary = claims.summary(verdicts, cells)
-    if fmt == "terminal":
+    if fmt == "terminal" and not out:
         terminal.show(*claims.terminal_view(verdicts), *summary)
-    elif fmt == "markdown":
-        print(claims.format_verdicts(verdicts, fmt) + "\n" + "\n\n".join(summary))
-    else:  # the csv on stdout stays one table, for tools
-        print(claims.format_verdicts(verdicts, fmt), end="")
-        print("\n".join(summary), file=sys.stderr)
+    else:
+        content = (terminal.text([*claims.terminal_view(verdicts), *summary]) if fmt == "terminal" else
+                   claims.format_verdicts(verdicts, fmt) + ("\n" + "\n\n".join(summary) + "\n" if fmt == "markdown" else ""))
+        if out:
+            write(out, content)
+            print(printable(f"wrote {out}"))
+        else:
+            print(content, end="")
+    if fmt == "csv":  # the csv stays one table, for tools: its summary on stderr
+        for line in summary:
+            say(line)
     report_skipped(skipped)
     return 0
 
@@ -211,14 +229,16 @@ def runs(paths, out: Path) -> int:
                                  index=frame.index).astype({"more_steps": "Int64"})
         frame = pd.concat([frame, levelling], axis=1)
     if out.suffix == ".parquet":
+        buffer = io.BytesIO()
         try:
-            frame.to_parquet(out)
+            frame.to_parquet(buffer)
         except ImportError as error:
             raise OutputError("error: writing .parquet needs pyarrow (pip install pyarrow); or use --out runs.csv") \
                 from error
+        write(out, buffer.getvalue())
     else:
         write(out, render.csv_text(frame, index=False))
-    print(f"wrote {len(frame)} runs to {out}")
+    print(printable(f"wrote {len(frame)} runs to {out}"))
     report_skipped(skipped)
     return 0
 
@@ -231,7 +251,12 @@ def figures(paths, out: Path) -> int:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise OutputError(f"error: cannot make the directory {out}: {error.strerror}: pass another --out") from error
-    for line in plots.draw(load_runs(paths, skipped, completed_only=True), out, skipped):
+    try:
+        lines = plots.draw(load_runs(paths, skipped, completed_only=True), out, skipped)
+    except OSError as error:  # each figure's files are written whole or not at all
+        raise OutputError(f"error: cannot write into {out}: {error.strerror or type(error).__name__}: pass another "
+                          f"--out") from error
+    for line in lines:
         print(line)
     report_skipped(skipped)
     return 0
@@ -242,7 +267,7 @@ def html_report(paths, out: Path) -> int:
 
     skipped = Counter()
     write(out, report.build_report(paths, out, skipped))
-    print(f"wrote {out}")
+    print(printable(f"wrote {out}"))
     report_skipped(skipped)
     return 0
 
@@ -277,9 +302,10 @@ def main(argv=None) -> int:
     if command == "claims":
         parser.add_argument("--format", choices=claims.FORMATS, default="terminal")
         parser.add_argument("--paper", action="store_true", help="judge the paper's own tables instead of runs")
-    if command in tables.TABLES or command in ("runs", "plots", "report"):
+    if command in tables.TABLES or command in ("runs", "plots", "report", "claims"):
         parser.add_argument("--out", type=Path, required=command in ("runs", "plots", "report"),
-                            help="file (runs, report) or directory (tables: every format; plots)")
+                            help="file (runs, report; claims: in its --format) or directory (tables: every format; "
+                                 "plots)")
     if command == "export":
         parser.add_argument("--to", required=True, choices=export.TARGETS, dest="target")
         parser.add_argument("--tracking-uri",
@@ -296,8 +322,7 @@ def main(argv=None) -> int:
         parser.error("pass sweep directories or --paper (one of the two)")
     missing = [p for p in args.paths if not p.is_dir()]
     if missing:
-        print(f"error: {missing[0]} is not a directory: pass a sweep directory such as multirun/SWEEP",
-              file=sys.stderr)
+        say(f"error: {missing[0]} is not a directory: pass a sweep directory such as multirun/SWEEP")
         return 2
     try:
         if command == "status":
@@ -307,7 +332,7 @@ def main(argv=None) -> int:
         if command == "plots":
             return figures(args.paths, args.out)
         if command == "claims":
-            return check_claims(args.paths, args.format, args.paper)
+            return check_claims(args.paths, args.format, args.paper, args.out)
         if command == "report":
             return html_report(args.paths, args.out)
         if command == "export":
@@ -318,7 +343,7 @@ def main(argv=None) -> int:
                          args.by)
         return summary(args.paths)
     except OutputError as error:
-        print(error, file=sys.stderr)
+        say(str(error))
         return 2
 
 

@@ -1,11 +1,11 @@
 """Run directories -> runs -> one flat DataFrame row per run (the Python API: `load_runs(paths)`).
 
 Three rules, the same for every command:
-- Which directories are runs (`find_run_dirs`): every directory under the given ones holding results.json (the
-  run ended), identity.json (the trainer started it) or .hydra/overrides.yaml (the launcher created it).
-  Symbolic links to directories are followed; a directory reached twice (a link and its target, a link loop)
-  counts once, under the path that goes through no link when there is one. Directories whose name starts with
-  a dot (.hydra, .submitit, .superseded) are never runs.
+- Which directories are runs (`find_run_dirs`, `collect`): rundir_format.walk's, as prune's. Symbolic links to
+  directories are followed only to targets inside the given directories, each directory once (under the path
+  that goes through no link when there is one); a link that points out, or a loop, is skipped, and a
+  directory that cannot be listed is unreadable: each is a record of its own (`RunRecord.walk_state`),
+  said in every command, never silently dropped.
 - How a run's files are read (`read_run`): through rundir_format.schema. A run whose results.json does not
   validate, or whose identity.json names another run, is unreadable: left out, reported once with the path
   and the first problem. Another file that does not validate (prune.json, metrics.jsonl, ...) is reported the
@@ -18,7 +18,6 @@ Three rules, the same for every command:
 """
 from __future__ import annotations
 
-import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +25,7 @@ from pathlib import Path
 import pandas as pd
 
 from multirun_analysis import provenance
-from rundir_format import COMPLETED, DIVERGED, FAILED, HYDRA_OVERRIDES, IDENTITY, PRUNE, RESULTS, schema
+from rundir_format import COMPLETED, DIVERGED, FAILED, IDENTITY, PRUNE, RESULTS, reading, schema, walk
 
 CRITERIA = ("by_activation", "by_gamma", "by_activation_alt", "by_gamma_alt")
 # Every frame load_runs returns has these columns, so what reads them (tables, figures, the summary) works
@@ -46,48 +45,10 @@ DUPLICATE = "duplicate of a run found in another directory"
 
 # ---- which directories are runs -------------------------------------------------------------------------------
 
-def is_run_dir(directory: Path, names: set[str]) -> bool:
-    return RESULTS in names or IDENTITY in names or (".hydra" in names and (directory / HYDRA_OVERRIDES).is_file())
-
-
 def find_run_dirs(paths) -> list[Path]:
-    """Every run directory under the given sweep dirs (or run dirs), sorted; links followed, each directory
-    once (see the module's docstring)."""
-    visited, found, links = set(), [], []
-
-    def walk(top: Path) -> None:
-        stack = [top]
-        while stack:
-            directory = stack.pop()
-            real = os.path.realpath(directory)
-            if real in visited:
-                continue
-            visited.add(real)
-            try:
-                entries = sorted(os.scandir(directory), key=lambda entry: entry.name)
-            except OSError:  # vanished, or no permission: nothing in it can be read
-                continue
-            if is_run_dir(directory, {entry.name for entry in entries}):
-                found.append(directory)
-            for entry in reversed(entries):
-                if entry.name.startswith("."):
-                    continue
-                try:
-                    if entry.is_symlink():
-                        if entry.is_dir():  # a link to a directory (not a dangling one): after every plain path
-                            links.append(Path(entry.path))
-                    elif entry.is_dir(follow_symlinks=False):
-                        stack.append(Path(entry.path))
-                except OSError:
-                    continue
-
-    for path in map(Path, paths):
-        if not path.is_dir():
-            raise FileNotFoundError(f"{path} is not a directory: pass a sweep directory (e.g. multirun/SWEEP)")
-        walk(path)
-    while links:
-        walk(links.pop(0))
-    return sorted(found)
+    """Every run directory under the given sweep dirs (or run dirs), sorted; links followed inside them, each
+    directory once (rundir_format.walk)."""
+    return walk.walk(paths).runs
 
 
 # ---- one run directory ---------------------------------------------------------------------------------------
@@ -100,6 +61,7 @@ class RunRecord:
     identity: schema.Identity | None = None
     problem: schema.Unreadable | None = None  # why the run is unreadable: its file and that file's first problem
     file_problems: list[str] = field(default_factory=list)  # other files that do not validate (run kept)
+    walk_state: str | None = None  # a directory or link the walk did not enter (walk.UNREADABLE, walk.SKIPPED)
 
     @property
     def status(self) -> str | None:
@@ -147,7 +109,7 @@ class RunRecord:
 
 
 def read_run(run_dir: Path) -> RunRecord:
-    record = RunRecord(Path(run_dir))
+    record = RunRecord(reading.as_path(run_dir))
     try:
         record.results = schema.read(record.run_dir / RESULTS)
     except schema.Unreadable as error:
@@ -171,9 +133,16 @@ def read_completed(run_dir: Path) -> schema.CompletedResults | None:
     return results if isinstance(results, schema.CompletedResults) else None
 
 
+def not_walked(entry: walk.NotWalked) -> RunRecord:
+    """A directory or link the walk did not enter, as a record: its problem says why."""
+    return RunRecord(entry.path, problem=schema.Unreadable(entry.path, entry.why), walk_state=entry.state)
+
+
 def collect(paths) -> list[RunRecord]:
-    """Every run directory under `paths`, read."""
-    return [read_run(run_dir) for run_dir in find_run_dirs(paths)]
+    """Every run directory under `paths`, read, then a record for each directory or link the walk did not
+    enter."""
+    found = walk.walk(paths)
+    return [*map(read_run, found.runs), *map(not_walked, found.not_walked)]
 
 
 # ---- which directories hold the same run ---------------------------------------------------------------------
@@ -194,7 +163,9 @@ def distinct_runs(records: list[RunRecord], notes: Counter) -> list[RunRecord]:
     for record in records:
         for problem in record.file_problems:
             notes[f"unreadable file (its run is kept): {problem}"] += 1
-        if record.problem:
+        if record.walk_state == walk.SKIPPED:
+            notes[str(record.problem)] += 1
+        elif record.problem:
             notes[f"unreadable: {record.problem}"] += 1
         elif record.results is None:
             notes[NOT_FINISHED] += 1

@@ -16,8 +16,7 @@ dollar sign, never mathtext.
 """
 from __future__ import annotations
 
-import zipfile
-import zlib
+import io
 from collections import Counter
 from pathlib import Path
 
@@ -30,12 +29,12 @@ import pandas as pd  # noqa: E402
 
 from multirun_analysis.load import read_completed  # noqa: E402
 from multirun_analysis.render import mathtext_text  # noqa: E402
-from rundir_format import BN_HISTORY, FEATURES, METRICS, RESULTS, schema, starvation  # noqa: E402
+from rundir_format import BN_HISTORY, FEATURES, METRICS, RESULTS, reading, schema, starvation, write_atomic  # noqa: E402
 
 MAX_RUNS_SHOWN = 6
 # What reading bn_history.npz (NumPy's archive: no schema of ours) raises when it is missing, truncated or
-# corrupt, or lacks a layer.
-READ_ERRORS = (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile, zlib.error)
+# corrupt, or lacks a layer (reading.Unreadable is a ValueError).
+READ_ERRORS = (OSError, ValueError)
 
 
 class Skipped(Exception):
@@ -50,11 +49,16 @@ def label(run) -> str:
 
 
 def save(fig, out: Path, name: str) -> list[Path]:
+    """The figure as PNG and PDF in `out`, each file written whole or not at all (rundir_format.write_atomic)."""
     fig.tight_layout()
     paths = [out / f"{name}.{ext}" for ext in ("png", "pdf")]
-    for path in paths:
-        fig.savefig(path, dpi=130)
-    plt.close(fig)
+    try:
+        for path in paths:
+            buffer = io.BytesIO()
+            fig.savefig(buffer, format=path.suffix[1:], dpi=130)
+            write_atomic(path, buffer.getvalue())
+    finally:
+        plt.close(fig)
     return paths
 
 
@@ -90,15 +94,17 @@ def has_bn_history(run_dir: Path, layer: str) -> bool:
     """Whether the run's bn_history.npz is an archive holding the layer's arrays. Only its index is read: a
     sweep's histories are too large to load them all to pick two."""
     try:
-        with zipfile.ZipFile(run_dir / BN_HISTORY) as archive:
-            return {f"{key}.npy" for key in bn_history_keys(layer)} <= set(archive.namelist())
-    except READ_ERRORS:
+        return set(bn_history_keys(layer)) <= set(reading.archive_names(run_dir / BN_HISTORY) or ())
+    except reading.Unreadable:
         return False
 
 
 def load_bn_history(run_dir: Path, layer: str) -> dict[str, np.ndarray]:
-    with np.load(run_dir / BN_HISTORY) as archive:
-        return {key: archive[key] for key in bn_history_keys(layer)}
+    """The layer's arrays (reading.read_arrays: a regular file, unpacking to no more than its cap)."""
+    arrays = reading.read_arrays(run_dir / BN_HISTORY, bn_history_keys(layer))
+    if arrays is None:
+        raise FileNotFoundError(run_dir / BN_HISTORY)
+    return arrays
 
 
 def fig2(runs: pd.DataFrame, problems: list[str], layer: str = "C6"):

@@ -7,9 +7,11 @@ import math
 from typing import Callable
 
 import pandas as pd
+from rich.text import Text
 
 from multirun_analysis import terminal
 from multirun_analysis.tables import ERROR, TableSpec, best_rows
+from rundir_format.text import printable
 
 MISSING = "–"
 FORMATS = ("terminal", "markdown", "latex", "csv")
@@ -19,18 +21,24 @@ FORMATS = ("terminal", "markdown", "latex", "csv")
 
 LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
-                 "±": r"$\pm$", "Δ": r"$\Delta$", "γ": r"$\gamma$", "−": "$-$", "–": "--", "\n": " "}
+                 "±": r"$\pm$", "Δ": r"$\Delta$", "γ": r"$\gamma$", "−": "$-$", "–": "--"}
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")  # what makes a spreadsheet read a cell as a formula
 
 
+def one_line(text) -> str:
+    """Text on one line: a line break as a space, any other control character shown escaped (printable)."""
+    return printable(str(text).replace("\r\n", " ").replace("\r", " ").replace("\n", " "))
+
+
 def latex_text(text) -> str:
-    """Text as LaTeX typesets it: its special characters escaped, our symbols in math mode."""
-    return "".join(LATEX_SPECIAL.get(character, character) for character in str(text))
+    """Text as LaTeX typesets it: on one line, its special characters escaped, our symbols in math mode."""
+    return "".join(LATEX_SPECIAL.get(character, character) for character in one_line(text))
 
 
 def markdown_text(text) -> str:
-    """Text for one markdown table cell: a pipe would end the cell, a newline the row."""
-    return str(text).replace("|", r"\|").replace("\r", " ").replace("\n", " ")
+    """Text for one markdown table cell: on one line (a newline would end the row), a pipe escaped (it would
+    end the cell)."""
+    return one_line(text).replace("|", r"\|")
 
 
 def is_number(text: str) -> bool:
@@ -50,13 +58,14 @@ def csv_cell(value):
 
 
 def csv_text(frame: pd.DataFrame, index: bool) -> str:
-    """frame.to_csv, each text cell, index value and header through csv_cell."""
+    """frame.to_csv, each text cell, index value and header through csv_cell; lines end in CRLF (RFC 4180), so
+    that a cell holding a carriage return or a newline is quoted, its text kept exactly."""
     safe = frame.map(csv_cell) if len(frame.columns) else frame.copy()
     safe.columns = [csv_cell(str(column)) for column in frame.columns]
     if index:
         safe.index = safe.index.map(lambda key: tuple(map(csv_cell, key)) if isinstance(key, tuple) else csv_cell(key))
         safe.index.names = frame.index.names
-    return safe.to_csv(index=index)
+    return safe.to_csv(index=index, lineterminator="\r\n")
 
 
 def mathtext_text(text) -> str:
@@ -148,8 +157,8 @@ def terminal_tables(spec: TableSpec, table: pd.DataFrame, show_paper: bool) -> l
         metrics = list(dict.fromkeys(metric for metric, _ in part.columns))
         stats = ["ours", "paper (Δ)"] if show_paper else ["ours"]
         headers = [f"{metric.replace('_', ' ')}\n" + "\n".join(stats) for metric in metrics]  # wraps at the spaces
-        rows = [[*(key if isinstance(key, tuple) else (key,)),
-                 *("\n".join(values[(metric, stat)] for stat in stats) for metric in metrics)]
+        rows = [[*(key if isinstance(key, tuple) else (key,)),  # run data: shown escaped
+                 *(Text("\n".join(values[(metric, stat)] for stat in stats)) for metric in metrics)]
                 for key, values in zip(part.index, (dict(zip(part.columns, row)) for row in part.values.tolist()))]
         parts += [f"{spec.title}: {group}" if group else spec.title,
                   terminal.table(keys + headers, rows, numbers_from=len(keys))]

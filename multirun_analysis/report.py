@@ -24,10 +24,11 @@ from markupsafe import Markup
 from multirun_analysis import claims, plots, provenance, render, tables
 from multirun_analysis.load import RunRecord, collect, distinct_runs, frame
 from multirun_analysis.status import STATES, sweep_status
-from rundir_format import COMPLETED, DIVERGED, FAILED, LOG, MULTIRUN, RESULTS, schema
+from rundir_format import COMPLETED, DIVERGED, FAILED, LOG, MULTIRUN, RESULTS, reading, schema
 from rundir_format import SWEEP_PLAN as PLAN
 
 ENDED = (COMPLETED, DIVERGED, FAILED)
+NOT_ENTERED = ("skipped", "blocked")  # status states of what is no run directory to read
 # Columns of the run table after run and status: run column -> (header, number format).
 RUN_COLUMNS = {"test_error": ("test err %", "{:.2f}"), "sparsity_by_gamma_pct": ("sparsity γ<1e-3 %", "{:.1f}"),
                "sparsity_by_activation_pct": ("sparsity act<1e-12 %", "{:.1f}"),
@@ -42,6 +43,7 @@ PRUNE_COLUMNS = {"pruned_features": ("features removed", "{:.0f}"), "pruned_feat
 MADE_BY_COLUMNS = ("version", "device", "host")
 # The trainer's start line ends with the device it trains on: "... 75522 parameters, cuda:0".
 DEVICE_LINE = re.compile(r" parameters, (\S+)$", re.MULTILINE)
+LOG_READ_BYTES = 16 << 20
 
 
 def _when(seconds: float | None) -> str:
@@ -49,11 +51,13 @@ def _when(seconds: float | None) -> str:
 
 
 def device_used(run_dir: Path) -> str | None:
-    """The device the run's last start logged, None if it never got that far."""
+    """The device the run's last start logged (in the log's last LOG_READ_BYTES), None if it never got that far
+    or the log is no regular file."""
     try:
-        found = DEVICE_LINE.findall((run_dir / LOG).read_text(errors="replace"))
-    except OSError:
+        log = reading.read_tail(run_dir / LOG, LOG_READ_BYTES)
+    except reading.Unreadable:
         return None
+    found = DEVICE_LINE.findall(log.decode(errors="replace")) if log else []
     return found[-1] if found else None
 
 
@@ -89,7 +93,8 @@ def sweep_runs(sweep_dir: Path, records: list[RunRecord], runs: pd.DataFrame, pa
     by_record = {record.run_dir.resolve(): record for record in records}
     entries = []
     for status in sweep_status(sweep_dir, notes, records).itertuples():
-        run_dir = (sweep_dir / status.dir).resolve() if status.dir else None
+        # A link the walk does not follow, or what blocks a run's directory, is never read through (nor linked).
+        run_dir = (sweep_dir / status.dir).resolve() if status.dir and status.state not in NOT_ENTERED else None
         record = by_record.get(run_dir)
         run = by_dir.get(run_dir)
         if run is None and record is not None and status.state in ENDED:  # counted from its copy in another sweep
@@ -230,8 +235,9 @@ def build_report(paths, out: Path, skipped: Counter | None = None) -> str:
     per_sweep = [collect([path]) for path in paths]
     seen, records = set(), []  # a run reached from two sweeps (a link) counts once in the tables
     for record in (record for sweep in per_sweep for record in sweep):
-        if record.run_dir.resolve() not in seen:
-            seen.add(record.run_dir.resolve())
+        key = (record.walk_state, record.run_dir.resolve() if not record.walk_state else record.run_dir)
+        if key not in seen:
+            seen.add(key)
             records.append(record)
     runs = distinct_runs(records, skipped)
     everything = frame(runs, Counter())

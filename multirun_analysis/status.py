@@ -2,43 +2,46 @@
 
 A directory's state: completed, diverged or failed (its results.json); running (a live trainer holds its
 lock); interrupted (neither: it resumes from its checkpoint when launched again); unreadable (its results.json
-does not validate, or names another run than its identity.json). Runs are matched by identity (run_id) and
-to the plan (sweep_plan.json) by their overrides: two directories claiming one run (the same run_id, or the
-same planned overrides) keep the state of the copy that got furthest, and the other is a duplicate (the same
-results) or a conflict (anything else: a stray failed stub beside a completed run). A planned run with no
-directory is submitted (in a SLURM array that has yet to start it), not submitted (a submit limit left it for
-the same command to submit) or missing (not started).
+does not validate, names another run than its identity.json, or is not a regular file within its size cap; its
+.lock is not a regular file; the directory cannot be listed); skipped (a link the walk does not follow: to a
+directory outside the sweep, or a loop). Runs are matched by identity (run_id) and to the plan
+(sweep_plan.json) by their overrides: two directories claiming one run (the same run_id, or the same planned
+overrides) keep the state of the copy that got furthest, and the other is a duplicate (the same results) or a
+conflict (anything else: a stray failed stub beside a completed run). A planned run with no directory is
+blocked when something else (a file, a FIFO, a link to no directory) is where its directory belongs, else
+submitted (in a SLURM array that has yet to start it), not submitted (a submit limit left it for the same
+command to submit) or missing (not started).
 """
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 
 import pandas as pd
 
 from multirun_analysis.load import RunRecord, collect, measured, rank
-from rundir_format import HYDRA_OVERRIDES, LOG, PROGRESS, SUBMISSIONS, SWEEP_PLAN, lock_holder, schema
+from rundir_format import HYDRA_OVERRIDES, LOG, PROGRESS, SUBMISSIONS, SWEEP_PLAN, lock_holder, reading, schema, walk
 
 LOG_TAIL_BYTES = 4096  # the last line of sparsesweep.log is all we show, whatever the log's length
 # Every state, in the order the report lists them.
-STATES = ("completed", "running", "failed", "diverged", "interrupted", "unreadable", "conflict", "duplicate",
-          "submitted", "not submitted", "missing")
+STATES = ("completed", "running", "failed", "diverged", "interrupted", "unreadable", "blocked", "skipped",
+          "conflict", "duplicate", "submitted", "not submitted", "missing")
 COLUMNS = ["run", "state", "detail", "dir"]
 
 
 def last_line(path: Path) -> str:
-    """The last line of a log, '' when there is none."""
-    try:
-        with open(path, "rb") as file:
-            file.seek(max(0, os.fstat(file.fileno()).st_size - LOG_TAIL_BYTES))
-            lines = file.read().decode(errors="replace").strip().splitlines()
-    except OSError:
-        return ""
+    """The last line of a log, '' when there is none (or it is no regular file: reading.Unreadable)."""
+    tail = reading.read_tail(path, LOG_TAIL_BYTES)
+    lines = tail.decode(errors="replace").strip().splitlines() if tail else []
     return lines[-1] if lines else ""
 
 
 def run_overrides(record: RunRecord) -> tuple[str, ...] | None:
-    """A run's overrides, sorted: results.json's, else identity.json's, else Hydra's overrides.yaml."""
+    """A run's overrides, sorted: results.json's, else identity.json's, else Hydra's overrides.yaml (None for
+    a directory or link the walk did not enter: nothing in it is read)."""
+    if record.walk_state:
+        return None
     if record.overrides is not None:
         return record.overrides
     hydra = record.read(HYDRA_OVERRIDES)
@@ -56,26 +59,51 @@ def progress_line(record: RunRecord) -> str:
 
 def describe(record: RunRecord) -> tuple[str, str]:
     """(state, detail) of one run directory on its own."""
-    if record.problem:
-        problem = record.problem
-        return "unreadable", (f"{problem.path.relative_to(record.run_dir)}: " if problem.path != record.run_dir
-                              else "") + problem.problem
-    if record.results is not None:
-        return record.results.status, getattr(record.results, "error", "")
-    if holder := lock_holder(record.run_dir):
-        return "running", "; ".join(part for part in (progress_line(record), holder) if part)
-    return "interrupted", last_line(record.run_dir / LOG)
+    try:
+        if record.problem:
+            raise record.problem
+        if record.results is not None:
+            return record.results.status, getattr(record.results, "error", "")
+        if holder := lock_holder(record.run_dir):
+            return "running", "; ".join(part for part in (progress_line(record), holder) if part)
+        return "interrupted", last_line(record.run_dir / LOG)
+    except schema.Unreadable as problem:
+        if problem is not record.problem:  # a .lock or a log: said on stderr like any unreadable file
+            record.file_problems.append(str(problem))
+        return record.walk_state or "unreadable", (
+            f"{problem.path.relative_to(record.run_dir)}: " if problem.path != record.run_dir else "") + problem.problem
 
 
-def planned_runs(sweep_dir: Path, problems: list[str]) -> list[tuple[str, ...]]:
-    """The runs of sweep_plan.json, overrides sorted; [] without a plan, or with a line in `problems` when
-    it cannot be read."""
+def planned_runs(sweep_dir: Path, problems: list[str]) -> list[tuple[tuple[str, ...], str | None]]:
+    """The runs of sweep_plan.json: (overrides sorted, directory name or None); [] without a plan, or with a
+    line in `problems` when it cannot be read."""
     try:
         plan = schema.read(sweep_dir / SWEEP_PLAN)
     except schema.Unreadable as error:
         problems.append(f"{error}: runs planned but not started cannot be listed")
         return []
-    return [tuple(sorted(run)) for run in plan.runs] if plan is not None else []
+    if plan is None:
+        return []
+    dirs = plan.dirs if plan.dirs is not None and len(plan.dirs) == len(plan.runs) else [None] * len(plan.runs)
+    return [(tuple(sorted(run)), name) for run, name in zip(plan.runs, dirs)]
+
+
+def not_yet_run(sweep_dir: Path, overrides: tuple[str, ...], name: str | None, unstarted: dict,
+                problems: list[str]) -> dict:
+    """The row of a planned run no directory holds: blocked (with a line in `problems`) when something that is
+    not a directory is where its directory belongs, else its state in `unstarted` (submissions), else missing."""
+    row = {"run": " ".join(overrides), **unstarted.get(overrides, {"state": "missing", "detail": ""}), "dir": ""}
+    if name and walk.is_safe_name(name):
+        try:
+            mode = os.lstat(sweep_dir / name).st_mode
+        except OSError:  # nothing there (or nothing that can be looked at): missing
+            return row
+        if not stat.S_ISDIR(mode):
+            what = reading.file_type(mode) if not stat.S_ISREG(mode) else "a file"
+            row.update(state="blocked", dir=name,
+                       detail=f"{what} is where its run directory belongs: move it away, then launch the sweep again")
+            problems.append(f"{sweep_dir / name}: {row['detail']}")
+    return row
 
 
 def submissions(sweep_dir: Path, problems: list[str]) -> dict[tuple[str, ...], dict]:
@@ -139,6 +167,7 @@ def sweep_status(sweep_dir: Path, problems: list[str] | None = None,
     for record in records:
         if record.problem:
             rows[id(record)] = row(record, *describe(record))
+            problems.append(str(record.problem))
     for chosen, *others in claimants(readable, overrides):
         state, detail = describe(chosen)
         rows[id(chosen)] = row(chosen, state, detail)
@@ -154,12 +183,14 @@ def sweep_status(sweep_dir: Path, problems: list[str] | None = None,
     for record in records:
         problems += record.file_problems
 
-    ordered, placed = [], set()
+    ordered, placed, by_overrides = [], set(), {}
+    for record in records:  # a planned run's directories found by a look-up, not a pass over every record
+        by_overrides.setdefault(overrides[id(record)], []).append(record)
     unstarted = submissions(sweep_dir, problems)
-    for planned in dict.fromkeys(planned_runs(sweep_dir, problems)):
-        matching = [record for record in records if overrides[id(record)] == planned and id(record) not in placed]
+    for planned, name in dict.fromkeys(planned_runs(sweep_dir, problems)):
+        matching = [record for record in by_overrides.get(planned, ()) if id(record) not in placed]
         placed.update(map(id, matching))
         ordered += [rows[id(record)] for record in sorted(matching, key=rank)] or [
-            {"run": " ".join(planned), **unstarted.get(planned, {"state": "missing", "detail": ""}), "dir": ""}]
+            not_yet_run(sweep_dir, planned, name, unstarted, problems)]
     ordered += [rows[id(record)] for record in records if id(record) not in placed]
     return pd.DataFrame(ordered, columns=COLUMNS)

@@ -21,7 +21,10 @@ A run directory (see docs/results.md for every field):
 A sweep directory holds its runs' directories (one level down), multirun.yaml, sweep_plan.json and, from the
 SLURM launcher, submissions.json: {"arrays": [{"job_id", "tasks": [[a task's runs' overrides, ...], ...]}],
 "not_submitted": [[overrides], ...]}.
-What each file holds, as pydantic models, and how a reader reads one: rundir_format.schema.
+What each file holds, as pydantic models, and how a reader reads one: rundir_format.schema. How every file of a
+run is opened (regular files only, never waiting, within a size cap): rundir_format.reading; which directories
+are runs and which links are followed: rundir_format.walk; text from run files made safe to show:
+rundir_format.text.
 """
 from __future__ import annotations
 
@@ -90,13 +93,15 @@ def duration(seconds: float | None) -> str:
 def lock_holder(run_dir: Path) -> str | None:
     """'pid P on HOST' of the live process training run_dir, None when none is. The trainer holds an exclusive
     flock for its whole life and the kernel drops it when the process dies, however it dies, so a lock file
-    left behind is free."""
+    left behind is free. A .lock that is not a regular file (a FIFO: never waited on) is reading.Unreadable."""
+    from rundir_format import reading
+
     try:
-        with open(Path(run_dir) / LOCK, "rb") as file:
+        with reading.opened(Path(run_dir) / LOCK, "lock") as file:
             try:
                 fcntl.flock(file, fcntl.LOCK_SH | fcntl.LOCK_NB)  # closing the file releases it at once
             except BlockingIOError:
-                return describe_holder(file.read().decode(errors="replace"))
+                return describe_holder(file.read(reading.LIMITS["lock"]).decode(errors="replace"))
             return None
     except (FileNotFoundError, NotADirectoryError):  # never locked
         return None
@@ -134,8 +139,14 @@ def write_temporary(path: Path, data: bytes) -> str:
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    """A reader sees the old file or the new one, never a part (a full disk leaves the old one)."""
-    os.replace(write_temporary(path, data), path)
+    """A reader sees the old file or the new one, never a part (a full disk leaves the old one, and no temp
+    file)."""
+    temporary = write_temporary(path, data)
+    try:
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
 
 
 def remove_temporaries(directory: Path) -> list[Path]:

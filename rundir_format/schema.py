@@ -1,6 +1,7 @@
 """The run directory's files as pydantic models: the one description of what each file holds, and the one way
 to read one (`read`). A file that does not match is an `Unreadable` error naming the file and its first
-problem; a file that is not there reads as None. No torch: the collector runs wherever the files are.
+problem, as is one that is not a regular file within its size cap (rundir_format.reading, which reads every
+file); a file that is not there reads as None. No torch: the collector runs wherever the files are.
 
 Models follow what the trainer writes (docs/results.md). Strict types (a number written as text, a boolean
 for a count, NaN are wrong types); keys a newer trainer adds are kept (extra="allow"), keys a reader relies
@@ -17,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapte
 
 from rundir_format import (COMPLETED, DIVERGED, FAILED, HYDRA_OVERRIDES, IDENTITY, METRICS, MULTIRUN, PROGRESS,
                            PRUNE, PRUNE_SCHEMA, RESULTS, RESULTS_SCHEMA, SUBMISSIONS, SWEEP_PLAN, TRACKERS)
+from rundir_format.reading import Unreadable, as_path, read_bytes  # noqa: F401  (Unreadable: what `read` raises)
 
 RunId = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{16}$")]  # run_identity: sha256[:16]
 Percent = Annotated[float, Field(ge=0, le=100)]
@@ -229,6 +231,9 @@ class Prune(FileModel):
 class SweepPlan(FileModel):
     """sweep_plan.json: every run of the sweep, by its overrides."""
     runs: list[list[str]]
+    # Added later (older plans have none): each run's directory, by its name below the sweep directory; null
+    # where it is not known (a run whose config did not compose, under a hydra.sweep.subdir of the user's).
+    dirs: list[str | None] | None = None
 
 
 class SlurmArray(FileModel):
@@ -269,14 +274,6 @@ class Multirun(HydraPart):
 
 # ---- reading --------------------------------------------------------------------------------------------------
 
-class Unreadable(ValueError):
-    """A run file that exists but does not match its schema: `problem` is its first problem, for people."""
-
-    def __init__(self, path: Path, problem: str):
-        super().__init__(f"{path}: {problem}")
-        self.path, self.problem = Path(path), problem
-
-
 JSON_FILES = {RESULTS: TypeAdapter(Results), IDENTITY: TypeAdapter(Identity), PRUNE: TypeAdapter(Prune),
               PROGRESS: TypeAdapter(Progress), SWEEP_PLAN: TypeAdapter(SweepPlan),
               SUBMISSIONS: TypeAdapter(Submissions), TRACKERS: TypeAdapter(Trackers)}
@@ -313,20 +310,11 @@ def shown(value) -> str:
     return text if len(text) <= SHOWN_INPUT else text[:SHOWN_INPUT - 1] + "…"
 
 
-def read_bytes(path: Path) -> bytes | None:
-    try:
-        return Path(path).read_bytes()
-    except (FileNotFoundError, NotADirectoryError):
-        return None
-    except OSError as error:  # a directory of that name, no permission
-        raise Unreadable(path, error.strerror or type(error).__name__) from error
-
-
 def read(path: Path):
     """The content of the run or sweep file `path` (its kind by its name) as its model; None when there is
     no such file. Raises Unreadable when it does not match its schema."""
-    path = Path(path)
-    content = read_bytes(path)
+    path = as_path(path)
+    content = read_bytes(path)  # a regular file within its cap, or Unreadable
     if content is None:
         return None
     if path.name == METRICS:

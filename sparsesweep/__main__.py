@@ -77,7 +77,11 @@ def refusal(args) -> str | None:
     from hydra.types import RunMode
     from omegaconf.errors import OmegaConfBaseException
 
-    if args.help or args.hydra_help or args.info or args.shell_completion or args.experimental_rerun:
+    if args.experimental_rerun:  # Hydra unpickles the file: whoever wrote it chooses what runs
+        return (f"--experimental-rerun {args.experimental_rerun}: a pickle can run any code, so sparsesweep never "
+                "loads one: run the command again (a run's overrides are in its .hydra/overrides.yaml; the same "
+                "command resumes it from its checkpoint)")
+    if args.help or args.hydra_help or args.info or args.shell_completion:
         return None
     if args.config_dir is not None and not os.path.isdir(args.config_dir):
         return f"--config-dir={args.config_dir}: not a directory: give the folder that holds your config groups"

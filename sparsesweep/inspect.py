@@ -19,7 +19,11 @@ run in progress.
 --json prints the same as one JSON object: source, model, measured ("training set" or "gamma only"),
 sparsity (results.json's block), feature_layers ({layer: {activation, stage, features}}), unmeasured_layers,
 and for a run with counters starvation ({steps, per_layer: {layer: rundir_format.starvation.layer_summary}}).
-Bad input: one line naming the fix, exit 2.
+Bad input: one line naming the fix, exit 2. That includes every file of a run directory that does not match its
+schema (rundir_format.schema) or is no regular file within its size cap (rundir_format.reading), a checkpoint
+whose run_id is not the directory's, and a custom model the run names (model._target_: code) that the user
+did not name again with --model CLASS or allow with --trust-code (models.custom.check_trusted): a run
+directory is data, whoever made it. Text from its files is shown with control characters escaped.
 """
 from __future__ import annotations
 
@@ -29,7 +33,8 @@ import sys
 from pathlib import Path
 
 import rundir_format
-from rundir_format import starvation
+from rundir_format import reading, schema, starvation
+from rundir_format.text import printable
 from sparsesweep.errors import ConfigError
 
 CRITERIA = (("by_activation", "act"), ("by_activation_alt", "act"), ("by_gamma", "|γ|"), ("by_gamma_alt", "|γ|"))
@@ -37,11 +42,13 @@ STATE_DICT_KEYS = ("state_dict", "model")
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
 
-def inspect_path(path: Path, model: str | None = None, gamma_thresholds=(1e-3, 1e-2)) -> dict:
-    """The report (see the module docstring) for a run directory or a checkpoint file; ConfigError for bad input."""
+def inspect_path(path: Path, model: str | None = None, gamma_thresholds=(1e-3, 1e-2), *,
+                 trust_code: bool = False) -> dict:
+    """The report (see the module docstring) for a run directory or a checkpoint file; ConfigError for bad input.
+    For a run directory, `model` names the custom model the user trusts it to build (its model._target_)."""
     path = Path(path)
     if path.is_dir():
-        return _from_run(path, gamma_thresholds)
+        return _from_run(path, gamma_thresholds, model, trust_code)
     if not path.exists():
         raise ConfigError(f"{path}: no such file or directory: give a run directory or a checkpoint file")
     if model is None:
@@ -49,27 +56,34 @@ def inspect_path(path: Path, model: str | None = None, gamma_thresholds=(1e-3, 1
     return _from_state_dict(path, _state_dict(_load(path)), _model_config(model), model, gamma_thresholds)
 
 
-def _from_run(run_dir: Path, gamma_thresholds) -> dict:
-    results = _read_json(run_dir / rundir_format.RESULTS)
-    if results.get("status") == rundir_format.COMPLETED and "sparsity" in results:
-        layers = results.get("feature_layers") or _layers_from_arrays(run_dir, results["sparsity"])
-        report = {"source": str(run_dir), "model": results.get("model"), "measured": "training set",
-                  "sparsity": results["sparsity"], "feature_layers": layers,
-                  "unmeasured_layers": results.get("unmeasured_layers", {})}
+def _from_run(run_dir: Path, gamma_thresholds, model: str | None, trust_code: bool) -> dict:
+    results = _read(run_dir / rundir_format.RESULTS)
+    if isinstance(results, schema.CompletedResults):
+        sparsity = results.sparsity.model_dump(mode="json", by_alias=True, exclude_unset=True)
+        layers = results.model_dump(mode="json", exclude_unset=True).get("feature_layers") or \
+            _layers_from_arrays(run_dir, sparsity)
+        report = {"source": str(run_dir), "model": results.model, "measured": "training set",
+                  "sparsity": sparsity, "feature_layers": layers, "unmeasured_layers": results.unmeasured_layers or {}}
         counters = _counters_from_arrays(run_dir)
         if counters:
-            report["starvation"] = starvation.summary(counters, results["iterations"])
+            report["starvation"] = starvation.summary(counters, results.iterations)
         return report
-    identity = _read_json(run_dir / rundir_format.IDENTITY)
-    checkpoint = next((run_dir / name for name in (rundir_format.CHECKPOINT, rundir_format.PREVIOUS_CHECKPOINT)
-                       if (run_dir / name).exists()), None)
-    if not identity or checkpoint is None:
+    identity = _read(run_dir / rundir_format.IDENTITY)
+    checkpoints = [run_dir / name for name in (rundir_format.CHECKPOINT, rundir_format.PREVIOUS_CHECKPOINT)
+                   if (run_dir / name).exists() or (run_dir / name).is_symlink()]
+    if identity is None or not checkpoints:
         raise ConfigError(f"{run_dir}: neither a finished run ({rundir_format.RESULTS}) nor a started one "
                           f"({rundir_format.IDENTITY} and {rundir_format.CHECKPOINT}): give a run directory, "
                           f"or a checkpoint file with --model NAME")
-    state = _load(checkpoint)
-    model_cfg = identity["config"]["model"]
-    report = _from_state_dict(checkpoint, _state_dict(state), model_cfg, model_cfg["name"], gamma_thresholds)
+    model_cfg = identity.config.get("model")
+    if not isinstance(model_cfg, dict):
+        raise ConfigError(f"{run_dir / rundir_format.IDENTITY}: config.model is not a model config (got "
+                          f"{schema.shown(model_cfg)}): restore the file, or inspect a checkpoint with --model NAME")
+    from sparsesweep.models.custom import check_trusted
+
+    check_trusted(model_cfg, run_dir / rundir_format.IDENTITY, [model], trust_code)
+    checkpoint, state = _run_checkpoint(checkpoints, identity.run_id)
+    report = _from_state_dict(checkpoint, _state_dict(state), model_cfg, str(model_cfg.get("name")), gamma_thresholds)
     report["source"] = str(run_dir)
     report["measured"] = f"gamma only, {checkpoint.name} at epoch {state.get('epoch')}, step {state.get('step')}"
     if state.get("counters"):  # a checkpoint of a version with the counters
@@ -81,45 +95,60 @@ def _from_run(run_dir: Path, gamma_thresholds) -> dict:
 
 def _counters_from_arrays(run_dir: Path) -> dict | None:
     """features.npz's starvation counters, None for a run measured before they were kept."""
-    import numpy as np
-
+    path = run_dir / rundir_format.FEATURES
     try:
-        with np.load(run_dir / rundir_format.FEATURES) as arrays:
-            return {name: arrays[name] for name in arrays.files if any(
-                name == starvation.key(layer, counter) for layer in starvation.layers(arrays)
-                for counter in starvation.COUNTERS)} or None
-    except (OSError, ValueError):
-        return None
+        names = reading.archive_names(path) or []
+        keys = [starvation.key(layer, counter) for layer in starvation.layers(names) for counter in starvation.COUNTERS]
+        return (reading.read_arrays(path, keys) if keys else None) or None
+    except reading.Unreadable as error:
+        raise ConfigError(f"{error}: restore it, or inspect the run's checkpoint with --model NAME") from None
 
 
-def _read_json(path: Path) -> dict:
+def _read(path: Path):
+    """A run file through its schema (None when absent); ConfigError naming its first problem."""
     try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        return {}
-    except (OSError, ValueError) as error:
-        raise ConfigError(f"{path} is unreadable ({error}): restore it, or inspect the run's checkpoint") from None
+        return schema.read(path)
+    except schema.Unreadable as error:
+        raise ConfigError(f"{error}: restore it, or inspect the run's checkpoint with --model NAME") from None
+
+
+def _run_checkpoint(checkpoints: list[Path], run_id: str) -> tuple[Path, dict]:
+    """(file, state) of the run's latest readable checkpoint, which must be the run's own (its run_id)."""
+    from sparsesweep import rundir
+
+    problems = []
+    for path in checkpoints:
+        try:
+            return path, rundir.read_checkpoint(path, run_id, "cpu")
+        except rundir.CorruptCheckpoint as error:  # the previous one may still be whole
+            problems.append(f"{path.name}: {error}")
+    raise ConfigError(f"{'; '.join(problems)}: no readable checkpoint of run {run_id}")
 
 
 def _layers_from_arrays(run_dir: Path, sparsity: dict) -> dict:
-    """Layer sizes of a run measured before results.json recorded feature_layers: from features.npz."""
-    import numpy as np
-
-    arrays = np.load(run_dir / rundir_format.FEATURES) if (run_dir / rundir_format.FEATURES).exists() else {}
+    """Layer sizes of a run measured before results.json recorded feature_layers: from features.npz (a size is
+    None where it does not say)."""
+    path = run_dir / rundir_format.FEATURES
+    try:
+        names = set(reading.archive_names(path) or ())
+        layers = list(sparsity["by_gamma"]["per_layer_pct"])
+        arrays = reading.read_arrays(path, [f"{layer}_gamma" for layer in layers if f"{layer}_gamma" in names]) or {}
+    except reading.Unreadable as error:
+        raise ConfigError(f"{error}: restore it, or inspect the run's checkpoint with --model NAME") from None
     return {layer: {"activation": None, "stage": None,
                     "features": int(arrays[f"{layer}_gamma"].size) if f"{layer}_gamma" in arrays else None}
-            for layer in sparsity["by_gamma"]["per_layer_pct"]}
+            for layer in layers}
 
 
 def _load(path: Path):
-    import torch
+    """A checkpoint file the user names (it may be a link): tensors only, bounded, never a FIFO waited on."""
+    from sparsesweep import rundir
 
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # noqa: BLE001 (a damaged or foreign file fails anywhere in unzip/unpickle)
-        first = (str(error).strip().splitlines() or [""])[0].split(". ")[0]
-        raise ConfigError(f"{path}: not a readable PyTorch checkpoint of tensors ({type(error).__name__}: {first}): "
-                          f"save model.state_dict() with torch.save") from None
+        return rundir.load_tensors(path, "cpu", follow=True)
+    except rundir.CorruptCheckpoint as error:
+        raise ConfigError(f"{path}: not a readable PyTorch checkpoint of tensors ({error}): save "
+                          f"model.state_dict() with torch.save") from None
 
 
 def _state_dict(loaded) -> dict:
@@ -135,7 +164,7 @@ def _state_dict(loaded) -> dict:
     stripped = {}
     for key, value in loaded.items():
         for prefix in WRAPPER_PREFIXES:
-            key = key.removeprefix(prefix)
+            key = str(key).removeprefix(prefix)
         stripped[key] = value
     return stripped
 
@@ -159,13 +188,21 @@ def _model_config(name: str) -> dict:
 
 
 def _from_state_dict(path: Path, state: dict, model_cfg: dict, model_name: str, gamma_thresholds) -> dict:
-    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
 
+    from sparsesweep import rundir
     from sparsesweep.measure import summarize
     from sparsesweep.models import build_model, find_features
 
     # Only the module structure matters (layer paths, what follows each norm): any channels and classes do.
-    model = build_model(OmegaConf.create(model_cfg), 3, 10)
+    try:
+        model = build_model(rundir.recorded_config(model_cfg), 3, 10)
+    except (OmegaConfBaseException, KeyError, TypeError, ValueError, AttributeError, RuntimeError) as error:
+        if isinstance(error, ConfigError):
+            raise
+        first = (str(error).strip().splitlines() or [""])[0]
+        raise ConfigError(f"{path}: its model config does not build a model ({type(error).__name__}: {first}): "
+                          f"name its architecture with --model") from None
     expected = set(model.state_dict())
     if expected != set(state):
         missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
@@ -184,12 +221,22 @@ def _from_state_dict(path: Path, state: dict, model_cfg: dict, model_name: str, 
 
 
 def render(report: dict, console) -> None:
-    """The report as rich tables: per layer (and total), per stage where the model has stages."""
+    """The report as rich tables: per layer (and total), per stage where the model has stages. Every text is
+    plain (never rich markup) with its control characters escaped; a number a malformed run lacks shows as –."""
     from rich.table import Table
+    from rich.text import Text
+
+    def plain(value) -> Text:
+        return Text("–" if value is None else printable(value))
+
+    def cell(block: dict, pct_key: str, count_key: str, at) -> str:
+        pct, count = block.get(pct_key), block.get(count_key)
+        pct, count = (pct.get(at), count.get(at)) if at is not None else (pct, count)
+        return "–" if pct is None else f"{pct:.1f}% ({count})"
 
     sparsity, layers = report["sparsity"], report["feature_layers"]
     criteria = [(key, symbol) for key, symbol in CRITERIA if key in sparsity]
-    table = Table(title=f"{report['model']}: {report['source']} ({report['measured']})", title_justify="left")
+    table = Table(title=plain(f"{report['model']}: {report['source']} ({report['measured']})"), title_justify="left")
     # Columns a model has: stages (ResNet, VGG, torchvision models; not BasicNet), kinds (runs before they were
     # recorded have none).
     described = [column for column in ("stage", "activation") if any(info.get(column) for info in layers.values())]
@@ -197,32 +244,28 @@ def render(report: dict, console) -> None:
         table.add_column(column, justify="right" if column == "features" else "left")
     for key, symbol in criteria:
         table.add_column(f"{symbol} < {sparsity[key]['threshold']:g}", justify="right")
-
-    def cell(pct, count):
-        return f"{pct:.1f}% ({count})"
-
     for layer, info in layers.items():
-        table.add_row(layer, *(info[column] or "" for column in described),
+        table.add_row(plain(layer), *(plain(info.get(column) or "") for column in described),
                       "" if info.get("features") is None else str(info["features"]),
-                      *(cell(sparsity[key]["per_layer_pct"][layer], sparsity[key]["per_layer_inactive"][layer])
-                        for key, _ in criteria))
+                      *(cell(sparsity[key], "per_layer_pct", "per_layer_inactive", layer) for key, _ in criteria))
     first = sparsity[criteria[0][0]]
     table.add_section()
     table.add_row("total", *("" for _ in described), str(first["features"]),
-                  *(cell(sparsity[key]["total_pct"], sparsity[key]["inactive"]) for key, _ in criteria))
+                  *(cell(sparsity[key], "total_pct", "inactive", None) for key, _ in criteria))
     console.print(table)
-    if "per_stage_pct" in first:
+    if first.get("per_stage_pct"):
         stages = Table(title="per stage", title_justify="left")
         stages.add_column("stage")
         for key, symbol in criteria:
             stages.add_column(f"{symbol} < {sparsity[key]['threshold']:g}", justify="right")
         for stage in first["per_stage_pct"]:
-            stages.add_row(stage, *(f"{sparsity[key]['per_stage_pct'][stage]:.1f}%" for key, _ in criteria))
+            shares = [(sparsity[key].get("per_stage_pct") or {}).get(stage) for key, _ in criteria]
+            stages.add_row(plain(stage), *("–" if share is None else f"{share:.1f}%" for share in shares))
         console.print(stages)
     if report.get("starvation"):
         render_starvation(report["starvation"], console)
     for path, reason in report["unmeasured_layers"].items():
-        console.print(f"not measured: {path}: {reason}", highlight=False, markup=False)
+        console.print(plain(f"not measured: {path}: {reason}"), highlight=False)
 
 
 def render_starvation(summary: dict, console) -> None:
@@ -248,7 +291,7 @@ def render_starvation(summary: dict, console) -> None:
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, exit 2 (argparse adds a usage line)
-        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        print(printable(f"{self.prog}: error: {message}"), file=sys.stderr)
         sys.exit(2)
 
 
@@ -258,7 +301,10 @@ def main(argv=None) -> int:
         "progress or of a plain PyTorch checkpoint (state dict + --model NAME)."))
     parser.add_argument("path", type=Path, metavar="CHECKPOINT_OR_RUN_DIR")
     parser.add_argument("--model", help="a checkpoint's architecture: basicnet, vgg16, resnet18, mobilenet_v2, "
-                                        "package.module.Class, ...")
+                                        "package.module.Class, ...; for a run directory, the custom model class it "
+                                        "names, to build it")
+    parser.add_argument("--trust-code", action="store_true",
+                        help="build whatever custom model (model._target_) a run directory names")
     parser.add_argument("--gamma-threshold", type=float, default=1e-3, help="checkpoints: |gamma| below is inactive")
     parser.add_argument("--gamma-threshold-alt", type=float, default=1e-2, help="checkpoints: the looser threshold")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -266,7 +312,8 @@ def main(argv=None) -> int:
     if not (args.gamma_threshold > 0 and args.gamma_threshold_alt > 0):
         parser.error("--gamma-threshold and --gamma-threshold-alt must be > 0, e.g. 1e-3")
     try:
-        report = inspect_path(args.path, args.model, (args.gamma_threshold, args.gamma_threshold_alt))
+        report = inspect_path(args.path, args.model, (args.gamma_threshold, args.gamma_threshold_alt),
+                              trust_code=args.trust_code)
     except ConfigError as error:
         parser.error(str(error))
     if args.json:

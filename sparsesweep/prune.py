@@ -1,7 +1,12 @@
 """Physical removal of inactive features: implicit filter sparsity turned into a smaller dense network.
 
 `python -m sparsesweep.prune DIR...` prunes every completed run under the given run or sweep directories
-and writes `prune.json` (with --save-model also `pruned_model.pt`) into each run directory.
+and writes `prune.json` (with --save-model also `pruned_model.pt`) into each run directory. A run directory is
+data, whoever made it: a custom model is built only when named with --model CLASS (or --trust-code), and no
+dataset is downloaded (assemble.load_run). Exit status: 0 when every run
+was pruned; 2 when a run was refused (bad input, one line each naming the fix: a file that is malformed, no
+regular file or too large, a checkpoint of another run, a custom model not named); 1 when one failed otherwise.
+Every run is tried; a directory or link the walk does not enter is said in one line.
 
 What goes. A feature (one output channel of a conv -> BN -> activation unit, models/feature.py) whose BN
 |gamma| < threshold is removed: its conv filter, its BN channel and the matching input channels of every
@@ -44,7 +49,6 @@ from __future__ import annotations
 import argparse
 import copy
 import io
-import json
 import logging
 import statistics
 import sys
@@ -58,6 +62,8 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 from torch.utils.flop_counter import FlopCounterMode
 
+from rundir_format import schema, walk
+from rundir_format.text import printable
 from sparsesweep import rundir
 from sparsesweep.assemble import load_run, pick_device
 from sparsesweep.errors import ConfigError
@@ -263,11 +269,11 @@ def compare(model: nn.Module, pruned: nn.Module, input_shape, *, batch_size: int
 
 def prune_run(run_dir: Path, threshold: float = DEFAULT_THRESHOLD, *, device: str | None = "auto",
               batch_size: int = LATENCY_BATCH_SIZE, repeats: int = LATENCY_REPEATS, save_model: bool = False,
-              data_root: str | None = None) -> dict:
+              data_root: str | None = None, trusted=(), trust_code: bool = False) -> dict:
     """Prunes a finished run's final model (reloaded from run_dir) with prune_trained; returns the prune.json
     content. device: as the trainer's `device` setting; None uses the run's own. data_root: where the run's
-    dataset is, if not at its recorded dataset.root."""
-    cfg, data, model = load_run(Path(run_dir), device, data_root)
+    dataset is; trusted, trust_code: the custom models that may be built (assemble.load_run)."""
+    cfg, data, model = load_run(Path(run_dir), device, data_root, trusted=trusted, trust_code=trust_code)
     return prune_trained(Path(run_dir), cfg, data, model, threshold, batch_size=batch_size, repeats=repeats,
                          save_model=save_model)
 
@@ -298,7 +304,7 @@ def prune_trained(run_dir: Path, cfg, data, model: nn.Module, threshold: float =
         buffer = io.BytesIO()
         torch.save(copy.deepcopy(pruned).cpu(), buffer)
         rundir.write_atomic(run_dir / PRUNED_MODEL, buffer.getvalue())
-    log.info("%s", summary(run_dir, result))
+    log.info("%s", printable(summary(run_dir, result)))
     return result
 
 
@@ -317,29 +323,37 @@ def summary(run_dir: Path, result: dict) -> str:
             f"a nonzero constant output, folded into the next layers' biases.")
 
 
-def find_runs(path: Path) -> list[Path]:
-    """The completed runs (results.json with status completed, and checkpoint.pt) at or under `path`."""
-    if (path / rundir.RESULTS).exists():
+def find_runs(path: Path) -> tuple[list[Path], list[str]]:
+    """(the runs to prune at or under `path`, a line for each directory or link the walk did not enter). Runs
+    are found as every reader finds them (rundir_format.walk: links followed only inside `path`): those whose
+    results.json says completed and that have a checkpoint.pt, and those whose results.json cannot be read
+    (prune_run refuses each in one line saying why). ConfigError when there is none."""
+    if (path / rundir.RESULTS).exists() or (path / rundir.RESULTS).is_symlink():
         status = _status(path)
-        if status != "completed":
+        if status not in ("completed", "unreadable"):
             raise ConfigError(f"{path}: run status is {status!r}, not 'completed': finish it first (start it again "
                               f"with the same command to resume)")
         if not (path / rundir.CHECKPOINT).exists():
             raise ConfigError(f"{path}: {rundir.CHECKPOINT} is missing: pruning needs the final weights; run it again")
-        return [path]
-    runs = sorted(file.parent for file in path.rglob(rundir.RESULTS)
-                  if _status(file.parent) == "completed" and (file.parent / rundir.CHECKPOINT).exists())
+        return [path], []
+    found = walk.walk([path])
+    runs = [run_dir for run_dir in found.runs
+            if _status(run_dir) == "unreadable" or _status(run_dir) == "completed"
+            and (run_dir / rundir.CHECKPOINT).exists()]
+    notes = [f"skipped: {entry.path}: {entry.why}" for entry in found.not_walked]
     if not runs:
         raise ConfigError(f"{path}: no completed run under it (a directory with {rundir.RESULTS} of status "
                           f"completed and {rundir.CHECKPOINT}): pass run or sweep directories whose runs finished")
-    return runs
+    return runs, notes
 
 
 def _status(run_dir: Path) -> str | None:
+    """A run's status; "unreadable" when its results.json cannot be read (not a regular file, not valid)."""
     try:
-        return json.loads((run_dir / rundir.RESULTS).read_text()).get("status")
-    except (OSError, ValueError):
+        results = schema.read(run_dir / rundir.RESULTS)
+    except schema.Unreadable:
         return "unreadable"
+    return results.status if results is not None else None
 
 
 def main(argv=None) -> int:
@@ -353,6 +367,10 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=LATENCY_REPEATS, help="timed batches per latency median")
     parser.add_argument("--save-model", action="store_true", help=f"also write the pruned module as {PRUNED_MODEL}")
     parser.add_argument("--data-root", help="the dataset's location, when not at the runs' recorded dataset.root")
+    parser.add_argument("--model", action="append", default=[], metavar="PACKAGE.MODULE.CLASS",
+                        help="a custom model's class, as its runs name it: build the runs whose model._target_ "
+                             "it is (a run's files alone never make sparsesweep import code)")
+    parser.add_argument("--trust-code", action="store_true", help="build whatever custom model the runs name")
     args = parser.parse_args(argv)
     if not args.threshold > 0:
         parser.error(f"--threshold {args.threshold}: must be > 0, e.g. 1e-3")
@@ -360,7 +378,7 @@ def main(argv=None) -> int:
         parser.error("--batch-size and --repeats must be >= 1")
     for path in args.dirs:
         if not path.is_dir():
-            parser.error(f"{path}: no such directory")
+            parser.error(printable(f"{path}: no such directory"))
     try:
         pick_device(args.device)
     except ConfigError:
@@ -369,26 +387,29 @@ def main(argv=None) -> int:
         parser.error(f"--device {args.device}: {error}")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
-    failures = 0
+    refused, failed = 0, 0  # runs refused for bad input (a ConfigError: exit 2); runs that failed otherwise (1)
     for path in args.dirs:
         try:
-            runs = find_runs(path)
+            runs, notes = find_runs(path)
         except ConfigError as error:
-            print(f"error: {error}", file=sys.stderr)
-            failures += 1
+            print(printable(f"error: {error}"), file=sys.stderr)
+            refused += 1
             continue
+        for note in notes:
+            print(printable(note), file=sys.stderr)
         for run_dir in runs:
             try:
                 prune_run(run_dir, args.threshold, device=args.device, batch_size=args.batch_size,
-                          repeats=args.repeats, save_model=args.save_model, data_root=args.data_root)
+                          repeats=args.repeats, save_model=args.save_model, data_root=args.data_root,
+                          trusted=args.model, trust_code=args.trust_code)
             except ConfigError as error:
-                print(f"error: {run_dir}: {error}", file=sys.stderr)
-                failures += 1
+                print(printable(f"error: {run_dir}: {error}"), file=sys.stderr)
+                refused += 1
             except Exception as error:  # noqa: BLE001 (one bad run must not stop the others)
                 first_line = (str(error).strip().splitlines() or [""])[0]
-                print(f"error: {run_dir}: {type(error).__name__}: {first_line}", file=sys.stderr)
-                failures += 1
-    return 1 if failures else 0
+                print(printable(f"error: {run_dir}: {type(error).__name__}: {first_line}"), file=sys.stderr)
+                failed += 1
+    return 2 if refused else 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -11,14 +11,17 @@ import json
 import logging
 import os
 import socket
+import stat
 import time
 from pathlib import Path
 
+from omegaconf import OmegaConf
 
 from rundir_format import (BN_HISTORY, CHECKPOINT, FEATURES, FINISHED, IDENTITY, LOCK, METRICS,  # noqa: F401
                            PREVIOUS_CHECKPOINT, PROGRESS, PRUNE, PRUNE_SCHEMA, RESULTS, RESULTS_SCHEMA,
                            RUN_IRRELEVANT, SWEEP_PLAN, describe_holder, finite_or_none, identity_payload, json_bytes,
                            jsonl_bytes, lock_holder, remove_temporaries, write_atomic, write_temporary)
+from rundir_format import MULTIRUN, SUPERSEDED, reading, walk
 from sparsesweep import provenance, schema
 from sparsesweep.errors import ConfigError
 
@@ -69,12 +72,26 @@ def config_differences(old: dict, new: dict, prefix: str = "") -> list[str]:
 # ---- what a directory holds -------------------------------------------------------------------------------
 
 def read_json(path: Path) -> dict:
-    """The JSON object in `path`, or {} when it is absent, unreadable or not an object."""
+    """The JSON object in `path`, or {} when it is absent, unreadable (not a regular file within its size cap:
+    rundir_format.reading) or not an object."""
     try:
-        content = json.loads(path.read_text())
-    except (OSError, ValueError):
+        content = json.loads(reading.read_bytes(path) or b"{}")
+    except (OSError, ValueError):  # reading.Unreadable is a ValueError
         return {}
     return content if isinstance(content, dict) else {}
+
+
+def recorded_config(config: dict):
+    """A config read from a run's files as an OmegaConf node, taken as data: it was written resolved, so a
+    `${...}` in it is text, never an interpolation or a resolver call."""
+    def literal(value):
+        if isinstance(value, dict):
+            return {key: literal(item) for key, item in value.items()}
+        if isinstance(value, list):
+            return [literal(item) for item in value]
+        return value.replace("${", "\\${") if isinstance(value, str) else value
+
+    return OmegaConf.create(literal(config))
 
 
 def recorded_run(run_dir: Path) -> dict:
@@ -133,11 +150,29 @@ class RunDirBusy(ConfigError):
     """Another live process holds the directory's lock."""
 
 
+def lock_file(run_dir: Path):
+    """run_dir's .lock opened for reading and writing (created if need be): a regular file, never a link
+    followed nor a FIFO waited on; ConfigError otherwise."""
+    path = run_dir / LOCK
+    try:
+        descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o666)
+    except OSError as error:
+        raise ConfigError(f"{path} cannot be opened ({error.strerror}): remove it, or train in another directory "
+                          f"(hydra.run.dir=... or hydra.sweep.dir=...)") from None
+    mode = os.fstat(descriptor).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(descriptor)
+        raise ConfigError(f"{path} is {reading.file_type(mode)}, not a regular file: remove it, or train in another "
+                          f"directory (hydra.run.dir=... or hydra.sweep.dir=...)")
+    os.set_blocking(descriptor, True)
+    return os.fdopen(descriptor, "r+")
+
+
 @contextlib.contextmanager
 def locked(run_dir: Path):
     """Holds run_dir's lock while the block runs; the kernel releases it when the process dies, however it
     dies. Raises RunDirBusy if another process holds it."""
-    with open(run_dir / LOCK, "a+") as file:
+    with lock_file(run_dir) as file:
         for attempt in range(LOCK_ATTEMPTS):
             try:
                 fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -170,6 +205,63 @@ def write_identity(run_dir: Path, run_id: str, cfg, overrides) -> None:
     write_atomic(run_dir / IDENTITY, json_bytes({
         "run_id": run_id, "overrides": list(overrides), "config": run_config(cfg),
         "provenance": started if isinstance(started, dict) else provenance.describe(cfg.device)}))
+
+
+# ---- where a sweep may go -----------------------------------------------------------------------------------
+
+def sweep_dir_refusal(sweep_dir: Path) -> str | None:
+    """Why a sweep may not use `sweep_dir`, or None: `/` or the home directory, or a non-empty directory that
+    holds no sweep of its own (no multirun.yaml, sweep_plan.json, .superseded/ nor run directory), whose files
+    a sweep would overwrite or mix its runs with."""
+    key, fix = f"hydra.sweep.dir={sweep_dir}", "choose a new directory for it, e.g. hydra.sweep.dir=multirun/NAME"
+    real, home = os.path.realpath(sweep_dir), os.path.expanduser("~")
+    if real == os.sep or (home != "~" and real == os.path.realpath(home)):
+        return f"{key}: {'the root directory' if real == os.sep else 'your home directory'} would hold the " \
+               f"sweep's files and one directory per run: {fix}"
+    try:
+        entries = list(os.scandir(sweep_dir))
+    except FileNotFoundError:
+        return None
+    except OSError as error:
+        return f"{key}: cannot be listed ({error.strerror}): {fix}"
+    own = {MULTIRUN, SWEEP_PLAN, SUPERSEDED}
+    if not entries or any(entry.name in own for entry in entries) or any(
+            is_run_directory(Path(entry.path)) for entry in entries if entry.is_dir(follow_symlinks=False)):
+        return None
+    return f"{key}: holds {len(entries)} entries but no sweep ({MULTIRUN}, {SWEEP_PLAN} or a run directory): " \
+           f"a sweep would write its files among them; {fix}"
+
+
+def is_run_directory(directory: Path) -> bool:
+    try:
+        return walk.is_run_dir(directory, set(os.listdir(directory)))
+    except OSError:
+        return False
+
+
+def run_dir_refusal(job_dir: Path, sweep_dir: Path) -> str | None:
+    """Why a run may not train in `job_dir` (a direct child of `sweep_dir`), or None: something that is not a
+    directory is there (a file, a FIFO, a link to no directory), or a link to a directory outside the sweep
+    directory (a run is never trained through a link out of its sweep)."""
+    try:
+        mode = os.lstat(job_dir).st_mode
+    except FileNotFoundError:
+        return None
+    except OSError as error:
+        return f"{job_dir} cannot be looked at ({error.strerror}): move it away"
+    if stat.S_ISLNK(mode):
+        target = os.path.realpath(job_dir)
+        if not walk.is_inside(target, os.path.realpath(sweep_dir)):
+            return f"{job_dir} is a link to {target}, outside the sweep directory: a run is never trained through " \
+                   f"it; remove the link (or move what it points to into the sweep directory)"
+        try:
+            mode = os.stat(job_dir).st_mode
+        except OSError:
+            return f"{job_dir} is a link that leads to no directory: remove it"
+    if not stat.S_ISDIR(mode):
+        what = "a file" if stat.S_ISREG(mode) else reading.file_type(mode)
+        return f"{job_dir} is {what}, where the run's directory belongs: move it away"
+    return None
 
 
 # ---- opening a run's directory ---------------------------------------------------------------------------
@@ -257,17 +349,27 @@ CHECKPOINT_KEYS = {"run_id", "model", "optimizer", "epoch", "step"}
 
 
 def _read_checkpoint(path: Path, device) -> dict:
+    state = load_tensors(path, device)
+    if not isinstance(state, dict) or not CHECKPOINT_KEYS <= set(state):
+        raise CorruptCheckpoint("not a sparsesweep checkpoint")
+    return state
+
+
+def load_tensors(path: Path, device, *, follow: bool = False):
+    """What torch.save wrote to `path`, tensors and plain containers only (weights_only: nothing in it can run
+    code), from a regular file of bounded size (rundir_format.reading; follow: `path` may be a link, as a
+    file the user names). CorruptCheckpoint when it cannot be read."""
     import torch
 
     try:
-        state = torch.load(path, map_location=device, weights_only=True)
+        with reading.opened(path, "checkpoint", follow=follow) as file:
+            return torch.load(file, map_location=device, weights_only=True)
+    except reading.Unreadable as error:
+        raise CorruptCheckpoint(error.problem) from None
     except Exception as error:  # noqa: BLE001 (damaged bytes fail anywhere in unzip/unpickle, as any type)
         # torch's messages run to many lines (and may suggest weights_only=False): keep the first sentence.
         first = (str(error).strip().splitlines() or [""])[0].split(". ")[0]
         raise CorruptCheckpoint(f"{type(error).__name__}: {first}") from None
-    if not isinstance(state, dict) or not CHECKPOINT_KEYS <= set(state):
-        raise CorruptCheckpoint("not a sparsesweep checkpoint")
-    return state
 
 
 # ---- file contents -----------------------------------------------------------------------------------------

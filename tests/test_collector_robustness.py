@@ -361,36 +361,56 @@ def test_copies_of_a_run_count_once_and_copies_that_disagree_are_said(tmp_path):
                        "the first; keep one": 1}
 
 
-# ---- symbolic links: followed, each run once ----------------------------------------------------------------
+# ---- symbolic links: followed inside the sweep, each run once; links out and loops skipped and said ----------------
 
 @pytest.fixture
 def linked_sweep(tmp_path):
-    """Two runs: one in the sweep, reached also through a link; one living elsewhere, linked in; plus a link loop
-    and a dangling link."""
+    """One run in the sweep, reached also through a link; one living elsewhere, linked in; a link loop, a link to
+    `/` and a dangling link."""
     sweep = tmp_path / "sweep"
     write_run(sweep / "seed=0", completed("00000000000000a0", ["seed=0"]))
     write_run(tmp_path / "elsewhere" / "seed=1", completed("00000000000000a1", ["seed=1"], seed=1))
     os.symlink(sweep / "seed=0", sweep / "again")
     os.symlink(tmp_path / "elsewhere" / "seed=1", sweep / "seed=1")
     os.symlink(sweep, sweep / "seed=0" / "loop")
+    os.symlink("/", sweep / "root")
     os.symlink(tmp_path / "gone", sweep / "dangling")
     return sweep
 
 
-def test_a_linked_run_counts_once_in_every_command_and_a_loop_ends(capsys, tmp_path, linked_sweep):
-    sweep = linked_sweep
-    assert find_run_dirs([sweep]) == [sweep / "seed=0", sweep / "seed=1"]  # the path through no link first
+def linked_sweep_skips(tmp_path, *, with_elsewhere=False):
+    """What the walk of linked_sweep skips, as each command says it: the links out (alone: to / and to the run
+    elsewhere; with `elsewhere` given too, to / only) and the loop."""
+    sweep, elsewhere = tmp_path / "sweep", tmp_path / "elsewhere"
+    if with_elsewhere:
+        return [f"{sweep / 'root'}: a link to /, outside {sweep} and {elsewhere}: not followed",
+                f"{sweep / 'seed=0' / 'loop'}: a link to {sweep}, which holds it (a loop): not followed"]
+    return [f"{sweep / 'root'}: a link to /, outside {sweep}: not followed",
+            f"{sweep / 'seed=0' / 'loop'}: a link to {sweep}, which holds it (a loop): not followed",
+            f"{sweep / 'seed=1'}: a link to {elsewhere / 'seed=1'}, outside {sweep}: not followed"]
+
+
+def test_links_inside_the_sweep_count_once_and_links_out_and_loops_are_skipped_and_said(capsys, tmp_path,
+                                                                                         linked_sweep):
+    sweep, skips = linked_sweep, linked_sweep_skips(tmp_path)
+    assert find_run_dirs([sweep]) == [sweep / "seed=0"]  # `again` is seed=0 again; seed=1 is outside the sweep
+    # Given too, `elsewhere` is inside what the walk may enter: its run counts once, the loop is still skipped.
     assert find_run_dirs([sweep, tmp_path / "elsewhere"]) == [tmp_path / "elsewhere" / "seed=1", sweep / "seed=0"]
-    assert list(sweep_status(sweep).dir) == ["seed=0", "seed=1"]
+    assert sweep_status(sweep)[["state", "dir"]].values.tolist() == [
+        ["completed", "seed=0"], ["skipped", "root"], ["skipped", "seed=0/loop"], ["skipped", "seed=1"]]
     code, out, err = run_main(capsys, "status", sweep)
-    assert code == 0 and out[-1] == "2 completed" and err == []
-    code, out, err = run_main(capsys, sweep, tmp_path / "elsewhere")
-    assert code == 0 and len(out) == 3 and err == []  # the header and two runs
-    code, out, err = run_main(capsys, "runs", sweep, "--out", tmp_path / "runs.csv")
-    assert list(pd.read_csv(tmp_path / "runs.csv").run_id) == ["00000000000000a0", "00000000000000a1"]
-    code, out, err = run_main(capsys, "table1", sweep, "--format", "csv")
+    assert code == 0 and out[-1] == "3 skipped, 1 completed" and err == skips
+    code, out, err = run_main(capsys, sweep)
+    assert code == 0 and len(out) == 2 and err == [f"skipped 1 run(s): {line}" for line in skips]
+    both = [sweep, tmp_path / "elsewhere"]
+    code, out, err = run_main(capsys, *both)
+    assert code == 0 and len(out) == 3  # the header and two runs
+    assert err == [f"skipped 1 run(s): {line}" for line in linked_sweep_skips(tmp_path, with_elsewhere=True)]
+    code, out, err = run_main(capsys, "runs", *both, "--out", tmp_path / "runs.csv")
+    assert list(pd.read_csv(tmp_path / "runs.csv").run_id) == ["00000000000000a1", "00000000000000a0"]
+    code, out, err = run_main(capsys, "table1", *both, "--format", "csv")
     assert table1_runs(out) == 2
-    code, out, err = run_main(capsys, "claims", sweep, "--format", "csv")
+    code, out, err = run_main(capsys, "claims", *both, "--format", "csv")
     (zeroing,) = [row for row in pd.read_csv(io.StringIO("\n".join(out))).itertuples() if row.claim == "7"]
     assert zeroing.a_n == 2
 
@@ -399,11 +419,15 @@ def test_a_linked_run_counts_once_in_every_command_and_a_loop_ends(capsys, tmp_p
 def test_a_linked_run_counts_once_in_the_figures_and_the_report(capsys, tmp_path, linked_sweep):
     from multirun_analysis.report import build_report
 
-    code, out, err = run_main(capsys, "plots", linked_sweep, "--out", tmp_path / "figures")
-    assert code == 0 and err == [] and "per_layer_sparsity: per_layer_sparsity.png, per_layer_sparsity.pdf" in out
-    page = build_report([linked_sweep], tmp_path / "report.html")
+    both = [linked_sweep, tmp_path / "elsewhere"]
+    code, out, err = run_main(capsys, "plots", *both, "--out", tmp_path / "figures")
+    assert code == 0 and err == [f"skipped 1 run(s): {line}"
+                                 for line in linked_sweep_skips(tmp_path, with_elsewhere=True)]
+    assert "per_layer_sparsity: per_layer_sparsity.png, per_layer_sparsity.pdf" in out
+    page = build_report(both, tmp_path / "report.html")
     run_table = page[page.index('id="run-table"'):]
     assert run_table.count('<tr data-state="completed">') == 2 and "From the 2 completed run(s)" in page
+    assert run_table.count('<tr data-state="skipped">') == 3  # the walk of the sweep alone skips the links out
 
 
 # ---- malformed files: reported once, every other run still counted ----------------------------------------------
@@ -432,8 +456,8 @@ def test_a_malformed_run_file_is_reported_once_and_every_other_run_counted(capsy
     code, out, err = run_main(capsys, *[tmp_path / "runs.csv" if a == "RUNS" else a for a in argv])
     assert code == 0
     said = [line for line in err if str(bad / name) in line]
-    if command[:1] == ["status"]:  # the state of each run; status reads no prune.json
-        assert said == ([f"{bad / name}: {problem}"] if name == "identity.json" else [])
+    if command[:1] == ["status"]:  # the state of each run, each file it cannot read said once; no prune.json read
+        assert said == ([f"{bad / name}: {problem}"] if name in ("identity.json", "results.json") else [])
         assert sweep_status(sweep).set_index("run").detail["seed=0"] == (
             f"{name}: {problem}" if name == "results.json" else "")
         assert out[-1] == ("1 unreadable, 1 completed" if left_out else "2 completed")
@@ -524,6 +548,35 @@ def test_colour_only_on_a_terminal():
     buffer = io.StringIO()
     terminal.show(terminal.table(["state"], [[terminal.styled("failed")]]), file=buffer)
     assert b"\x1b[" in coloured and "\x1b[" not in buffer.getvalue() and buffer.getvalue() == "state\nfailed\n"
+
+
+def test_a_table_that_fits_is_laid_out_as_rich_lays_it_out(monkeypatch):
+    """terminal.table lays out a table that fits the width by itself (rich's Table takes a second per thousand
+    rows: `status` of a big sweep); its lines are the ones rich's Table prints."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from multirun_analysis import terminal
+
+    monkeypatch.setenv("COLUMNS", "120")
+    headers = ["state", "run", "detail", "error %"]
+    rows = [[terminal.styled("completed"), "seed=0 optimizer=adam", "", "1.50"],
+            [terminal.styled("failed"), "seed=1 +note=\u65e5\u672c", "boom\x1b[2J", "12.25"],  # wide characters
+            ["running", None, "epoch 2/8", "\u2013"]]
+    reference = Table(box=None, pad_edge=False, header_style="bold")
+    for position, header in enumerate(headers):
+        reference.add_column(header, justify="right" if position >= 3 else "left")
+    for row in rows:
+        reference.add_row(*map(terminal.cell, row))
+    laid_out = terminal.table(headers, rows, numbers_from=3)
+    assert not isinstance(laid_out, Table) and terminal.text([laid_out]) == terminal.text([reference])
+    shown = io.StringIO()  # on a terminal: the same lines, coloured
+    Console(file=shown, force_terminal=True, width=120).print(laid_out)
+    assert "\x1b[32mcompleted\x1b[0m" in shown.getvalue()
+    assert "".join(line.rstrip() + "\n" for line in re.sub("\x1b\\[[0-9;]*m", "", shown.getvalue()).splitlines()) \
+        == terminal.text([reference])
+    monkeypatch.setenv("COLUMNS", "30")  # too narrow: rich's Table wraps it
+    assert isinstance(terminal.table(headers, rows, numbers_from=3), Table)
 
 
 def test_a_closed_pipe_ends_the_output_without_a_traceback(tmp_path):

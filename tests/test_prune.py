@@ -342,20 +342,21 @@ def test_cli_prunes_every_completed_run_and_reports_the_bad_ones(finished_run, t
     (sweep / "broken" / "checkpoint.pt").write_bytes(b"not a checkpoint")
     failed = sweep / "failed"
     failed.mkdir()
-    (failed / "results.json").write_text(json.dumps({"schema": 1, "status": "failed"}))
+    (failed / "results.json").write_text(json.dumps({"schema": 1, "status": "failed", "overrides": [],
+                                                     "error": "batch_size=0: must be a positive integer"}))
     (tmp_path / "empty").mkdir()
     args = ["--threshold", str(threshold), "--device", "cpu", "--batch-size", "2", "--repeats", "1"]
 
-    assert main([str(sweep), *args]) == 1
+    assert main([str(sweep), *args]) == 2  # a run refused (its checkpoint is unreadable); the failed one not tried
     err = capsys.readouterr().err
     assert (sweep / "good" / "prune.json").exists() and not (sweep / "broken" / "prune.json").exists()
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and errors[0].startswith(f"error: {sweep / 'broken'}: checkpoint.pt is unreadable (UnpicklingError")
 
     assert main([str(sweep / "good"), *args]) == 0
-    assert main([str(failed), *args]) == 1
+    assert main([str(failed), *args]) == 2
     assert "run status is 'failed', not 'completed'" in capsys.readouterr().err
-    assert main([str(tmp_path / "empty")]) == 1
+    assert main([str(tmp_path / "empty")]) == 2
     assert "no completed run" in capsys.readouterr().err
     for bad in (["--threshold", "0", str(sweep)], [str(tmp_path / "missing")], ["--repeats", "0", str(sweep)]):
         with pytest.raises(SystemExit) as exit_info:

@@ -105,7 +105,7 @@ def test_prune_refuses_weights_of_another_run(make_config, tmp_path):
     pack.train(make_config(SMOKE + ["seed=2"]), tmp_path / "b")
     shutil.copy(tmp_path / "b" / "checkpoint.pt", tmp_path / "a" / "checkpoint.pt")
     code, output = cli("sparsesweep.prune", str(tmp_path / "a"), "--repeats", "1", cwd=tmp_path)
-    assert code == 1 and "belongs to run" in output and not (tmp_path / "a" / "prune.json").exists(), output
+    assert code == 2 and "belongs to run" in output and not (tmp_path / "a" / "prune.json").exists(), output
     code, output = cli("sparsesweep.prune", str(tmp_path / "b"), "--repeats", "1", cwd=tmp_path)
     assert code == 0, output
     assert json.loads((tmp_path / "b" / "prune.json").read_text())["run_id"] == \

@@ -120,7 +120,7 @@ def test_a_directory_in_place_of_a_file_is_unreadable(tmp_path):
     (tmp_path / RESULTS).mkdir()
     with pytest.raises(schema.Unreadable) as error:
         schema.read(tmp_path / RESULTS)
-    assert error.value.problem == "Is a directory"
+    assert error.value.problem == "a directory, not a regular file: not read"
 
 
 @pytest.mark.slow

@@ -18,6 +18,7 @@ from statistics import mean
 from hydra.core.utils import JobReturn, JobStatus
 
 from rundir_format import PROGRESS, RESULTS, duration, schema
+from rundir_format.text import printable
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +110,7 @@ class SweepView:
         run.state = status
         done = sum(r.state not in (QUEUED, RUNNING) for r in self.runs)
         if self.plain or status != "completed":  # on a terminal the header counts them
-            log.info("#%d ended (%d/%d): %s", number, done, len(self.runs), line)
+            log.info("#%d ended (%d/%d): %s", number, done, len(self.runs), printable(line))
         self.refresh()
 
     def poll(self) -> None:
@@ -184,11 +185,11 @@ class SweepView:
         table.columns[1].max_width = 60
         running = [run for run in self.runs if run.state == RUNNING]
         for run in running[:RUNNING_SHOWN]:
-            p = run.progress
+            p, label = run.progress, Text(printable(run.label))  # plain text, never rich markup
             if p is None:
-                table.add_row(f"#{run.number}", run.label, "starting", "", "", "", "")
+                table.add_row(f"#{run.number}", label, "starting", "", "", "", "")
                 continue
-            table.add_row(f"#{run.number}", run.label, f"epoch {p.epoch}/{p.epochs}",
+            table.add_row(f"#{run.number}", label, f"epoch {p.epoch}/{p.epochs}",
                           ProgressBar(total=max(p.total_steps, 1), completed=p.step, width=20),
                           f"{p.step}/{p.total_steps} steps",
                           f"{p.steps_per_s:.1f} steps/s" if p.steps_per_s else "", f"ETA {duration(eta_s(p))}")

@@ -22,6 +22,7 @@ from pathlib import Path
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf, read_write
 
+from rundir_format.walk import is_safe_name as is_safe_dirname  # noqa: F401  (what a run directory's name must be)
 from sparsesweep.hydra_compat import get_overrides_dirname
 
 # A run directory moved aside gets `@<run_id>` and maybe `.N` appended (grid.move_aside): 255 bytes with those.
@@ -72,12 +73,6 @@ def _shortened(name: str, budget: int) -> str:
         keep = len(part) - min(len(part) - 2 * KEPT_EACH_SIDE, size() - budget + 1)  # +1: room for the ellipsis
         parts[longest] = part[:keep - keep // 2] + ELLIPSIS + part[len(part) - keep // 2:]
     return ",".join(parts).encode()[:budget].decode(errors="ignore")  # whole characters
-
-
-def is_safe_dirname(name: str) -> bool:
-    """Whether `name` names a directory directly below another (what a run directory's name must be)."""
-    return (name not in ("", ".", "..") and "/" not in name and "\0" not in name
-            and len(name.encode(errors="surrogatepass")) <= 255)
 
 
 def run_dirname(overrides, exclude_keys=(), item_sep: str = ",", kv_sep: str = "=") -> str:

@@ -54,6 +54,8 @@ from hydra_plugins.sparsesweep_launcher._live import outcome, plural
 from hydra_plugins.sparsesweep_launcher.launchers import queued_in_slurm
 from hydra_plugins.sparsesweep_sweeper import _names as names
 from hydra_plugins.sparsesweep_sweeper._compose import JobComposer
+from rundir_format import reading
+from rundir_format.text import printable
 from sparsesweep import rundir
 from sparsesweep.errors import ConfigError
 from sparsesweep.hydra_compat import BasicSweeper
@@ -179,12 +181,17 @@ class GridSweeper(BasicSweeper):
             planned.job_dir = planned.job_dir or self.job_dir_without_config(overrides)
             return planned
         job_dir = planned.job_dir
-        if not names.is_direct_child(job_dir, Path(self.config.hydra.sweep.dir)):
+        sweep_dir = Path(self.config.hydra.sweep.dir)
+        if not names.is_direct_child(job_dir, sweep_dir) or rundir.run_dir_refusal(job_dir, sweep_dir):
             return planned  # not read: check_directories stops the sweep
         if tuple(overrides) in self.queued:
             planned.kind, planned.reason = "queued", "its task of an array this sweep submitted is in SLURM's queue"
             return planned
-        holder = rundir.lock_holder(job_dir)
+        try:
+            holder = rundir.lock_holder(job_dir)
+        except reading.Unreadable as error:  # a .lock that is no regular file: the trainer would refuse it
+            planned.kind, planned.reason = "invalid", f"{error}: remove it"
+            return planned
         foreign = rundir.foreign_run(job_dir, planned.run_id)
         results = rundir.read_json(job_dir / rundir.RESULTS)
         if holder:
@@ -244,6 +251,9 @@ class GridSweeper(BasicSweeper):
         return list(dict.fromkeys(line for found in lines.values() for line in found))
 
     def sweep(self, arguments: List[str]) -> Any:
+        refusal = rundir.sweep_dir_refusal(Path(self.config.hydra.sweep.dir))
+        if refusal:
+            stop_with("%s", printable(refusal))
         try:
             runs = self.plan(arguments)
         except HydraException as error:  # a grid row that does not parse, a key set in two places
@@ -275,8 +285,8 @@ class GridSweeper(BasicSweeper):
         if self.dry_run:
             for run in planned:
                 reason = "its data is missing: above" if run.kind == "nodata" else run.reason
-                print(f"#{run.number:<4} {run.kind:9} {shlex.join(run.overrides)}" +
-                      (f"  ({reason})" if reason else ""))
+                print(printable(f"#{run.number:<4} {run.kind:9} {shlex.join(run.overrides)}" +
+                                (f"  ({reason})" if reason else "")))
             print(f"{len(runs)} runs")
             return []
         conflicts = [run for run in planned if run.kind == "conflict"]
@@ -296,7 +306,8 @@ class GridSweeper(BasicSweeper):
             run.kind = "new"
         for run in planned:
             if run.kind in ("invalid", "duplicate", "running", "queued"):
-                log.warning("#%d %s: %s  (%s)", run.number, KINDS[run.kind], run.reason, " ".join(run.overrides))
+                log.warning("#%d %s: %s  (%s)", run.number, KINDS[run.kind], printable(run.reason),
+                            printable(" ".join(run.overrides)))
             if run.kind in NOT_LAUNCHED_ERRORS:
                 record_invalid(run)
         todo = [run.overrides for run in planned if run.kind in TO_TRAIN]
@@ -305,7 +316,8 @@ class GridSweeper(BasicSweeper):
         sweep_dir.mkdir(parents=True, exist_ok=True)
         rundir.write_atomic(sweep_dir / rundir_format.MULTIRUN, OmegaConf.to_yaml(self.config).encode())
         # The whole plan, for `python -m multirun_analysis status` to tell which runs are still missing.
-        rundir.write_atomic(sweep_dir / rundir.SWEEP_PLAN, rundir.json_bytes({"runs": runs}))
+        rundir.write_atomic(sweep_dir / rundir.SWEEP_PLAN, rundir.json_bytes(
+            {"runs": runs, "dirs": [run.job_dir.name if run.job_dir else None for run in planned]}))
         self.overrides = list(self.split_overrides_to_chunks(todo, self.max_batch_size))
         if hasattr(self.launcher, "planned_configs"):  # ours: every batch's jobs train the configs checked here
             self.launcher.planned_configs.update(
@@ -372,12 +384,17 @@ def planned_steps(runs: List[PlannedRun]) -> List[int]:
 
 
 def check_directories(planned: List[PlannedRun], sweep_dir: Path) -> None:
-    """Stops (exit 2) unless every run's directory is a direct child of the sweep directory, and its own."""
+    """Stops (exit 2) unless every run's directory is a direct child of the sweep directory, and its own, and
+    nothing else is where it belongs (rundir.run_dir_refusal: a file, a link out of the sweep)."""
     for run in planned:
         if run.job_dir is not None and not names.is_direct_child(run.job_dir, sweep_dir):
             stop_with("Run #%d (%s) would train in %s, which is not a directory directly below the sweep "
                       "directory %s: set hydra.sweep.subdir to a single name per run (the default, %s, always "
                       "is one)", run.number, " ".join(run.overrides), run.job_dir, sweep_dir, DEFAULT_SUBDIR)
+        refusal = rundir.run_dir_refusal(run.job_dir, sweep_dir) if run.job_dir is not None else None
+        if refusal:
+            stop_with("Run #%d (%s): %s; nothing was launched", run.number, printable(" ".join(run.overrides)),
+                      printable(refusal))
     first_in: Dict[Path, PlannedRun] = {}
     for run in planned:
         if run.job_dir is None:

@@ -2,7 +2,12 @@
 returns an nn.Module), with its keyword arguments as the model node's other keys (`+model.depth=4`). The
 trainer passes in_channels, num_classes and resolution (the input's side, None for small datasets of unset
 size) to those of them it accepts, unless the config sets them. Its features are found by
-models/discovery.py like any model's; a class may define label_feature to name and stage them."""
+models/discovery.py like any model's; a class may define label_feature to name and stage them.
+
+The trust boundary (`check_trusted`): a model config read from a run directory's files (inspect, prune) is
+someone else's data, and model=custom's _target_ names code that importing runs. Such a config is built only
+when the user names its _target_ again (--model package.module.Class) or passes --trust-code; the project's own
+models and torchvision's listed ones are built from their names alone, importing nothing a file chose."""
 from __future__ import annotations
 
 import importlib
@@ -33,6 +38,23 @@ def factory(target):
     if not callable(found):
         raise ConfigError(f"model._target_={target}: not a class or function: name your nn.Module class")
     return found
+
+
+class UntrustedCode(ConfigError):
+    """A custom model read from a file whose _target_ the user did not name."""
+
+
+def check_trusted(node, source, named=(), trust_code: bool = False) -> None:
+    """UntrustedCode unless the model config `node` (read from the file `source`) builds only the project's own
+    models or torchvision's, or its _target_ is one of `named` (what the user named on the command line), or
+    trust_code. Nothing is imported here."""
+    if node.get("source") != "custom" or trust_code:
+        return
+    target = node.get("_target_")
+    if target is None or str(target) not in {str(name) for name in named if name}:
+        raise UntrustedCode(f"{source}: its model is model._target_={target}, code a file names (importing it "
+                            f"runs it): build it only if you trust it: name it again with --model {target}, or "
+                            f"pass --trust-code")
 
 
 def arguments(node: dict) -> dict:
