@@ -163,7 +163,7 @@ def test_a_sweep_that_mixes_versions_and_devices_says_so_in_one_line_and_shows_e
     made = schema_read(next(mixed.glob("*seed=0/results.json"))).provenance
     assert main([str(mixed)]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[-2] == f"made by 2 versions · 2 devices · 2 hosts"
+    assert lines[-2] == "made by 2 versions · 2 devices · 2 hosts"
     assert lines[-1] == (f"mixed: these runs come from 2 versions ({version(made)}: 2 runs; {H100_VERSION}: 2 runs) "
                          f"and 2 devices ({device(made)}: 2 runs; {H100_DEVICE}: 2 runs): compare like with like "
                          "(split a table with --by version or --by device)")

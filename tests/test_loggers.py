@@ -12,7 +12,7 @@ import pytest
 
 from conftest import CONF, SMOKE, cli
 from tracker_readers import (EPOCH_TAGS, FINAL_TAGS, LAYERS, hparams_session_groups, identity_params, installed,
-                             layer_sparsity, mlflow_history, mlflow_runs, needs_mlflow, needs_wandb,
+                             layer_sparsity, mlflow_history, needs_mlflow, needs_wandb,
                              offline, params_of, parent_and_children, read_metrics, read_results,  # noqa: F401
                              tensorboard_events, tensorboard_shown, wandb_runs)
 from rundir_format import identity_payload, trackers
