@@ -39,6 +39,7 @@ from multirun_analysis.inference import (BELOW, CONTRADICTED, EQUIVALENT, GREATE
                                          WEAKER, Contrast, Sample)
 from multirun_analysis.load import read_completed
 from rundir_format import FEATURES, RUN_IRRELEVANT, schema
+from rundir_format.text import printable
 
 NOT_APPLICABLE, NOT_CONVERGED, NO_RUNS = "not applicable", "not converged", "no runs"
 VERDICTS = (HOLDS, WEAKER, CONTRADICTED, NEGLIGIBLE, INCONCLUSIVE, NOT_APPLICABLE, NOT_CONVERGED, NO_RUNS)
@@ -761,7 +762,8 @@ def terminal_view(verdicts: pd.DataFrame) -> list:
                 view.append(f"{number}. {statement}: no runs ({first['note']})")
                 continue
             body = [[row["setting"], row["cells"], row["estimate [CI]"], row["levelled"],
-                     Text.assemble(terminal.styled(row["verdict"]), f"\n{row['note']}" if row["note"] else "")]
+                     Text.assemble(terminal.styled(row["verdict"]),  # a note quotes run names: escaped
+                                   f"\n{printable(row['note'])}" if row["note"] else "")]
                     for _, row in rows.iterrows()]
             view += [f"{number}. {statement} (margin {claim['margin']:g} {claim['unit']}; {claim['source']})",
                      terminal.table(["setting", "cells", "estimate [CI]", "levelled", "verdict"], body)]
