@@ -13,7 +13,8 @@
                                                             --where coefficient=2e-3 batch_size=20; --by
                                                             gives one part per version or device
   python -m multirun_analysis claims SWEEP_DIR... [--format terminal|markdown|csv] [--out FILE]
-                                                            each of the paper's claims the runs speak to:
+                                                            each of the paper's claims the runs speak to,
+                                                            then the extensions (claims 11, 12, ...):
                                                             holds / weaker / contradicted / negligible /
                                                             inconclusive / not applicable / not converged /
                                                             no runs (docs/reproducing.md)
@@ -197,12 +198,12 @@ def check_claims(paths, fmt: str, paper: bool, out: Path | None = None) -> int:
     if paper:
         from multirun_analysis.paper_cells import paper_cells
 
-        cells = paper_cells()
+        cells, runs = paper_cells(), pd.DataFrame()  # no starvation counters in its tables: claim 12 has no runs
     else:
         runs = load_runs(paths, skipped, completed_only=True)
         cells = claims.cells_of(runs) if len(runs) else []
         report_mixed(runs)
-    verdicts = claims.check_cells(cells)
+    verdicts = claims.check(runs, cells)
     summary = claims.summary(verdicts, cells)
     if fmt == "terminal" and not out:
         terminal.show(*claims.terminal_view(verdicts), *summary)

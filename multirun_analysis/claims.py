@@ -12,9 +12,10 @@ row's interval against the claim's margin, with Holm's correction within the cla
 of that, a row whose cells did not level off (convergence.py) is `not converged`, and a row of a sparsity claim
 with no sparsity in any of its cells is `not applicable`.
 
-What the paper never claimed (optimizers it did not run, architectures it did not train, claim 11 as a whole)
-is an extension: judged the same way, fitted and corrected apart from the paper's rows, shown in its own
-section.
+What the paper never claimed (optimizers it did not run, architectures it did not train, claims 11 and 12 as a
+whole) is an extension: judged the same way, fitted and corrected apart from the paper's rows, shown in its own
+section. Claim 12, the paper's mechanism, is judged from the runs' starvation counters by mechanism.py;
+`mechanism_rows` places its rows among these.
 
 A new claim is one more `Claim` in CLAIMS: its statement and source, which runs it reads (`speaks`), how it
 builds its rows from their cells (`build`: differences, trend, per_cell or one of its own), its kind (GREATER,
@@ -34,14 +35,13 @@ import numpy as np
 import pandas as pd
 from rich.text import Text
 
-from multirun_analysis import convergence, inference, render, terminal
+from multirun_analysis import convergence, inference, mechanism, render, terminal
 from multirun_analysis.inference import (BELOW, CONTRADICTED, EQUIVALENT, GREATER, HOLDS, INCONCLUSIVE, NEGLIGIBLE,
-                                         WEAKER, Contrast, Sample)
+                                         NO_RUNS, NOT_APPLICABLE, NOT_CONVERGED, WEAKER, Contrast, Sample)
 from multirun_analysis.load import read_completed
 from rundir_format import FEATURES, RUN_IRRELEVANT, schema
 from rundir_format.text import printable
 
-NOT_APPLICABLE, NOT_CONVERGED, NO_RUNS = "not applicable", "not converged", "no runs"
 VERDICTS = (HOLDS, WEAKER, CONTRADICTED, NEGLIGIBLE, INCONCLUSIVE, NOT_APPLICABLE, NOT_CONVERGED, NO_RUNS)
 FORMATS = ("terminal", "markdown", "csv")
 PAPER, EXTENSION = "paper", "extension"
@@ -678,9 +678,23 @@ def check_cells(cells: list[Cell]) -> pd.DataFrame:
                         columns=COLUMNS)
 
 
-def check(runs: pd.DataFrame) -> pd.DataFrame:
-    """check_cells over the runs' cells (load_runs' completed runs)."""
-    return check_cells(cells_of(runs) if len(runs) else [])
+def check(runs: pd.DataFrame, cells: list[Cell] | None = None) -> pd.DataFrame:
+    """check_cells over the runs' cells (load_runs' completed runs; `cells`: cells_of(runs) where the caller has
+    them), then claim 12's rows (mechanism_rows)."""
+    cells = (cells_of(runs) if len(runs) else []) if cells is None else cells
+    return pd.concat([check_cells(cells), mechanism_rows(runs)], ignore_index=True)
+
+
+def mechanism_rows(runs: pd.DataFrame) -> pd.DataFrame:
+    """Claim 12, the paper's mechanism (an extension; multirun_analysis.mechanism judges it from the runs'
+    starvation counters), as rows of COLUMNS: its one cell per row shown as side a, its setting in the words of
+    the other claims' rows."""
+    rows = mechanism.claim_12(runs, describer([]))
+    rows = rows.assign(cell_b="", b_mean=math.nan, b_std=math.nan, b_n=0, paired=False, levelled="").reindex(
+        columns=COLUMNS)
+    rows["cells"] = [f"{label}: {render.mean_std_n(mean, sd, n, 1)}" if n else ""
+                     for label, mean, sd, n in zip(rows["cell_a"], rows["a_mean"], rows["a_std"], rows["a_n"])]
+    return rows
 
 
 def as_record(row: Row) -> dict:

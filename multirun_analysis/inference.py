@@ -47,6 +47,8 @@ ALPHA = 0.05     # familywise, within a claim: 95 % intervals before Holm's corr
 PRECISION = 9    # decimals compared: percentages are far coarser, float sums are not
 GREATER, EQUIVALENT, BELOW = "greater", "equivalent", "below"
 HOLDS, WEAKER, CONTRADICTED, NEGLIGIBLE, INCONCLUSIVE = "holds", "weaker", "contradicted", "negligible", "inconclusive"
+# Verdicts given before any statistics (claims.py, mechanism.py): docs/reproducing.md, "Verdicts"
+NOT_APPLICABLE, NOT_CONVERGED, NO_RUNS = "not applicable", "not converged", "no runs"
 
 
 @dataclass(eq=False)

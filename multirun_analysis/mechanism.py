@@ -16,12 +16,17 @@ Per run (`run_mechanism`, from features.npz and bn_history.npz):
   12b's metric.
 Both parts are judged with the claims' statistics (inference.py: one model per part over its cells, Holm within
 it), each cell against its margin, set before any run was looked at: 12a holds where the difference exceeds
-MARGIN_12A points; 12b where the share of starved features that died stays below BOUND_12B %.
+MARGIN_12A points; 12b where the share of starved features that died stays below BOUND_12B %. A run from before
+the counters gives no value; a part none of whose cells has counters has 'no runs'. `claims` shows the rows among
+the extensions (claims.mechanism_rows).
 """
 from __future__ import annotations
 
 import math
+import zipfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -32,10 +37,28 @@ from rundir_format import BN_HISTORY, FEATURES, starvation
 MARGIN_12A = 10.0  # points of starved share, dead minus survivors
 BOUND_12B = 5.0    # % of the starved features that die under SGD + L2
 EXTENSION = "extension"
-STATEMENTS = {"12a": "adaptive + L2: the features that die were starved more before death than the survivors "
-                     "over the same steps",
-              "12b": "SGD + L2: starved features do not die"}
-UNITS = {"12a": "points", "12b": "% of starved features"}
+SOURCE = ("an extension: the paper's explanation of implicit sparsity, measured by the runs' starvation counters "
+          "(docs/results.md)")
+NO_COUNTERS = "no starvation counters (a run from before them: no *_starved_steps in features.npz)"
+
+
+@dataclass(frozen=True)
+class Part:
+    statement: str
+    sgd: bool                # which L2 runs it reads: SGD's, or the adaptive optimizers' (every other)
+    metric: str              # run_mechanism's
+    kind: str
+    margin: float
+    unit: str
+    nothing: str             # why a run gives no value of the metric though it has counters
+    needs: str               # the runs it reads, said when there are none
+
+
+PARTS = {"12a": Part("adaptive + L2: the features that die were starved more before death than the survivors over "
+                     "the same steps", False, "difference_pts", inference.GREATER, MARGIN_12A, "points",
+                     "no feature died", "adaptive + L2 runs with starvation counters"),
+         "12b": Part("SGD + L2: starved features do not die", True, "starved_died_pct", inference.BELOW, BOUND_12B,
+                     "% of starved features", "no feature starved", "SGD + L2 runs with starvation counters")}
 
 
 def run_mechanism(run_dir: Path) -> dict | None:
@@ -48,7 +71,7 @@ def run_mechanism(run_dir: Path) -> dict | None:
             starved = np.concatenate([arrays[starvation.key(layer, starvation.STARVED_STEPS)] for layer in layers])
             death = np.concatenate([arrays[starvation.key(layer, starvation.DEATH_STEP)] for layer in layers])
         history = _history(Path(run_dir), layers)
-    except (OSError, ValueError, KeyError):
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):  # missing, older, truncated
         return None
     steps = int(history[0][-1]) if history else None
     if steps is None:
@@ -87,40 +110,53 @@ def _survivors_share(history, survivors: np.ndarray, death_step: int) -> float:
     return float(cumulative[row, survivors].mean() / steps[row])
 
 
-def claim_12(runs: pd.DataFrame) -> pd.DataFrame:
+def claim_12(runs: pd.DataFrame, describe: Callable[[dict], str] | None = None) -> pd.DataFrame:
     """Claim 12's rows over completed runs (columns run_dir, optimizer, regularizer, coefficient, seed, and any
-    others naming the cell: model, dataset, batch_size): one row per cell of each part, with the claims csv's
-    columns (claim, scope, statement, metric, setting, n, estimate, ci_low, ci_high, confidence, margin, unit,
-    df, verdict, note)."""
+    others naming the cell: model, dataset, batch_size), in the claims csv's columns (claim: 12a or 12b, scope,
+    statement, source, metric, setting, cell_a: the optimizer, a_mean, a_std, a_n, n, estimate, ci_low, ci_high,
+    confidence, margin, unit, df, verdict, note): one row per cell of each part whose runs have counters (a cell
+    without a value: not applicable); a part without such a cell: one 'no runs' row that says what it needs.
+    describe(setting): a cell's setting in words (else `key=value, ...`)."""
     keys = [key for key in ("model", "dataset", "optimizer", "regularizer", "coefficient", "batch_size")
             if key in runs.columns]
-    l2 = runs[(runs["regularizer"] == "l2") & (runs["coefficient"] > 0)]
-    parts = {"12a": (l2[l2["optimizer"] != "sgd"], "difference_pts", inference.GREATER, MARGIN_12A),
-             "12b": (l2[l2["optimizer"] == "sgd"], "starved_died_pct", inference.BELOW, BOUND_12B)}
+    l2 = runs[(runs["regularizer"] == "l2") & (runs["coefficient"] > 0)] if len(runs) else runs
+    describe = describe or (lambda setting: ", ".join(f"{key}={value}" for key, value in setting.items()))
     rows = []
-    for part, (cells_runs, metric, kind, margin) in parts.items():
-        contrasts, records = [], []
-        for setting, cell in cells_runs.groupby(keys, sort=True):
-            values = {seed: run_mechanism(Path(run_dir)) for seed, run_dir in zip(cell["seed"], cell["run_dir"])}
-            by_seed = pd.Series({seed: m[metric] for seed, m in values.items() if m and not math.isnan(m[metric])},
+    for number, part in PARTS.items():
+        speaking = l2[(l2["optimizer"] == "sgd") == part.sgd] if len(l2) else l2
+        blank = {"claim": number, "scope": EXTENSION, "statement": part.statement, "source": SOURCE,
+                 "metric": part.metric, "setting": "", "cell_a": "", "a_mean": math.nan, "a_std": math.nan, "a_n": 0,
+                 "n": 0, "estimate": math.nan, "ci_low": math.nan, "ci_high": math.nan, "confidence": math.nan,
+                 "margin": part.margin, "unit": part.unit, "df": 0}
+        contrasts, records, uncounted = [], [], 0
+        for setting, cell in (speaking.groupby(keys, sort=True) if len(speaking) else []):
+            metrics = [run_mechanism(Path(run_dir)) for run_dir in cell["run_dir"]]
+            counted = [(seed, m) for seed, m in zip(cell["seed"], metrics) if m is not None]
+            if not counted:  # a cell of runs from before the counters: no row, as a claim's cell without its measure
+                uncounted += 1
+                continue
+            by_seed = pd.Series({seed: m[part.metric] for seed, m in counted if not math.isnan(m[part.metric])},
                                 dtype=float)
-            record = {"claim": "12", "part": part, "scope": EXTENSION, "statement": STATEMENTS[part],
-                      "metric": metric, "setting": ", ".join(f"{k}={v}" for k, v in zip(keys, setting)),
-                      "n": len(by_seed), "estimate": float(by_seed.mean()) if len(by_seed) else math.nan,
-                      "ci_low": math.nan, "ci_high": math.nan, "confidence": math.nan, "margin": margin,
-                      "unit": UNITS[part], "df": 0, "verdict": "not applicable" if not len(by_seed) else None,
-                      "note": "" if len(by_seed) else ("no feature died" if part == "12a" else "no feature starved")}
+            sample = inference.Sample(by_seed=by_seed)
+            notes = ([f"{len(metrics) - len(counted)} of {len(metrics)} runs left out: {NO_COUNTERS}"]
+                     if len(counted) < len(metrics) else []) + ([] if len(by_seed) else [part.nothing])
+            record = {**blank, "setting": describe(dict(zip(keys, setting))),
+                      "cell_a": dict(zip(keys, setting))["optimizer"], "a_mean": sample.mean, "a_std": sample.sd,
+                      "a_n": len(by_seed), "n": len(by_seed), "estimate": sample.mean,
+                      "verdict": None if len(by_seed) else inference.NOT_APPLICABLE, "note": "; ".join(notes)}
             records.append(record)
             if len(by_seed):
-                contrasts.append((record, inference.Contrast([inference.Sample(by_seed=by_seed)], [1.0], kind,
-                                                             margin)))
+                contrasts.append((record, inference.Contrast([sample], [1.0], part.kind, part.margin)))
+        if not records:
+            records.append({**blank, "verdict": inference.NO_RUNS, "note": f"needs {part.needs}" + (
+                f"; {uncounted} cell(s) here, their runs without counters: {NO_COUNTERS}" if uncounted else "")})
         if contrasts:
             inference.fit([contrast for _, contrast in contrasts])
             for (record, contrast), judgement in zip(contrasts, inference.holm([c for _, c in contrasts])):
                 record.update(estimate=contrast.estimate, df=contrast.df)
                 if judgement is None:
-                    record.update(verdict=inference.INCONCLUSIVE,
-                                  note=f"{record['n']} run(s), no residual degrees of freedom: no interval")
+                    record.update(verdict=inference.INCONCLUSIVE, note="; ".join(filter(None, (
+                        record["note"], f"{record['n']} run(s), no residual degrees of freedom: no interval"))))
                 else:
                     record.update(verdict=judgement.verdict, ci_low=judgement.low, ci_high=judgement.high,
                                   confidence=judgement.confidence)

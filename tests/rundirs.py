@@ -32,6 +32,22 @@ def write_history(run_dir: Path, dead_pct) -> None:
     np.savez(run_dir / "bn_history.npz", epoch=np.arange(epochs + 1), C1_gamma=gamma, C1_beta=np.zeros_like(gamma))
 
 
+def without_counters(run_dir: Path) -> Path:
+    """The run as one from before the starvation counters: features.npz and bn_history.npz without them."""
+    import numpy as np
+
+    from rundir_format import starvation
+
+    run_dir = Path(run_dir)
+    for name in ("features.npz", "bn_history.npz"):
+        with np.load(run_dir / name) as archive:
+            kept = {key: archive[key] for key in archive.files
+                    if not key.endswith(tuple(f"_{counter}" for counter in starvation.COUNTERS))
+                    and key != starvation.HISTORY_STEP}
+        np.savez(run_dir / name, **kept)
+    return run_dir
+
+
 def put(tree: dict, dotted: str, value) -> None:
     *parents, leaf = dotted.split(".")
     for key in parents:
