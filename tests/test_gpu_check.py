@@ -1,8 +1,9 @@
 """benchmarks/gpu_check.py, the GPU acceptance in one command: without a GPU it refuses in one line (it never
 writes a figure it did not measure); its parent process never initialises CUDA and rewrites its report after
 every check and row, each of which runs in a child under a time limit; (e)'s aggregate is taken over the
-window in which all its processes stepped at once; its --dry-run takes every step of it on the CPU and writes
-both reports."""
+window in which all its processes stepped at once; the starvation counters' cost is timed with and without them
+in one process and judged against a ceiling; its --dry-run takes every step of it on the CPU and writes both
+reports."""
 import importlib.util
 import json
 import pickle
@@ -132,6 +133,55 @@ def test_the_dataloader_rows_dataset_survives_pickling_as_forkserver_and_spawn_w
     assert all(torch.equal(a, b) for a, b in zip(again[1], item))
 
 
+def test_the_counters_row_times_both_steps_in_one_process_and_judges_their_ratio_against_a_ceiling(gpu_check,
+                                                                                                 monkeypatch):
+    from sparsesweep.starvation import FeatureCounters
+
+    legs = []  # per leg: whether its steps updated the counters, and the weights they trained
+
+    def leg(size, k, timeout):  # three steps of a small BN network, as a leg's run would take them
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
+                                    torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(4, 2))
+        counters, optimizer = FeatureCounters(model), torch.optim.Adam(model.parameters(), 1e-2)
+        for _ in range(3):
+            optimizer.zero_grad()
+            torch.nn.functional.cross_entropy(model(torch.randn(8, 3, 6, 6)), torch.arange(8) % 2).backward()
+            optimizer.step()
+            counters.step()
+        counted = int(counters.steps) == 3
+        assert counted or not any(t.any() for t in counters.tensors().values())  # without: the counters stay zero
+        legs.append((counted, [p.detach().clone() for p in model.parameters()]))
+        rate = 100.0 if counted else 104.0  # a step with the counters takes 1.04x one without
+        return {"window_steps_per_s": [rate] * 3, "window_steps_per_s_with_host": [rate / 2] * 3,
+                "peak_memory_mb": None, "graph_steps": [7 if counted else 9], "iterations": [140],
+                "not_captured": []}
+
+    monkeypatch.setattr(gpu_check, "pack_row", leg)
+    row = gpu_check.counters_row({}, timeout=1)
+    assert [counted for counted, _ in legs] == [True, False, False, True] and row["legs"] == ["with", "without",
+                                                                                             "without", "with"]
+    assert all(torch.equal(a, b) for _, weights in legs[1:] for a, b in zip(weights, legs[0][1]))  # same training
+    assert row["counters_step_cost"] == row["counters_step_cost_with_host"] == pytest.approx(1.04)
+    assert (row["with_counters_steps_per_s"], row["aggregate_steps_per_s"]) == (100.0, 104.0)
+    assert row["graph_steps"] == [7] and row["graph_steps_per_leg"] == [7, 9, 9, 7]  # the fewest any leg replayed
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 1), torch.nn.BatchNorm2d(2))
+    counters = FeatureCounters(model)
+    model(torch.randn(2, 1, 3, 3)).sum().backward()
+    counters.step()
+    assert int(counters.steps) == 1  # the switch is off again after the row
+    rows = {gpu_check.COUNTERS_ROW: row}
+    assert gpu_check.targets(rows, dry_run=False)["counters_step_cost"] == (pytest.approx(1.04), 1.05, "met")
+    assert gpu_check.targets({gpu_check.COUNTERS_ROW: {**row, "counters_step_cost": 1.06}},
+                             dry_run=False)["counters_step_cost"][2] == "MISSED"
+    assert gpu_check.targets({}, dry_run=False)["counters_step_cost"][2] == "not measured"
+    page = gpu_check.markdown({"device": "a pretend GPU", "dry_run": False, "finished": True, "torch": "2.13",
+                               "setting": "tiny", "checks": {}, "rows": rows,
+                               "targets": gpu_check.targets(rows, dry_run=False)})
+    assert "100.0 steps/s with them, 104.0 without; a step with them takes 1.040x one without" in page
+    assert "- counters_step_cost: 1.04 (target <= 1.05): met" in page
+
+
 @pytest.mark.slow
 def test_a_dry_run_takes_every_step_on_the_cpu_and_writes_both_reports_marked_as_such(tmp_path):
     done = subprocess.run([sys.executable, str(SCRIPT), "--out", str(tmp_path), "--dry-run"], capture_output=True,
@@ -146,12 +196,17 @@ def test_a_dry_run_takes_every_step_on_the_cpu_and_writes_both_reports_marked_as
     assert resume["graph_steps_at_save"] > 0 and resume["graph_steps_after_resume_off_then_auto"] > 0
     assert min(report["checks"]["self-check"]["rejection_margins"].values()) >= 9.99
     assert list(report["rows"]) == ["(a) plain loop", "(a') DataLoader loop", "(b) one run", "(b) one run, NCHW",
-                                    "(b) one run, cuda_graph=off", "(c) pack of 2", "(e) 2 processes"]
+                                    "(b) one run, cuda_graph=off", "(b) one run, starvation counters off",
+                                    "(c) pack of 2", "(e) 2 processes"]
     for name, row in report["rows"].items():
         assert row["aggregate_steps_per_s_with_host"] > 0 and len(row["graph_steps"]) == row["runs"], name
         assert row["graph_steps"] == [0] * row["runs"] and row["not_captured"], name  # the CPU replays no graph
         if not name.startswith("(e)"):  # both ways: with the host work between epochs and without it
             assert row["aggregate_steps_per_s"] >= row["aggregate_steps_per_s_with_host"], name
+    counters = report["rows"]["(b) one run, starvation counters off"]  # its step's cost, timed in one process
+    assert counters["legs"] == ["with", "without", "without", "with"] and counters["iterations"] == [140] * 4
+    assert counters["with_counters_steps_per_s"] > 0 and counters["counters_step_cost"] > 0
+    assert "counters_step_cost" in report["targets"]
     processes = report["rows"]["(e) 2 processes"]
     assert processes["common_window_s"] > 0 and processes["peak_memory"] == "no GPU"
     assert report["sweep"]["completed"] == 2 and report["sweep"]["first_result_s"] > 0
