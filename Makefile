@@ -1,5 +1,5 @@
 # make quickstart : install everything (CPU PyTorch, pinned) and run the quickstart sweep + its summary
-# make check      : the fast tier: every test not marked slow (about a minute on 2 cores)
+# make check      : the fast tier: every test not marked slow (85 s on 2 cores)
 # make test       : the full suite (what CI runs)
 PYTHON ?= python3
 PIP = $(PYTHON) -m pip install --quiet --disable-pip-version-check
