@@ -30,11 +30,11 @@ quickstart: install-cpu
 # in one of them): CI's machine has 2 cores. The tests that compare runs bitwise hold their thread count fixed.
 TEST_WORKERS ?= 2
 test:
-	$(PYTHON) -m pytest -q -n $(TEST_WORKERS) --dist loadscope --durations=20
+	$(PYTHON) -m pytest -q -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder --durations=20
 
 # It lists the 10 slowest tests by wall time and the 10 costliest by CPU time (which the machine's load hardly moves).
 check:
 	@start=$$(date +%s); cpu=$$(mktemp); \
-	SPARSESWEEP_TEST_CPU=$$cpu $(PYTHON) -m pytest -q -n $(TEST_WORKERS) --dist loadscope -m "not slow" --durations=10; \
+	SPARSESWEEP_TEST_CPU=$$cpu $(PYTHON) -m pytest -q -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder -m "not slow" --durations=10; \
 	status=$$?; rm -f $$cpu; \
 	echo "make check: $$(( $$(date +%s) - start )) s"; exit $$status

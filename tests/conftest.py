@@ -200,3 +200,15 @@ def pytest_terminal_summary(terminalreporter):
     for test in costs[:10]:
         terminalreporter.write_line(f"{test['cpu_s']:7.1f}s  {test['test']}")
     terminalreporter.write_line(f"{sum(test['cpu_s'] for test in costs):7.1f}s  in all, {len(costs)} tests")
+
+
+# The modules that wait longest on other processes (SLURM's scheduler, signals, sweeps of real processes) start
+# first: the other worker's modules fill their waits, instead of one worker finishing them alone at the end.
+# (`make` runs pytest-xdist with --no-loadscope-reorder, so modules start in this order.)
+FIRST = ("test_slurm.py", "test_gpu_check.py", "test_sweeps.py", "test_pack.py", "test_tracker_resume.py",
+         "test_rundir.py", "test_claims.py")
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: position for position, name in enumerate(FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(FIRST)))  # stable: each module's tests keep their order
